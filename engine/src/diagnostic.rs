@@ -1,0 +1,336 @@
+//! Findings of the checker, and their two renderings: text for a terminal, JSON for tools.
+//!
+//! A [`Diagnostic`] is data: a stable [`Code`], a message, where it is (file, line, column, JSON
+//! pointer) and a hint. Rendering is separate ([`Diagnostic::render`], [`to_json`]), so the
+//! terminal text and `--format json` can never disagree.
+
+use serde::Serialize;
+
+use crate::json::Span;
+
+/// How bad a finding is: an error refuses the pathway, a warning does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The pathway is refused.
+    Error,
+    /// The pathway is accepted, but something looks wrong.
+    Warning,
+}
+
+macro_rules! codes {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $severity:ident; )*) => {
+        /// The stable code of every finding. Codes never change meaning; new ones may be added.
+        ///
+        /// `docs/pathway-language.md` shows, for each code, a pathway that has the problem and
+        /// the fix; those examples are run by the test suite.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[non_exhaustive]
+        pub enum Code {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Code {
+            /// Every code, in documentation order.
+            pub const ALL: &'static [Code] = &[$(Code::$variant),*];
+
+            /// The kebab-case name, as printed and as matched by tools.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => $name,)* }
+            }
+
+            /// Whether this code refuses the pathway.
+            pub fn severity(self) -> Severity {
+                match self { $(Code::$variant => Severity::$severity,)* }
+            }
+
+            /// Looks a code up by its kebab-case name.
+            pub fn from_name(name: &str) -> Option<Code> {
+                match name { $($name => Some(Code::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The file is not valid JSON (or a template file cannot be read as a template).
+    ParseError = "parse-error", Error;
+    /// A key the language does not know: usually a typo.
+    UnknownKey = "unknown-key", Error;
+    /// A key the language requires is absent.
+    MissingKey = "missing-key", Error;
+    /// A value of the wrong JSON type, or not one of the allowed values.
+    WrongType = "wrong-type", Error;
+    /// Two things of one kind share a name (states, keys, templates).
+    DuplicateName = "duplicate-name", Error;
+    /// A transition, timer or `initial` names a state that is not declared.
+    UnknownState = "unknown-state", Error;
+    /// An owner, notice, handoff or activity names a role that is not declared.
+    UnknownRole = "unknown-role", Error;
+    /// A guard, anchor, `set` or enrolment names a field that is not declared.
+    UnknownField = "unknown-field", Error;
+    /// A transition or acknowledgement names an event that is not declared.
+    UnknownEvent = "unknown-event", Error;
+    /// A notice names a template with no file for the recipient's channel.
+    UnknownTemplate = "unknown-template", Error;
+    /// An `enroll` action names a pathway that is not among those checked together.
+    UnknownPathway = "unknown-pathway", Error;
+    /// A state that no sequence of events and timers can reach from `initial`.
+    UnreachableState = "unreachable-state", Error;
+    /// Non-terminal states from which no terminal state can be reached: a family would stay forever.
+    Trap = "trap", Error;
+    /// A terminal state with transitions, timers or activities.
+    TerminalHasExit = "terminal-has-exit", Error;
+    /// Two unguarded transitions on one event from one state.
+    AmbiguousTransition = "ambiguous-transition", Error;
+    /// Timer transitions that can loop without time passing.
+    ZeroTimeCycle = "zero-time-cycle", Error;
+    /// A non-terminal state with nobody responsible for the family.
+    NoOwner = "no-owner", Error;
+    /// A handoff without an acknowledgement deadline or an escalation target.
+    HandoffWithoutDeadline = "handoff-without-deadline", Error;
+    /// A duration that is not ISO 8601.
+    BadDuration = "bad-duration", Error;
+    /// A cron schedule that does not parse.
+    BadCron = "bad-cron", Error;
+    /// A guard or `set` expression that does not parse or uses undeclared names.
+    BadGuard = "bad-guard", Error;
+    /// A time zone that is not an IANA name.
+    BadTimeZone = "bad-time-zone", Error;
+    /// A template that does not compile, or an email template without a subject.
+    TemplateError = "template-error", Error;
+    /// A template uses a variable the pathway does not provide where the template is used.
+    TemplateUnknownVariable = "template-unknown-variable", Error;
+    /// A template has no file in the pathway's default language.
+    MissingTranslation = "missing-translation", Error;
+    /// A sensitive field is used in an SMS template.
+    SensitiveInSms = "sensitive-in-sms", Error;
+    /// A sensitive field is used in an email template.
+    SensitiveInEmail = "sensitive-in-email", Error;
+    /// The longest run driven by timers alone outlasts the pathway's horizon.
+    HorizonExceeded = "horizon-exceeded", Error;
+    /// A non-terminal state that only an event can leave: a family may wait forever.
+    WaitWithoutTimeout = "wait-without-timeout", Warning;
+    /// A template file that no notice uses.
+    UnusedTemplate = "unused-template", Warning;
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One finding, located.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// Error or warning; follows from the code.
+    pub severity: Severity,
+    /// The stable code.
+    pub code: Code,
+    /// What is wrong, naming the bad value.
+    pub message: String,
+    /// The file, as the caller named it.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// The JSON pointer of the value in the pathway file (empty for the whole document or for
+    /// a template file).
+    pub pointer: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+    /// The source line, for rendering with a caret.
+    #[serde(skip)]
+    pub source_line: String,
+    /// How many characters the caret underlines.
+    #[serde(skip)]
+    pub width: usize,
+}
+
+impl Diagnostic {
+    /// Renders the finding the way a compiler does, with the source line and a caret.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let _ = writeln!(out, "{sev}[{}]: {}", self.code, self.message);
+        let number = self.line.to_string();
+        let pad = " ".repeat(number.len());
+        let at = if self.pointer.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", self.pointer)
+        };
+        let _ = writeln!(
+            out,
+            "{pad} --> {}:{}:{}{at}",
+            self.file, self.line, self.column
+        );
+        if !self.source_line.is_empty() {
+            let line = self.source_line.replace('\t', " ");
+            let _ = writeln!(out, "{pad} |");
+            let _ = writeln!(out, "{number} | {line}");
+            let _ = writeln!(
+                out,
+                "{pad} | {}{}",
+                " ".repeat(self.column.saturating_sub(1)),
+                "^".repeat(self.width.max(1))
+            );
+        }
+        if let Some(hint) = &self.hint {
+            let _ = writeln!(out, "{pad} = hint: {hint}");
+        }
+        out
+    }
+}
+
+/// The `--format json` rendering: `{"diagnostics": [...]}`.
+pub fn to_json(diagnostics: &[Diagnostic]) -> serde_json::Value {
+    serde_json::json!({ "diagnostics": diagnostics })
+}
+
+/// Turns byte offsets of one text into lines and columns.
+#[derive(Clone, Debug)]
+pub struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    /// Indexes `text`.
+    pub fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset) - 1;
+        let start = self.starts[line];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |prefix| prefix.chars().count());
+        (line + 1, column + 1)
+    }
+
+    /// The text of a 1-based line, without its line ending.
+    pub fn line(&self, line: usize) -> &'a str {
+        let start = self.starts.get(line - 1).copied().unwrap_or(self.text.len());
+        let end = self
+            .starts
+            .get(line)
+            .map_or(self.text.len(), |next| next - 1);
+        self.text
+            .get(start..end.max(start))
+            .unwrap_or("")
+            .trim_end_matches('\r')
+    }
+
+    /// The byte offset of a 1-based line and column (in characters).
+    pub fn offset(&self, line: usize, column: usize) -> usize {
+        let start = self.starts.get(line.saturating_sub(1)).copied().unwrap_or(self.text.len());
+        let rest = &self.text[start..];
+        rest.char_indices()
+            .nth(column.saturating_sub(1))
+            .map_or(self.text.len(), |(i, _)| start + i)
+    }
+
+    /// A diagnostic located at `span` of this text.
+    #[allow(clippy::too_many_arguments)]
+    pub fn diagnostic(
+        &self,
+        file: &str,
+        code: Code,
+        message: String,
+        span: Span,
+        pointer: &str,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        let (line, column) = self.line_col(span.start);
+        let source_line = self.line(line).to_string();
+        let available = source_line.chars().count().saturating_sub(column - 1);
+        let width = self
+            .text
+            .get(span.start..span.end.max(span.start))
+            .map_or(1, |s| s.lines().next().unwrap_or("").chars().count())
+            .clamp(1, available.max(1));
+        Diagnostic {
+            severity: code.severity(),
+            code,
+            message,
+            file: file.to_string(),
+            line,
+            column,
+            pointer: pointer.to_string(),
+            hint,
+            source_line,
+            width,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_kebab_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-')
+            );
+            assert_eq!(Code::from_name(code.as_str()), Some(*code));
+        }
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let idx = LineIndex::new("ab\næøå x\r\nlast");
+        assert_eq!(idx.line_col(0), (1, 1));
+        assert_eq!(idx.line_col(3), (2, 1));
+        // "æøå " is 7 bytes, 4 characters: 'x' is the 5th character.
+        assert_eq!(idx.line_col(3 + 7), (2, 5));
+        assert_eq!(idx.line(2), "æøå x");
+        assert_eq!(idx.line(3), "last");
+    }
+
+    #[test]
+    fn renders_with_a_caret() {
+        let text = "{\n  \"initial\": \"nowhere\"\n}";
+        let idx = LineIndex::new(text);
+        let start = text.find("\"nowhere\"").unwrap();
+        let d = idx.diagnostic(
+            "p.json",
+            Code::UnknownState,
+            "unknown state \"nowhere\"".into(),
+            Span {
+                start,
+                end: start + 9,
+            },
+            "/initial",
+            Some("declare it under \"states\"".into()),
+        );
+        assert_eq!(
+            d.render(),
+            "error[unknown-state]: unknown state \"nowhere\"\n  --> p.json:2:14 at /initial\n  |\n2 |   \"initial\": \"nowhere\"\n  |              ^^^^^^^^^\n  = hint: declare it under \"states\"\n"
+        );
+    }
+}

@@ -1,0 +1,875 @@
+//! The step function: one input in, the effects out. No I/O, no clock.
+//!
+//! [`start`] enrols a family; [`step`] applies an event or a fired timer to an instance. Both
+//! return [`Effects`]: the instance as it is afterwards, the timers to arm and to cancel, the
+//! notices to send, the enrolments into other pathways and one history entry. The caller (the
+//! worker) makes all of it durable in one transaction; if it cannot, nothing happened.
+//!
+//! Timers belong to the state entry that armed them and are cancelled when the state is left,
+//! so a timer of a left state never fires; appointment reminders belong to the instance and
+//! are cancelled when it ends.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::check::CheckedPathway;
+use crate::decode::parse_time_of_day;
+use crate::pathway::{Action, Activity, DEFAULT_TIME_OF_DAY, Pathway, appointment_events};
+use crate::time::{self, TimeError};
+
+/// Whether an instance is still moving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// In a non-terminal state.
+    Active,
+    /// In a terminal state: nothing more happens.
+    Finished,
+}
+
+/// One family's instance of a pathway, as the step function sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The current state.
+    pub state: String,
+    /// The role responsible for the family now.
+    pub owner: Option<String>,
+    /// The family's fields.
+    pub fields: Map<String, Value>,
+    /// Active or finished.
+    pub status: Status,
+    /// When the current state was entered.
+    pub entered_at: Timestamp,
+    /// Steps applied so far; the step that made this instance had this number.
+    pub seq: u64,
+    /// The step number at which the current state was entered; timer keys carry it, so a
+    /// timer of an earlier visit to the same state can never be mistaken for a current one.
+    pub entered_seq: u64,
+    /// Pending timers.
+    pub timers: Vec<ArmedTimer>,
+    /// Activities of the current state not yet recorded as done.
+    pub open_activities: Vec<String>,
+    /// Booked appointments, by id.
+    pub appointments: BTreeMap<String, Appointment>,
+}
+
+/// A booked appointment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appointment {
+    /// When.
+    pub at: Timestamp,
+    /// Where, if the booking system said.
+    pub place: Option<String>,
+}
+
+/// A pending timer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmedTimer {
+    /// Unique within the instance; the input that fires it names it.
+    pub key: String,
+    /// When it is due.
+    pub due: Timestamp,
+    /// What it is for.
+    pub purpose: Purpose,
+}
+
+/// What a timer is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Purpose {
+    /// The state's timer number `index`.
+    State {
+        /// Index into the state's `timers`.
+        index: usize,
+    },
+    /// A handoff's acknowledgement deadline.
+    HandoffDeadline {
+        /// The role that was to acknowledge.
+        to: String,
+        /// The event that acknowledges.
+        ack_on: String,
+        /// Who is told when it passes.
+        escalate_to: String,
+        /// The escalation's template.
+        template: String,
+    },
+    /// The reminder before an activity's window opens.
+    ActivityReminder {
+        /// The activity's name.
+        activity: String,
+    },
+    /// The activity's window closed.
+    ActivityOverdue {
+        /// The activity's name.
+        activity: String,
+    },
+    /// A reminder before an appointment.
+    AppointmentReminder {
+        /// The appointment's id.
+        appointment: String,
+        /// Index into the policy's `reminders`.
+        index: usize,
+    },
+}
+
+/// What happens to an instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Input {
+    /// An event reported by a professional's system.
+    Event {
+        /// The event's name.
+        name: String,
+        /// Its payload (an object, or null for none).
+        payload: Value,
+    },
+    /// A pending timer came due.
+    Timer {
+        /// The timer's key.
+        key: String,
+    },
+}
+
+/// A notice to send: rendered by the caller from the template and data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Unique within the instance, stable across retries: the deduplication key.
+    pub key: String,
+    /// The recipient role.
+    pub to: String,
+    /// The template's name.
+    pub template: String,
+    /// The template's data, except `recipient` and `instance`, which the caller adds. Sensitive
+    /// fields are left out.
+    pub data: Value,
+}
+
+/// A referral into another pathway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Enrolment {
+    /// The other pathway's id.
+    pub pathway: String,
+    /// The fields copied over.
+    pub fields: Map<String, Value>,
+}
+
+/// Why the step happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Cause {
+    /// The family was enrolled.
+    Enrolled,
+    /// An event.
+    Event {
+        /// Its name.
+        name: String,
+    },
+    /// A timer.
+    Timer {
+        /// Its key.
+        key: String,
+        /// What it was for.
+        purpose: Purpose,
+    },
+}
+
+/// One line of an instance's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// The step's number.
+    pub seq: u64,
+    /// When.
+    pub at: Timestamp,
+    /// The state before (none at enrolment).
+    pub from: Option<String>,
+    /// The state after.
+    pub to: String,
+    /// Why.
+    pub cause: Cause,
+    /// What else happened, in words: fields set, timers moved, handoffs acknowledged.
+    pub notes: Vec<String>,
+}
+
+/// Everything one step changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Effects {
+    /// The instance afterwards (its `timers` already reflect `armed` and `cancelled`).
+    pub instance: Instance,
+    /// Timers to arm.
+    pub armed: Vec<ArmedTimer>,
+    /// Keys of timers to cancel, the fired one included. Apply before arming.
+    pub cancelled: Vec<String>,
+    /// Notices to send.
+    pub notices: Vec<Notice>,
+    /// Referrals into other pathways.
+    pub enrolments: Vec<Enrolment>,
+    /// The history entry.
+    pub history: History,
+}
+
+impl Effects {
+    /// The earliest pending timer afterwards: when the caller must call again.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.instance.timers.iter().map(|t| t.due).min()
+    }
+}
+
+/// Why an input was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// The instance is in a terminal state.
+    #[error("the instance has finished (in state \"{state}\"): it takes no more events")]
+    Finished {
+        /// The terminal state.
+        state: String,
+    },
+    /// The pathway declares no such event.
+    #[error("unknown event \"{event}\": the pathway declares {}", known.join(", "))]
+    UnknownEvent {
+        /// The event.
+        event: String,
+        /// The declared events.
+        known: Vec<String>,
+    },
+    /// The event is declared but not allowed in the current state.
+    #[error("event \"{event}\" is not allowed in state \"{state}\" (allowed here: {})", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })]
+    NotAllowed {
+        /// The event.
+        event: String,
+        /// The current state.
+        state: String,
+        /// What the state takes.
+        allowed: Vec<String>,
+    },
+    /// The payload does not fit the event's declaration.
+    #[error("payload of event \"{event}\" at {pointer}: {reason}")]
+    Payload {
+        /// The event.
+        event: String,
+        /// JSON pointer into the payload.
+        pointer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Every transition on the event has a guard, and none holds.
+    #[error("event \"{event}\" in state \"{state}\": no guard holds ({})", guards.join("; "))]
+    GuardFalse {
+        /// The event.
+        event: String,
+        /// The current state.
+        state: String,
+        /// The guards that were tried.
+        guards: Vec<String>,
+    },
+    /// The timer is not pending (its state was left, or it fired already).
+    #[error("timer \"{key}\" is not pending")]
+    StaleTimer {
+        /// The timer's key.
+        key: String,
+    },
+    /// A field's value is missing, unknown or of the wrong type.
+    #[error("field \"{field}\": {reason}")]
+    Field {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An expression failed while evaluating.
+    #[error("expression {text:?}: {reason}")]
+    Expression {
+        /// The expression.
+        text: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Date arithmetic failed.
+    #[error(transparent)]
+    Time(#[from] TimeError),
+    /// The instance names a state the pathway does not have (a corrupt instance).
+    #[error("the instance is in state \"{0}\", which the pathway does not declare")]
+    UnknownState(String),
+}
+
+/// Enrols a family: checks the fields and enters the initial state.
+pub fn start(p: &CheckedPathway, fields: Map<String, Value>, now: Timestamp) -> Result<Effects, StepError> {
+    let decl = &p.pathway;
+    for (name, value) in &fields {
+        let Some(f) = decl.fields.get(name) else {
+            return Err(StepError::Field {
+                field: name.clone(),
+                reason: format!(
+                    "the pathway declares no such field (declared: {})",
+                    decl.fields.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        if !value.is_null() {
+            f.check_value(value).map_err(|reason| StepError::Field {
+                field: name.clone(),
+                reason,
+            })?;
+        }
+    }
+    for (name, f) in &decl.fields {
+        if f.required && fields.get(name).is_none_or(Value::is_null) {
+            return Err(StepError::Field {
+                field: name.clone(),
+                reason: "required at enrolment".into(),
+            });
+        }
+    }
+    let instance = Instance {
+        state: decl.initial.clone(),
+        owner: None,
+        fields,
+        status: Status::Active,
+        entered_at: now,
+        seq: 0,
+        entered_seq: 0,
+        timers: Vec::new(),
+        open_activities: Vec::new(),
+        appointments: BTreeMap::new(),
+    };
+    let mut s = Stepper::new(p, instance, now);
+    s.enter(&decl.initial, &Value::Null)?;
+    Ok(s.finish(None, Cause::Enrolled))
+}
+
+/// Applies one input to an instance.
+pub fn step(p: &CheckedPathway, instance: &Instance, input: &Input, now: Timestamp) -> Result<Effects, StepError> {
+    if instance.status == Status::Finished {
+        return Err(StepError::Finished {
+            state: instance.state.clone(),
+        });
+    }
+    if !p.pathway.states.contains_key(&instance.state) {
+        return Err(StepError::UnknownState(instance.state.clone()));
+    }
+    let from = instance.state.clone();
+    let mut s = Stepper::new(p, instance.clone(), now);
+    s.instance.seq += 1;
+    let cause = match input {
+        Input::Event { name, payload } => {
+            s.event(name, payload)?;
+            Cause::Event { name: name.clone() }
+        }
+        Input::Timer { key } => {
+            let purpose = s.timer(key)?;
+            Cause::Timer {
+                key: key.clone(),
+                purpose,
+            }
+        }
+    };
+    Ok(s.finish(Some(from), cause))
+}
+
+struct Stepper<'p> {
+    p: &'p CheckedPathway,
+    decl: &'p Pathway,
+    instance: Instance,
+    now: Timestamp,
+    tz: jiff::tz::TimeZone,
+    armed: Vec<ArmedTimer>,
+    cancelled: Vec<String>,
+    notices: Vec<Notice>,
+    enrolments: Vec<Enrolment>,
+    notes: Vec<String>,
+}
+
+impl<'p> Stepper<'p> {
+    fn new(p: &'p CheckedPathway, instance: Instance, now: Timestamp) -> Self {
+        let tz = time::zone(&p.pathway.time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+        Stepper {
+            p,
+            decl: &p.pathway,
+            instance,
+            now,
+            tz,
+            armed: Vec::new(),
+            cancelled: Vec::new(),
+            notices: Vec::new(),
+            enrolments: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn finish(mut self, from: Option<String>, cause: Cause) -> Effects {
+        self.armed.retain(|t| !self.cancelled.contains(&t.key));
+        self.instance.timers.sort_by(|a, b| a.due.cmp(&b.due).then_with(|| a.key.cmp(&b.key)));
+        let history = History {
+            seq: self.instance.seq,
+            at: self.now,
+            from,
+            to: self.instance.state.clone(),
+            cause,
+            notes: self.notes,
+        };
+        Effects {
+            instance: self.instance,
+            armed: self.armed,
+            cancelled: self.cancelled,
+            notices: self.notices,
+            enrolments: self.enrolments,
+            history,
+        }
+    }
+
+    fn arm(&mut self, key: String, due: Timestamp, purpose: Purpose) {
+        let timer = ArmedTimer { key, due, purpose };
+        self.instance.timers.push(timer.clone());
+        self.armed.push(timer);
+    }
+
+    fn cancel_where(&mut self, keep: impl Fn(&ArmedTimer) -> bool) {
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.instance.timers).into_iter().partition(|t| keep(t));
+        self.instance.timers = kept;
+        for t in gone {
+            self.armed.retain(|a| a.key != t.key);
+            self.cancelled.push(t.key);
+        }
+    }
+
+    fn state_prefix(&self) -> String {
+        format!("s{}:", self.instance.entered_seq)
+    }
+
+    fn notice(&mut self, to: &str, template: &str, extra: Option<(&str, Value)>) {
+        let state = &self.decl.states[&self.instance.state];
+        let fields: Map<String, Value> = self
+            .instance
+            .fields
+            .iter()
+            .filter(|(k, _)| self.decl.fields.get(*k).is_some_and(|f| !f.sensitive))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut data = json!({
+            "fields": fields,
+            "constants": self.decl.constants,
+            "pathway": {"id": self.decl.id, "title": self.decl.title},
+            "state": {"name": self.instance.state, "title": state.title.clone().unwrap_or_else(|| self.instance.state.clone())},
+        });
+        if let (Some((k, v)), Some(obj)) = (extra, data.as_object_mut()) {
+            obj.insert(k.to_string(), v);
+        }
+        let key = format!("{}:{}", self.instance.seq, self.notices.len());
+        self.notices.push(Notice {
+            key,
+            to: to.to_string(),
+            template: template.to_string(),
+            data,
+        });
+    }
+
+    fn local(&self, t: Timestamp) -> String {
+        t.to_zoned_datetime(self.tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    }
+
+    fn event(&mut self, name: &str, payload: &Value) -> Result<(), StepError> {
+        let Some(decl) = self.decl.event(name) else {
+            let mut known: Vec<String> = self.decl.events.keys().cloned().collect();
+            if self.decl.appointments.is_some() {
+                known.extend([appointment_events::BOOKED, appointment_events::MOVED, appointment_events::CANCELLED].map(String::from));
+            }
+            return Err(StepError::UnknownEvent { event: name.into(), known });
+        };
+        let payload = check_payload(name, &decl.payload, payload)?;
+        let state = &self.decl.states[&self.instance.state];
+        let mut consumed = false;
+
+        if self.decl.appointments.is_some() && [appointment_events::BOOKED, appointment_events::MOVED, appointment_events::CANCELLED].contains(&name) {
+            self.appointment(name, &payload)?;
+            consumed = true;
+        }
+        // A handoff acknowledged in time: its deadline is cancelled.
+        let acked: Vec<String> = self
+            .instance
+            .timers
+            .iter()
+            .filter(|t| matches!(&t.purpose, Purpose::HandoffDeadline { ack_on, .. } if ack_on == name))
+            .map(|t| t.key.clone())
+            .collect();
+        if !acked.is_empty() {
+            self.cancel_where(|t| !acked.contains(&t.key));
+            self.notes.push(format!("handoff acknowledged by {name}"));
+            consumed = true;
+        }
+        // An activity recorded as done: its reminder and escalation are cancelled.
+        let done: Vec<String> = state
+            .activities
+            .iter()
+            .filter(|a| a.done_on == name && self.instance.open_activities.contains(&a.name))
+            .map(|a| a.name.clone())
+            .collect();
+        for a in &done {
+            self.instance.open_activities.retain(|x| x != a);
+            self.cancel_where(|t| !matches!(&t.purpose, Purpose::ActivityReminder { activity } | Purpose::ActivityOverdue { activity } if activity == a));
+            self.notes.push(format!("activity {a} done"));
+            consumed = true;
+        }
+
+        let candidates: Vec<_> = state.on.iter().filter(|t| t.event == name).collect();
+        let mut tried = Vec::new();
+        for t in &candidates {
+            if let Some(g) = &t.guard {
+                let holds = self.eval(g, &payload)?;
+                if holds != Value::Bool(true) {
+                    tried.push(g.clone());
+                    continue;
+                }
+            }
+            self.actions(&t.actions, &payload)?;
+            if let Some(to) = &t.to {
+                self.transition(to, &payload)?;
+            }
+            return Ok(());
+        }
+        if consumed {
+            return Ok(());
+        }
+        if candidates.is_empty() {
+            let mut allowed: Vec<String> = state.on.iter().map(|t| t.event.clone()).collect();
+            allowed.extend(state.activities.iter().filter(|a| self.instance.open_activities.contains(&a.name)).map(|a| a.done_on.clone()));
+            allowed.dedup();
+            return Err(StepError::NotAllowed {
+                event: name.into(),
+                state: self.instance.state.clone(),
+                allowed,
+            });
+        }
+        Err(StepError::GuardFalse {
+            event: name.into(),
+            state: self.instance.state.clone(),
+            guards: tried,
+        })
+    }
+
+    fn appointment(&mut self, name: &str, payload: &Value) -> Result<(), StepError> {
+        let Some(policy) = self.decl.appointments.clone() else {
+            return Ok(());
+        };
+        let id = payload["appointment_id"].as_str().unwrap_or_default().to_string();
+        let prefix = format!("appt:{id}:");
+        self.cancel_where(|t| !t.key.starts_with(&prefix));
+        if name == appointment_events::CANCELLED {
+            self.instance.appointments.remove(&id);
+            self.notes.push(format!("appointment {id} cancelled"));
+            return Ok(());
+        }
+        let at: Timestamp = payload["at"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| StepError::Payload {
+            event: name.into(),
+            pointer: "/at".into(),
+            reason: "expected a date and time with offset".into(),
+        })?;
+        let place = payload.get("place").and_then(Value::as_str).map(String::from);
+        self.instance.appointments.insert(id.clone(), crate::step::Appointment { at, place });
+        for (i, r) in policy.reminders.iter().enumerate() {
+            let due = time::after(at, r.before.span().negate(), &self.tz)?;
+            if due > self.now {
+                self.arm(format!("{prefix}{i}:{}", self.instance.seq), due, Purpose::AppointmentReminder { appointment: id.clone(), index: i });
+            }
+        }
+        self.notes.push(format!("appointment {id} at {}", self.local(at)));
+        Ok(())
+    }
+
+    fn timer(&mut self, key: &str) -> Result<Purpose, StepError> {
+        let Some(timer) = self.instance.timers.iter().find(|t| t.key == key).cloned() else {
+            return Err(StepError::StaleTimer { key: key.into() });
+        };
+        self.cancel_where(|t| t.key != key);
+        let state = &self.decl.states[&self.instance.state];
+        match &timer.purpose {
+            Purpose::State { index } => {
+                let Some(t) = state.timers.get(*index) else {
+                    return Err(StepError::StaleTimer { key: key.into() });
+                };
+                self.actions(&t.actions, &Value::Null)?;
+                match &t.to {
+                    Some(to) => self.transition(to, &Value::Null)?,
+                    None => {
+                        if let Some(cron) = &t.every {
+                            let next = time::next_cron(cron, self.now.max(timer.due), &self.decl.time_zone)?;
+                            self.arm(format!("{}t{index}:{}", self.state_prefix(), self.instance.seq), next, Purpose::State { index: *index });
+                        }
+                    }
+                }
+            }
+            Purpose::HandoffDeadline { to, escalate_to, template, .. } => {
+                self.notes.push(format!("handoff to {to} not acknowledged in time: escalated to {escalate_to}"));
+                let data = json!({"from": self.instance.owner, "to": to, "deadline": self.local(timer.due)});
+                self.notice(escalate_to, template, Some(("handoff", data)));
+            }
+            Purpose::ActivityReminder { activity } | Purpose::ActivityOverdue { activity } => {
+                let Some(a) = state.activities.iter().find(|a| &a.name == activity).cloned() else {
+                    return Err(StepError::StaleTimer { key: key.into() });
+                };
+                let (from, to) = self.window(&a)?;
+                let data = json!({
+                    "name": a.name,
+                    "title": a.title.clone().unwrap_or_else(|| a.name.clone()),
+                    "due_from": from.map(|t| self.local(t)),
+                    "due_to": to.map(|t| self.local(t)),
+                });
+                if matches!(timer.purpose, Purpose::ActivityReminder { .. }) {
+                    if let Some(t) = &a.reminder_template {
+                        self.notice(&a.role, t, Some(("activity", data)));
+                    }
+                } else {
+                    self.notes.push(format!("activity {} overdue: escalated to {}", a.name, a.escalate_to));
+                    self.notice(&a.escalate_to, &a.escalation_template, Some(("activity", data)));
+                }
+            }
+            Purpose::AppointmentReminder { appointment, index } => {
+                if let (Some(policy), Some(appt)) = (&self.decl.appointments, self.instance.appointments.get(appointment)) {
+                    let r = &policy.reminders[*index];
+                    let data = json!({"at": self.local(appt.at), "place": appt.place});
+                    let (to, template) = (policy.to.clone(), r.template.clone());
+                    self.notice(&to, &template, Some(("appointment", data)));
+                }
+            }
+        }
+        Ok(timer.purpose)
+    }
+
+    fn eval(&self, text: &str, payload: &Value) -> Result<Value, StepError> {
+        let e = self.p.expression(text).ok_or_else(|| StepError::Expression {
+            text: text.into(),
+            reason: "not compiled: the pathway was not checked".into(),
+        })?;
+        e.eval(&self.instance.fields, payload).map_err(|reason| StepError::Expression { text: text.into(), reason })
+    }
+
+    fn actions(&mut self, actions: &[Action], payload: &Value) -> Result<(), StepError> {
+        for a in actions {
+            match a {
+                Action::Notify(n) => self.notice(&n.to, &n.template, None),
+                Action::Handoff(h) => {
+                    let from = self.instance.owner.replace(h.to.clone());
+                    let deadline = match &h.ack_within {
+                        Some(d) => Some(time::after(self.now, d.span(), &self.tz)?),
+                        None => None,
+                    };
+                    let data = json!({"from": from, "to": h.to, "deadline": deadline.map(|t| self.local(t))});
+                    self.notice(&h.to, &h.template, Some(("handoff", data)));
+                    if let (Some(due), Some(ack_on), Some(escalate_to), Some(template)) = (deadline, &h.ack_on, &h.escalate_to, &h.escalation_template) {
+                        let key = format!("{}h{}:{}", self.state_prefix(), self.instance.seq, self.armed.len());
+                        self.arm(key, due, Purpose::HandoffDeadline { to: h.to.clone(), ack_on: ack_on.clone(), escalate_to: escalate_to.clone(), template: template.clone() });
+                    }
+                    self.notes.push(format!("handed off from {} to {}", from.as_deref().unwrap_or("nobody"), h.to));
+                }
+                Action::Enroll(e) => {
+                    let fields = e
+                        .fields
+                        .iter()
+                        .filter_map(|f| self.instance.fields.get(f).map(|v| (f.clone(), v.clone())))
+                        .collect();
+                    self.notes.push(format!("referred to {}", e.pathway));
+                    self.enrolments.push(Enrolment { pathway: e.pathway.clone(), fields });
+                }
+                Action::Set(s) => {
+                    let value = match (&s.value, &s.expr) {
+                        (Some(v), _) => v.clone(),
+                        (None, Some(x)) => self.eval(x, payload)?,
+                        (None, None) => Value::Null,
+                    };
+                    let field = &self.decl.fields[&s.field];
+                    if !value.is_null() {
+                        field.check_value(&value).map_err(|reason| StepError::Field { field: s.field.clone(), reason })?;
+                    }
+                    let old = self.instance.fields.insert(s.field.clone(), value.clone());
+                    if old.as_ref() != Some(&value) {
+                        let was_unset = old.is_none_or(|v| v.is_null());
+                        if field.sensitive {
+                            self.notes.push(format!("{} set", s.field));
+                        } else {
+                            self.notes.push(format!("{} set to {value}", s.field));
+                        }
+                        self.reanchor(&s.field, was_unset)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A date field changed: every pending timer that counts from it is computed again, and a
+    /// timer that was waiting for the date (it was unset) is armed. A timer that already fired
+    /// stays fired.
+    fn reanchor(&mut self, field: &str, was_unset: bool) -> Result<(), StepError> {
+        let state = &self.decl.states[&self.instance.state];
+        let prefix = self.state_prefix();
+        for (index, t) in state.timers.iter().enumerate() {
+            let Some(at) = t.at.as_ref().filter(|at| at.anchor == field) else {
+                continue;
+            };
+            let purpose = Purpose::State { index };
+            let old = self.instance.timers.iter().find(|x| x.purpose == purpose).map(|x| x.due);
+            if old.is_none() && !was_unset {
+                continue;
+            }
+            self.cancel_where(|x| x.purpose != purpose);
+            let name = t.name.clone().unwrap_or_else(|| format!("timer {index}"));
+            match (self.at_due(at)?, old) {
+                (Some(due), old) => {
+                    self.notes.push(match old {
+                        Some(o) => format!("{name} moved from {} to {}", self.local(o), self.local(due)),
+                        None => format!("{name} armed for {}", self.local(due)),
+                    });
+                    self.arm(format!("{prefix}t{index}:{}", self.instance.seq), due, purpose);
+                }
+                (None, Some(_)) => self.notes.push(format!("{name} cancelled: {field} was cleared")),
+                (None, None) => {}
+            }
+        }
+        let activities: Vec<Activity> = state
+            .activities
+            .iter()
+            .filter(|a| a.window.anchor.as_deref() == Some(field) && self.instance.open_activities.contains(&a.name))
+            .cloned()
+            .collect();
+        for a in activities {
+            let mine = |t: &ArmedTimer| matches!(&t.purpose, Purpose::ActivityReminder { activity } | Purpose::ActivityOverdue { activity } if *activity == a.name);
+            self.cancel_where(|t| !mine(t));
+            self.arm_activity(&a)?;
+            if let (_, Some(to)) = self.window(&a)? {
+                self.notes.push(format!("activity {} now escalates at {}", a.name, self.local(to)));
+            }
+        }
+        Ok(())
+    }
+
+    fn anchor_date(&self, field: &str) -> Option<Date> {
+        self.instance.fields.get(field)?.as_str()?.parse().ok()
+    }
+
+    fn at_due(&self, at: &crate::pathway::At) -> Result<Option<Timestamp>, StepError> {
+        let Some(date) = self.anchor_date(&at.anchor) else {
+            return Ok(None);
+        };
+        let tod = parse_time_of_day(at.time.as_deref().unwrap_or(DEFAULT_TIME_OF_DAY)).unwrap_or((9, 0));
+        let due = time::at(date, at.offset.span(), tod, &self.tz)?;
+        Ok(Some(due.max(self.now)))
+    }
+
+    /// The moments an activity's window opens and closes (the close is when it escalates).
+    fn window(&self, a: &Activity) -> Result<(Option<Timestamp>, Option<Timestamp>), StepError> {
+        match &a.window.anchor {
+            None => Ok((
+                Some(time::after(self.instance.entered_at, a.window.from.span(), &self.tz)?),
+                Some(time::after(self.instance.entered_at, a.window.to.span(), &self.tz)?),
+            )),
+            Some(anchor) => {
+                let Some(date) = self.anchor_date(anchor) else {
+                    return Ok((None, None));
+                };
+                let tod = parse_time_of_day(DEFAULT_TIME_OF_DAY).unwrap_or((9, 0));
+                let from = time::at(date, a.window.from.span(), tod, &self.tz)?;
+                // The window includes its last day: it escalates the morning after.
+                let to = time::at(date, a.window.to.span().checked_add(jiff::Span::new().days(1)).unwrap_or(a.window.to.span()), tod, &self.tz)?;
+                Ok((Some(from), Some(to)))
+            }
+        }
+    }
+
+    fn arm_activity(&mut self, a: &Activity) -> Result<(), StepError> {
+        let (from, to) = self.window(a)?;
+        let prefix = self.state_prefix();
+        if let (Some(before), Some(from)) = (&a.remind_before, from) {
+            let due = time::after(from, before.span().negate(), &self.tz)?;
+            if to.is_none_or(|to| self.now < to) {
+                self.arm(format!("{prefix}a:{}:remind:{}", a.name, self.instance.seq), due.max(self.now), Purpose::ActivityReminder { activity: a.name.clone() });
+            }
+        }
+        if let Some(to) = to {
+            self.arm(format!("{prefix}a:{}:overdue:{}", a.name, self.instance.seq), to.max(self.now), Purpose::ActivityOverdue { activity: a.name.clone() });
+        }
+        Ok(())
+    }
+
+    fn transition(&mut self, to: &str, payload: &Value) -> Result<(), StepError> {
+        // Leave: the state's timers, handoff deadlines and activities go with it.
+        let prefix = self.state_prefix();
+        self.cancel_where(|t| !t.key.starts_with(&prefix));
+        self.instance.open_activities.clear();
+        self.enter(to, payload)
+    }
+
+    fn enter(&mut self, name: &str, payload: &Value) -> Result<(), StepError> {
+        let Some(state) = self.decl.states.get(name) else {
+            return Err(StepError::UnknownState(name.into()));
+        };
+        self.instance.state = name.to_string();
+        self.instance.entered_at = self.now;
+        self.instance.entered_seq = self.instance.seq;
+        if let Some(owner) = &state.owner {
+            self.instance.owner = Some(owner.clone());
+        }
+        self.actions(&state.enter, payload)?;
+        if state.terminal {
+            self.instance.status = Status::Finished;
+            self.cancel_where(|_| false);
+            self.instance.open_activities.clear();
+            return Ok(());
+        }
+        let prefix = self.state_prefix();
+        for (index, t) in state.timers.iter().enumerate() {
+            let due = if let Some(after) = &t.after {
+                Some(time::after(self.now, after.span(), &self.tz)?)
+            } else if let Some(at) = &t.at {
+                self.at_due(at)?
+            } else if let Some(cron) = &t.every {
+                Some(time::next_cron(cron, self.now, &self.decl.time_zone)?)
+            } else {
+                None
+            };
+            match due {
+                Some(due) => self.arm(format!("{prefix}t{index}:{}", self.instance.seq), due, Purpose::State { index }),
+                None => {
+                    if let Some(at) = &t.at {
+                        self.notes.push(format!("{} waits for {}", t.name.clone().unwrap_or_else(|| format!("timer {index}")), at.anchor));
+                    }
+                }
+            }
+        }
+        for a in &state.activities {
+            self.instance.open_activities.push(a.name.clone());
+            self.arm_activity(a)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a payload against the event's declared members; returns it as an object.
+fn check_payload(event: &str, decl: &indexmap::IndexMap<String, crate::pathway::Field>, payload: &Value) -> Result<Value, StepError> {
+    let err = |pointer: String, reason: String| StepError::Payload { event: event.into(), pointer, reason };
+    let obj = match payload {
+        Value::Null => Map::new(),
+        Value::Object(o) => o.clone(),
+        other => return Err(err(String::new(), format!("expected an object, found {other}"))),
+    };
+    for (k, v) in &obj {
+        let Some(f) = decl.get(k) else {
+            let known: Vec<_> = decl.keys().cloned().collect();
+            return Err(err(
+                format!("/{}", crate::json::escape_pointer(k)),
+                format!("unknown member (declared: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+            ));
+        };
+        if !v.is_null() {
+            f.check_value(v).map_err(|reason| err(format!("/{}", crate::json::escape_pointer(k)), reason))?;
+        }
+    }
+    for (k, f) in decl {
+        if f.required && obj.get(k).is_none_or(Value::is_null) {
+            return Err(err(format!("/{}", crate::json::escape_pointer(k)), "required member is missing".into()));
+        }
+    }
+    Ok(Value::Object(obj))
+}

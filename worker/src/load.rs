@@ -1,0 +1,112 @@
+//! Reading pathway folders from disk into [`PathwaySource`]s for the engine.
+//!
+//! The layout: a pathway is a folder holding `pathway.json` and, beside it, `templates/` with
+//! files named `NAME.LANG.CHANNEL.hbs`. A path given on the command line may be such a folder,
+//! its `pathway.json`, or a folder of pathway folders (`pathways/`).
+
+use std::path::{Path, PathBuf};
+
+use carepath_engine::{PathwaySource, SourceFile};
+
+/// Why pathway files could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The path does not exist or cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The path holds no pathway.
+    #[error("no pathway.json in {0} or in its sub-folders")]
+    Empty(PathBuf),
+}
+
+/// The name of a pathway file inside its folder.
+pub const PATHWAY_FILE: &str = "pathway.json";
+/// The folder of templates beside it.
+pub const TEMPLATES_DIR: &str = "templates";
+
+/// Reads every pathway at `paths`, in a stable order (sorted by folder).
+pub fn load(paths: &[PathBuf]) -> Result<Vec<PathwaySource>, LoadError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let found = pathway_files(path)?;
+        if found.is_empty() {
+            return Err(LoadError::Empty(path.clone()));
+        }
+        for file in found {
+            out.push(read_pathway(&file)?);
+        }
+    }
+    Ok(out)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The `pathway.json` files at or below `path` (one level of sub-folders).
+fn pathway_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let direct = path.join(PATHWAY_FILE);
+    if direct.is_file() {
+        return Ok(vec![direct]);
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io(path))? {
+        let entry = entry.map_err(io(path))?;
+        let candidate = entry.path().join(PATHWAY_FILE);
+        if candidate.is_file() {
+            found.push(candidate);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn read_pathway(file: &Path) -> Result<PathwaySource, LoadError> {
+    let text = std::fs::read_to_string(file).map_err(io(file))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let templates_dir = dir.join(TEMPLATES_DIR);
+    let mut templates = Vec::new();
+    if templates_dir.is_dir() {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&templates_dir).map_err(io(&templates_dir))? {
+            let p = entry.map_err(io(&templates_dir))?.path();
+            if p.is_file() {
+                names.push(p);
+            }
+        }
+        names.sort();
+        for p in names {
+            let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+            templates.push(SourceFile {
+                path: display(&p),
+                text,
+            });
+        }
+    }
+    Ok(PathwaySource {
+        pathway: SourceFile {
+            path: display(file),
+            text,
+        },
+        templates,
+    })
+}
+
+/// A path as it should read in a diagnostic: as given, with `/` separators and no `./`.
+fn display(p: &Path) -> String {
+    let s = p.to_string_lossy().replace('\\', "/");
+    s.strip_prefix("./").map(str::to_string).unwrap_or(s)
+}
