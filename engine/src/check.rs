@@ -72,7 +72,9 @@ pub struct Report {
 impl Report {
     /// Whether any finding is an error.
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
     /// The number of errors and of warnings.
@@ -105,7 +107,15 @@ pub fn check(sources: &[PathwaySource]) -> Report {
             match template::read(&file.path, &file.text) {
                 Ok(t) => templates.push(t),
                 Err(problem) => {
-                    diagnostics.push(at_template(file.path.as_str(), &file.text, Code::TemplateError, &problem.message, problem.line, problem.column, problem.hint));
+                    diagnostics.push(at_template(
+                        file.path.as_str(),
+                        &file.text,
+                        Code::TemplateError,
+                        &problem.message,
+                        problem.line,
+                        problem.column,
+                        problem.hint,
+                    ));
                 }
             }
         }
@@ -126,8 +136,12 @@ pub fn check(sources: &[PathwaySource]) -> Report {
         }
         // Pathway file first, then its templates; within a file, in reading order.
         diagnostics.sort_by(|a, b| {
-            (a.file != source.pathway.path, &a.file, a.line, a.column)
-                .cmp(&(b.file != source.pathway.path, &b.file, b.line, b.column))
+            (a.file != source.pathway.path, &a.file, a.line, a.column).cmp(&(
+                b.file != source.pathway.path,
+                &b.file,
+                b.line,
+                b.column,
+            ))
         });
         let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
         report.diagnostics.extend(diagnostics);
@@ -142,25 +156,48 @@ pub fn check(sources: &[PathwaySource]) -> Report {
     let mut seen: HashMap<(&str, u32), &str> = HashMap::new();
     for (source, d) in sources.iter().zip(&decoded) {
         if let Some(p) = &d.pathway
-            && let Some(first) = seen.insert((p.id.as_str(), p.version), source.pathway.path.as_str())
+            && let Some(first) =
+                seen.insert((p.id.as_str(), p.version), source.pathway.path.as_str())
         {
             report.diagnostics.push(d.located.at(
                 Code::DuplicateName,
                 "/id",
-                format!("pathway \"{}\" version {} is also declared in {first}", p.id, p.version),
+                format!(
+                    "pathway \"{}\" version {} is also declared in {first}",
+                    p.id, p.version
+                ),
                 Some("give each pathway its own id, or raise the version".into()),
             ));
-            report.pathways.retain(|c| !(c.pathway.id == p.id && c.pathway.version == p.version));
+            report
+                .pathways
+                .retain(|c| !(c.pathway.id == p.id && c.pathway.version == p.version));
         }
     }
     report
 }
 
-fn at_template(path: &str, text: &str, code: Code, message: &str, line: usize, column: usize, hint: Option<String>) -> Diagnostic {
+fn at_template(
+    path: &str,
+    text: &str,
+    code: Code,
+    message: &str,
+    line: usize,
+    column: usize,
+    hint: Option<String>,
+) -> Diagnostic {
     let index = LineIndex::new(text);
     let start = index.offset(line, column);
-    let end = text[start..].find(['}', '\n']).map_or(text.len(), |i| start + i + 1);
-    index.diagnostic(path, code, message.to_string(), crate::json::Span { start, end }, "", hint)
+    let end = text[start..]
+        .find(['}', '\n'])
+        .map_or(text.len(), |i| start + i + 1);
+    index.diagnostic(
+        path,
+        code,
+        message.to_string(),
+        crate::json::Span { start, end },
+        "",
+        hint,
+    )
 }
 
 /// Where a template is used, which decides the variables it may use.
@@ -304,19 +341,33 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn notice(&mut self, role: &str, template: &str, context: Context, pointer: &str, role_ptr: &str, template_ptr: &str) {
+    fn notice(
+        &mut self,
+        role: &str,
+        template: &str,
+        context: Context,
+        pointer: &str,
+        role_ptr: &str,
+        template_ptr: &str,
+    ) {
         if !self.role(role, role_ptr) {
             return;
         }
         let channels = self.p.roles[role].channels();
-        let named: Vec<&TemplateFile> = self.templates.iter().filter(|t| t.name == template).collect();
+        let named: Vec<&TemplateFile> = self
+            .templates
+            .iter()
+            .filter(|t| t.name == template)
+            .collect();
         if named.is_empty() {
             let mut names: Vec<&str> = self.templates.iter().map(|t| t.name.as_str()).collect();
             names.dedup();
             self.push(
                 Code::UnknownTemplate,
                 template_ptr,
-                format!("unknown template \"{template}\": no file templates/{template}.LANG.CHANNEL.hbs"),
+                format!(
+                    "unknown template \"{template}\": no file templates/{template}.LANG.CHANNEL.hbs"
+                ),
                 Some(match closest(template, &names) {
                     Some(c) => format!("did you mean \"{c}\"?"),
                     None => format!(
@@ -378,11 +429,25 @@ impl Checker<'_, '_> {
             match a {
                 Action::Notify(n) => {
                     let p = format!("{ptr}/notify");
-                    self.notice(&n.to, &n.template, Context::Plain, &p, &format!("{p}/to"), &format!("{p}/template"));
+                    self.notice(
+                        &n.to,
+                        &n.template,
+                        Context::Plain,
+                        &p,
+                        &format!("{p}/to"),
+                        &format!("{p}/template"),
+                    );
                 }
                 Action::Handoff(h) => {
                     let p = format!("{ptr}/handoff");
-                    self.notice(&h.to, &h.template, Context::Handoff, &p, &format!("{p}/to"), &format!("{p}/template"));
+                    self.notice(
+                        &h.to,
+                        &h.template,
+                        Context::Handoff,
+                        &p,
+                        &format!("{p}/to"),
+                        &format!("{p}/template"),
+                    );
                     let mut missing = Vec::new();
                     if h.ack_on.is_none() {
                         missing.push("ack_on");
@@ -412,7 +477,14 @@ impl Checker<'_, '_> {
                         self.event(e, &format!("{p}/ack_on"));
                     }
                     if let (Some(to), Some(t)) = (&h.escalate_to, &h.escalation_template) {
-                        self.notice(to, t, Context::Handoff, &p, &format!("{p}/escalate_to"), &format!("{p}/escalation_template"));
+                        self.notice(
+                            to,
+                            t,
+                            Context::Handoff,
+                            &p,
+                            &format!("{p}/escalate_to"),
+                            &format!("{p}/escalation_template"),
+                        );
                     } else if let Some(to) = &h.escalate_to {
                         self.role(to, &format!("{p}/escalate_to"));
                     }
@@ -425,17 +497,16 @@ impl Checker<'_, '_> {
                 }
                 Action::Set(s) => {
                     let p = format!("{ptr}/set");
-                    if self.field(&s.field, &format!("{p}/field")) {
-                        if let Some(v) = &s.value
-                            && let Err(e) = self.p.fields[&s.field].check_value(v)
-                        {
-                            self.push(
-                                Code::WrongType,
-                                &format!("{p}/value"),
-                                format!("field \"{}\": {e}", s.field),
-                                None,
-                            );
-                        }
+                    if self.field(&s.field, &format!("{p}/field"))
+                        && let Some(v) = &s.value
+                        && let Err(e) = self.p.fields[&s.field].check_value(v)
+                    {
+                        self.push(
+                            Code::WrongType,
+                            &format!("{p}/value"),
+                            format!("field \"{}\": {e}", s.field),
+                            None,
+                        );
                     }
                     if let Some(x) = &s.expr {
                         self.expression(x, &format!("{p}/expr"), event);
@@ -449,12 +520,28 @@ impl Checker<'_, '_> {
         for (name, state) in &self.p.states {
             let base = format!("/states/{}", escape_pointer(name));
             let mut sites: Vec<(String, &Action)> = Vec::new();
-            sites.extend(state.enter.iter().enumerate().map(|(i, a)| (format!("{base}/enter/{i}"), a)));
+            sites.extend(
+                state
+                    .enter
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("{base}/enter/{i}"), a)),
+            );
             for (j, t) in state.on.iter().enumerate() {
-                sites.extend(t.actions.iter().enumerate().map(|(i, a)| (format!("{base}/on/{j}/actions/{i}"), a)));
+                sites.extend(
+                    t.actions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| (format!("{base}/on/{j}/actions/{i}"), a)),
+                );
             }
             for (j, t) in state.timers.iter().enumerate() {
-                sites.extend(t.actions.iter().enumerate().map(|(i, a)| (format!("{base}/timers/{j}/actions/{i}"), a)));
+                sites.extend(
+                    t.actions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| (format!("{base}/timers/{j}/actions/{i}"), a)),
+                );
             }
             for (ptr, a) in sites {
                 let Action::Enroll(e) = a else { continue };
@@ -477,8 +564,14 @@ impl Checker<'_, '_> {
                                 self.push(
                                     Code::UnknownField,
                                     &format!("{ptr}/enroll/fields/{j}"),
-                                    format!("pathway \"{}\" has no field \"{f}\" to copy into", target.id),
-                                    Some(format!("declare \"{f}\" in \"{}\" too, or stop copying it", target.id)),
+                                    format!(
+                                        "pathway \"{}\" has no field \"{f}\" to copy into",
+                                        target.id
+                                    ),
+                                    Some(format!(
+                                        "declare \"{f}\" in \"{}\" too, or stop copying it",
+                                        target.id
+                                    )),
                                 );
                             } else if let Some(mine) = self.p.fields.get(f)
                                 && mine.ty != target.fields[f].ty
@@ -508,7 +601,11 @@ impl Checker<'_, '_> {
             self.state(&p.initial, "/initial");
         }
         if let Some(a) = &p.appointments {
-            for name in [appointment_events::BOOKED, appointment_events::MOVED, appointment_events::CANCELLED] {
+            for name in [
+                appointment_events::BOOKED,
+                appointment_events::MOVED,
+                appointment_events::CANCELLED,
+            ] {
                 if p.events.contains_key(name) {
                     self.push(
                         Code::DuplicateName,
@@ -521,9 +618,21 @@ impl Checker<'_, '_> {
             for (i, r) in a.reminders.iter().enumerate() {
                 let ptr = format!("/appointments/reminders/{i}");
                 if r.before.is_zero_or_negative() {
-                    self.push(Code::BadDuration, &format!("{ptr}/before"), format!("a reminder \"before\" must be positive, found {}", r.before), None);
+                    self.push(
+                        Code::BadDuration,
+                        &format!("{ptr}/before"),
+                        format!("a reminder \"before\" must be positive, found {}", r.before),
+                        None,
+                    );
                 }
-                self.notice(&a.to, &r.template, Context::Appointment, &ptr, "/appointments/to", &format!("{ptr}/template"));
+                self.notice(
+                    &a.to,
+                    &r.template,
+                    Context::Appointment,
+                    &ptr,
+                    "/appointments/to",
+                    &format!("{ptr}/template"),
+                );
             }
         }
         for (name, state) in &p.states {
@@ -543,16 +652,27 @@ impl Checker<'_, '_> {
                 }
                 None => {}
             }
-            if state.terminal && (!state.on.is_empty() || !state.timers.is_empty() || !state.activities.is_empty()) {
-                let what = [("on", state.on.is_empty()), ("timers", state.timers.is_empty()), ("activities", state.activities.is_empty())]
-                    .iter()
-                    .filter(|(_, empty)| !empty)
-                    .map(|(k, _)| *k)
-                    .collect::<Vec<_>>();
+            if state.terminal
+                && (!state.on.is_empty()
+                    || !state.timers.is_empty()
+                    || !state.activities.is_empty())
+            {
+                let what = [
+                    ("on", state.on.is_empty()),
+                    ("timers", state.timers.is_empty()),
+                    ("activities", state.activities.is_empty()),
+                ]
+                .iter()
+                .filter(|(_, empty)| !empty)
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>();
                 let d = self.at.at_key(
                     Code::TerminalHasExit,
                     &format!("{base}/{}", what[0]),
-                    format!("terminal state \"{name}\" has {}: an end cannot be left", what.join(" and ")),
+                    format!(
+                        "terminal state \"{name}\" has {}: an end cannot be left",
+                        what.join(" and ")
+                    ),
                     Some("remove them, or remove \"terminal\"".into()),
                 );
                 self.out.push(d);
@@ -566,7 +686,11 @@ impl Checker<'_, '_> {
                     self.state(to, &format!("{ptr}/to"));
                 }
                 if let Some(g) = &t.guard {
-                    self.expression(g, &format!("{ptr}/guard"), known_event.then_some(t.event.as_str()));
+                    self.expression(
+                        g,
+                        &format!("{ptr}/guard"),
+                        known_event.then_some(t.event.as_str()),
+                    );
                 } else if let Some(first) = unguarded.insert(&t.event, i) {
                     self.push(
                         Code::AmbiguousTransition,
@@ -575,7 +699,11 @@ impl Checker<'_, '_> {
                         Some("give one of them a guard, or merge them".into()),
                     );
                 }
-                self.actions(&t.actions, &format!("{ptr}/actions"), known_event.then_some(t.event.as_str()));
+                self.actions(
+                    &t.actions,
+                    &format!("{ptr}/actions"),
+                    known_event.then_some(t.event.as_str()),
+                );
             }
             let mut timer_names = HashSet::new();
             for (i, t) in state.timers.iter().enumerate() {
@@ -583,7 +711,12 @@ impl Checker<'_, '_> {
                 if let Some(n) = &t.name
                     && !timer_names.insert(n.as_str())
                 {
-                    self.push(Code::DuplicateName, &format!("{ptr}/name"), format!("state \"{name}\" has two timers named \"{n}\""), None);
+                    self.push(
+                        Code::DuplicateName,
+                        &format!("{ptr}/name"),
+                        format!("state \"{name}\" has two timers named \"{n}\""),
+                        None,
+                    );
                 }
                 if let Some(to) = &t.to {
                     self.state(to, &format!("{ptr}/to"));
@@ -594,7 +727,12 @@ impl Checker<'_, '_> {
                 if let Some(after) = &t.after
                     && after.span().signum() < 0
                 {
-                    self.push(Code::BadDuration, &format!("{ptr}/after"), format!("\"after\" must not be negative, found {after}"), Some("to fire before a date, use \"at\" with a negative offset".into()));
+                    self.push(
+                        Code::BadDuration,
+                        &format!("{ptr}/after"),
+                        format!("\"after\" must not be negative, found {after}"),
+                        Some("to fire before a date, use \"at\" with a negative offset".into()),
+                    );
                 }
                 self.actions(&t.actions, &format!("{ptr}/actions"), None);
             }
@@ -602,20 +740,47 @@ impl Checker<'_, '_> {
             for (i, a) in state.activities.iter().enumerate() {
                 let ptr = format!("{base}/activities/{i}");
                 if !activity_names.insert(a.name.as_str()) {
-                    self.push(Code::DuplicateName, &format!("{ptr}/name"), format!("state \"{name}\" has two activities named \"{}\"", a.name), None);
+                    self.push(
+                        Code::DuplicateName,
+                        &format!("{ptr}/name"),
+                        format!("state \"{name}\" has two activities named \"{}\"", a.name),
+                        None,
+                    );
                 }
                 self.role(&a.role, &format!("{ptr}/role"));
                 if let Some(anchor) = &a.window.anchor {
                     self.anchor(anchor, &format!("{ptr}/window/anchor"));
                 }
                 if crate::duration::approx_cmp(a.window.from.span(), a.window.to.span()).is_gt() {
-                    self.push(Code::BadDuration, &format!("{ptr}/window"), format!("the window closes ({}) before it opens ({})", a.window.to, a.window.from), Some("swap \"from\" and \"to\"".into()));
+                    self.push(
+                        Code::BadDuration,
+                        &format!("{ptr}/window"),
+                        format!(
+                            "the window closes ({}) before it opens ({})",
+                            a.window.to, a.window.from
+                        ),
+                        Some("swap \"from\" and \"to\"".into()),
+                    );
                 }
                 self.event(&a.done_on, &format!("{ptr}/done_on"));
                 if let Some(t) = &a.reminder_template {
-                    self.notice(&a.role, t, Context::Activity, &ptr, &format!("{ptr}/role"), &format!("{ptr}/reminder_template"));
+                    self.notice(
+                        &a.role,
+                        t,
+                        Context::Activity,
+                        &ptr,
+                        &format!("{ptr}/role"),
+                        &format!("{ptr}/reminder_template"),
+                    );
                 }
-                self.notice(&a.escalate_to, &a.escalation_template, Context::Activity, &ptr, &format!("{ptr}/escalate_to"), &format!("{ptr}/escalation_template"));
+                self.notice(
+                    &a.escalate_to,
+                    &a.escalation_template,
+                    Context::Activity,
+                    &ptr,
+                    &format!("{ptr}/escalate_to"),
+                    &format!("{ptr}/escalation_template"),
+                );
             }
         }
         self.enroll_targets(known);
@@ -629,18 +794,51 @@ impl Checker<'_, '_> {
                 continue;
             };
             if !files.insert((t.name.clone(), t.language.clone(), t.channel)) {
-                let d = at_template(&t.path, &src.text, Code::DuplicateName, &format!("a second template \"{}\" for {} in \"{}\"", t.name, t.channel.as_str(), t.language), 1, 1, None);
+                let d = at_template(
+                    &t.path,
+                    &src.text,
+                    Code::DuplicateName,
+                    &format!(
+                        "a second template \"{}\" for {} in \"{}\"",
+                        t.name,
+                        t.channel.as_str(),
+                        t.language
+                    ),
+                    1,
+                    1,
+                    None,
+                );
                 self.out.push(d);
             }
             let Some(sites) = self.usage.get(&(t.name.clone(), t.channel)).cloned() else {
-                let d = at_template(&t.path, &src.text, Code::UnusedTemplate, &format!("template \"{}\" ({}) is not used by any notice", t.name, t.channel.as_str()), 1, 1, Some("remove the file, or send it from an action".into()));
+                let d = at_template(
+                    &t.path,
+                    &src.text,
+                    Code::UnusedTemplate,
+                    &format!(
+                        "template \"{}\" ({}) is not used by any notice",
+                        t.name,
+                        t.channel.as_str()
+                    ),
+                    1,
+                    1,
+                    Some("remove the file, or send it from an action".into()),
+                );
                 self.out.push(d);
                 continue;
             };
             let uses = match t.uses() {
                 Ok(u) => u,
                 Err(problem) => {
-                    let d = at_template(&t.path, &src.text, Code::TemplateError, &problem.message, problem.line, problem.column, problem.hint);
+                    let d = at_template(
+                        &t.path,
+                        &src.text,
+                        Code::TemplateError,
+                        &problem.message,
+                        problem.line,
+                        problem.column,
+                        problem.hint,
+                    );
                     self.out.push(d);
                     continue;
                 }
@@ -649,7 +847,15 @@ impl Checker<'_, '_> {
             for u in uses {
                 if u.helper {
                     if !template::HELPERS.contains(&u.name.as_str()) {
-                        let d = at_template(&t.path, &src.text, Code::TemplateError, &format!("unknown helper \"{}\"", u.name), u.line, u.column, Some(format!("helpers: {}", template::HELPERS.join(", "))));
+                        let d = at_template(
+                            &t.path,
+                            &src.text,
+                            Code::TemplateError,
+                            &format!("unknown helper \"{}\"", u.name),
+                            u.line,
+                            u.column,
+                            Some(format!("helpers: {}", template::HELPERS.join(", "))),
+                        );
                         self.out.push(d);
                     }
                     continue;
@@ -666,12 +872,18 @@ impl Checker<'_, '_> {
                     continue;
                 }
                 for (context, site) in &sites {
-                    if !self.variable_allowed(&u.name, *context) && reported.insert(u.name.clone()) {
+                    if !self.variable_allowed(&u.name, *context) && reported.insert(u.name.clone())
+                    {
                         let d = at_template(
                             &t.path,
                             &src.text,
                             Code::TemplateUnknownVariable,
-                            &format!("unknown variable \"{}\" in {} (used at {site} in {})", u.name, context.describe(), self.at.file),
+                            &format!(
+                                "unknown variable \"{}\" in {} (used at {site} in {})",
+                                u.name,
+                                context.describe(),
+                                self.at.file
+                            ),
                             u.line,
                             u.column,
                             Some(self.variables_hint(*context)),

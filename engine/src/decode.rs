@@ -218,7 +218,11 @@ impl Cx<'_, '_> {
                 let d = self.located.at_key(
                     Code::UnknownKey,
                     &p,
-                    format!("unknown key \"{}\" in {}", m.key, describe_pointer(&o.pointer)),
+                    format!(
+                        "unknown key \"{}\" in {}",
+                        m.key,
+                        describe_pointer(&o.pointer)
+                    ),
                     Some(hint),
                 );
                 self.diagnostics.push(d);
@@ -535,7 +539,10 @@ impl Cx<'_, '_> {
             (t, Some(_)) if t != FieldType::Enum => self.report(
                 Code::UnknownKey,
                 values_pointer.as_deref().unwrap_or(&pointer),
-                format!("\"values\" is for enum fields, and this field is {}", t.as_str()),
+                format!(
+                    "\"values\" is for enum fields, and this field is {}",
+                    t.as_str()
+                ),
                 Some("remove \"values\" or make the type \"enum\"".into()),
             ),
             _ => {}
@@ -544,7 +551,10 @@ impl Cx<'_, '_> {
             self.report(
                 Code::UnknownKey,
                 &format!("{pointer}/within"),
-                format!("\"within\" is for date fields, and this field is {}", ty.as_str()),
+                format!(
+                    "\"within\" is for date fields, and this field is {}",
+                    ty.as_str()
+                ),
                 Some("remove \"within\"".into()),
             );
         }
@@ -704,7 +714,10 @@ impl Cx<'_, '_> {
         let actions = self.list(actions, Self::action);
         let pointer = o.pointer.clone();
         self.finish(o);
-        let kinds = [has_after, has_at, has_every].iter().filter(|b| **b).count();
+        let kinds = [has_after, has_at, has_every]
+            .iter()
+            .filter(|b| **b)
+            .count();
         if kinds != 1 {
             self.report(
                 if kinds == 0 {
@@ -713,7 +726,9 @@ impl Cx<'_, '_> {
                     Code::WrongType
                 },
                 &pointer,
-                format!("a timer needs exactly one of \"after\", \"at\" and \"every\", found {kinds}"),
+                format!(
+                    "a timer needs exactly one of \"after\", \"at\" and \"every\", found {kinds}"
+                ),
                 Some("split it into one timer per kind".into()),
             );
             return None;
@@ -928,20 +943,31 @@ pub fn closest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
         .map(|(_, c)| c)
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// neighbours ("dnoe" for "done") each cost one.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -952,6 +978,7 @@ mod tests {
     fn suggests_close_names() {
         assert_eq!(closest("ownr", &["owner", "on", "title"]), Some("owner"));
         assert_eq!(closest("zzzzzz", &["owner", "on"]), None);
+        assert_eq!(closest("dnoe", &["waiting", "done"]), Some("done"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub enum Severity {
 }
 
 macro_rules! codes {
-    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $severity:ident; )*) => {
+    ($( $variant:ident = $name:literal, $severity:ident, $doc:literal; )*) => {
         /// The stable code of every finding. Codes never change meaning; new ones may be added.
         ///
         /// `docs/pathway-language.md` shows, for each code, a pathway that has the problem and
@@ -27,7 +27,7 @@ macro_rules! codes {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         #[non_exhaustive]
         pub enum Code {
-            $( $(#[$doc])* $variant, )*
+            $( #[doc = $doc] $variant, )*
         }
 
         impl Code {
@@ -44,6 +44,11 @@ macro_rules! codes {
                 match self { $(Code::$variant => Severity::$severity,)* }
             }
 
+            /// What the code finds, in one sentence.
+            pub fn description(self) -> &'static str {
+                match self { $(Code::$variant => $doc,)* }
+            }
+
             /// Looks a code up by its kebab-case name.
             pub fn from_name(name: &str) -> Option<Code> {
                 match name { $($name => Some(Code::$variant),)* _ => None }
@@ -53,66 +58,66 @@ macro_rules! codes {
 }
 
 codes! {
-    /// The file is not valid JSON (or a template file cannot be read as a template).
-    ParseError = "parse-error", Error;
-    /// A key the language does not know: usually a typo.
-    UnknownKey = "unknown-key", Error;
-    /// A key the language requires is absent.
-    MissingKey = "missing-key", Error;
-    /// A value of the wrong JSON type, or not one of the allowed values.
-    WrongType = "wrong-type", Error;
-    /// Two things of one kind share a name (states, keys, templates).
-    DuplicateName = "duplicate-name", Error;
-    /// A transition, timer or `initial` names a state that is not declared.
-    UnknownState = "unknown-state", Error;
-    /// An owner, notice, handoff or activity names a role that is not declared.
-    UnknownRole = "unknown-role", Error;
-    /// A guard, anchor, `set` or enrolment names a field that is not declared.
-    UnknownField = "unknown-field", Error;
-    /// A transition or acknowledgement names an event that is not declared.
-    UnknownEvent = "unknown-event", Error;
-    /// A notice names a template with no file for the recipient's channel.
-    UnknownTemplate = "unknown-template", Error;
-    /// An `enroll` action names a pathway that is not among those checked together.
-    UnknownPathway = "unknown-pathway", Error;
-    /// A state that no sequence of events and timers can reach from `initial`.
-    UnreachableState = "unreachable-state", Error;
-    /// Non-terminal states from which no terminal state can be reached: a family would stay forever.
-    Trap = "trap", Error;
-    /// A terminal state with transitions, timers or activities.
-    TerminalHasExit = "terminal-has-exit", Error;
-    /// Two unguarded transitions on one event from one state.
-    AmbiguousTransition = "ambiguous-transition", Error;
-    /// Timer transitions that can loop without time passing.
-    ZeroTimeCycle = "zero-time-cycle", Error;
-    /// A non-terminal state with nobody responsible for the family.
-    NoOwner = "no-owner", Error;
-    /// A handoff without an acknowledgement deadline or an escalation target.
-    HandoffWithoutDeadline = "handoff-without-deadline", Error;
-    /// A duration that is not ISO 8601.
-    BadDuration = "bad-duration", Error;
-    /// A cron schedule that does not parse.
-    BadCron = "bad-cron", Error;
-    /// A guard or `set` expression that does not parse or uses undeclared names.
-    BadGuard = "bad-guard", Error;
-    /// A time zone that is not an IANA name.
-    BadTimeZone = "bad-time-zone", Error;
-    /// A template that does not compile, or an email template without a subject.
-    TemplateError = "template-error", Error;
-    /// A template uses a variable the pathway does not provide where the template is used.
-    TemplateUnknownVariable = "template-unknown-variable", Error;
-    /// A template has no file in the pathway's default language.
-    MissingTranslation = "missing-translation", Error;
-    /// A sensitive field is used in an SMS template.
-    SensitiveInSms = "sensitive-in-sms", Error;
-    /// A sensitive field is used in an email template.
-    SensitiveInEmail = "sensitive-in-email", Error;
-    /// The longest run driven by timers alone outlasts the pathway's horizon.
-    HorizonExceeded = "horizon-exceeded", Error;
-    /// A non-terminal state that only an event can leave: a family may wait forever.
-    WaitWithoutTimeout = "wait-without-timeout", Warning;
-    /// A template file that no notice uses.
-    UnusedTemplate = "unused-template", Warning;
+    ParseError = "parse-error", Error,
+        "The file is not valid JSON (or a template file cannot be read as a template).";
+    UnknownKey = "unknown-key", Error,
+        "A key the language does not know: usually a typo.";
+    MissingKey = "missing-key", Error,
+        "A key the language requires is absent.";
+    WrongType = "wrong-type", Error,
+        "A value of the wrong JSON type, or not one of the allowed values.";
+    DuplicateName = "duplicate-name", Error,
+        "Two things of one kind share a name (states, keys, templates).";
+    UnknownState = "unknown-state", Error,
+        "A transition, timer or `initial` names a state that is not declared.";
+    UnknownRole = "unknown-role", Error,
+        "An owner, notice, handoff or activity names a role that is not declared.";
+    UnknownField = "unknown-field", Error,
+        "A guard, anchor, `set` or enrolment names a field that is not declared.";
+    UnknownEvent = "unknown-event", Error,
+        "A transition or acknowledgement names an event that is not declared.";
+    UnknownTemplate = "unknown-template", Error,
+        "A notice names a template with no file for the recipient's channel.";
+    UnknownPathway = "unknown-pathway", Error,
+        "An `enroll` action names a pathway that is not among those checked together.";
+    UnreachableState = "unreachable-state", Error,
+        "A state that no sequence of events and timers can reach from `initial`.";
+    Trap = "trap", Error,
+        "Non-terminal states from which no terminal state can be reached: a family would stay forever.";
+    TerminalHasExit = "terminal-has-exit", Error,
+        "A terminal state with transitions, timers or activities.";
+    AmbiguousTransition = "ambiguous-transition", Error,
+        "Two unguarded transitions on one event from one state.";
+    ZeroTimeCycle = "zero-time-cycle", Error,
+        "Timer transitions that can loop without time passing.";
+    NoOwner = "no-owner", Error,
+        "A non-terminal state with nobody responsible for the family.";
+    HandoffWithoutDeadline = "handoff-without-deadline", Error,
+        "A handoff without an acknowledgement deadline or an escalation target.";
+    BadDuration = "bad-duration", Error,
+        "A duration that is not ISO 8601.";
+    BadCron = "bad-cron", Error,
+        "A cron schedule that does not parse.";
+    BadGuard = "bad-guard", Error,
+        "A guard or `set` expression that does not parse or uses undeclared names.";
+    BadTimeZone = "bad-time-zone", Error,
+        "A time zone that is not an IANA name.";
+    TemplateError = "template-error", Error,
+        "A template that does not compile, or an email template without a subject.";
+    TemplateUnknownVariable = "template-unknown-variable", Error,
+        "A template uses a variable the pathway does not provide where the template is used.";
+    MissingTranslation = "missing-translation", Error,
+        "A template has no file in the pathway's default language.";
+    SensitiveInSms = "sensitive-in-sms", Error,
+        "A sensitive field is used in an SMS template.";
+    SensitiveInEmail = "sensitive-in-email", Error,
+        "A sensitive field is used in an email template.";
+    HorizonExceeded = "horizon-exceeded", Error,
+        "The longest run driven by timers alone outlasts the pathway's horizon.";
+    WaitWithoutTimeout = "wait-without-timeout", Warning,
+        "A non-terminal state that only an event can leave: a family may wait forever.";
+    UnusedTemplate = "unused-template", Warning,
+        "A template file that no notice uses.";
 }
 
 impl std::fmt::Display for Code {
@@ -229,7 +234,11 @@ impl<'a> LineIndex<'a> {
 
     /// The text of a 1-based line, without its line ending.
     pub fn line(&self, line: usize) -> &'a str {
-        let start = self.starts.get(line - 1).copied().unwrap_or(self.text.len());
+        let start = self
+            .starts
+            .get(line - 1)
+            .copied()
+            .unwrap_or(self.text.len());
         let end = self
             .starts
             .get(line)
@@ -242,7 +251,11 @@ impl<'a> LineIndex<'a> {
 
     /// The byte offset of a 1-based line and column (in characters).
     pub fn offset(&self, line: usize, column: usize) -> usize {
-        let start = self.starts.get(line.saturating_sub(1)).copied().unwrap_or(self.text.len());
+        let start = self
+            .starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(self.text.len());
         let rest = &self.text[start..];
         rest.char_indices()
             .nth(column.saturating_sub(1))

@@ -94,7 +94,9 @@ impl FromStr for IsoDuration {
             ));
         }
         if body.contains(['.', ',']) {
-            return Err(err("fractions are not allowed: use a smaller unit (PT90M, not PT1.5H)"));
+            return Err(err(
+                "fractions are not allowed: use a smaller unit (PT90M, not PT1.5H)",
+            ));
         }
         let span: Span = text.parse().map_err(|e: jiff::Error| {
             let detail = e.to_string();
@@ -153,7 +155,15 @@ mod tests {
 
     #[test]
     fn accepts_iso_durations() {
-        for ok in ["P27M", "P4D", "-P2W", "PT2H30M", "P1Y2M3W4DT5H6M7S", "+P1D", "P0D"] {
+        for ok in [
+            "P27M",
+            "P4D",
+            "-P2W",
+            "PT2H30M",
+            "P1Y2M3W4DT5H6M7S",
+            "+P1D",
+            "P0D",
+        ] {
             assert!(ok.parse::<IsoDuration>().is_ok(), "{ok}");
         }
     }
@@ -161,7 +171,10 @@ mod tests {
     #[test]
     fn refuses_with_a_reason() {
         let e = "4 days".parse::<IsoDuration>().unwrap_err().to_string();
-        assert!(e.starts_with("invalid duration \"4 days\": expected ISO 8601"), "{e}");
+        assert!(
+            e.starts_with("invalid duration \"4 days\": expected ISO 8601"),
+            "{e}"
+        );
         let e = "p4d".parse::<IsoDuration>().unwrap_err().to_string();
         assert!(e.contains("upper-case"), "{e}");
         assert!("P1Q".parse::<IsoDuration>().is_err());

@@ -15,8 +15,24 @@ use crate::pathway::Field;
 
 /// The functions an expression may call: CEL's standard ones the interpreter provides.
 pub const FUNCTIONS: &[&str] = &[
-    "size", "contains", "startsWith", "endsWith", "matches", "max", "min", "string", "int",
-    "uint", "double", "has", "all", "exists", "exists_one", "map", "filter", "timestamp",
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "max",
+    "min",
+    "string",
+    "int",
+    "uint",
+    "double",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "timestamp",
     "duration",
 ];
 
@@ -48,11 +64,10 @@ pub fn check(text: &str, scope: &Scope<'_>) -> Result<(), String> {
 }
 
 fn first_error(e: &cel::ParseErrors) -> String {
-    e.errors
-        .first()
-        .map_or_else(|| "syntax error".to_string(), |e| {
-            format!("{} at column {}", e.msg, e.pos.1)
-        })
+    e.errors.first().map_or_else(
+        || "syntax error".to_string(),
+        |e| format!("{} at column {}", e.msg, e.pos.1),
+    )
 }
 
 fn walk(e: &IdedExpr, scope: &Scope<'_>, bound: &mut Vec<String>) -> Result<(), String> {
@@ -63,7 +78,9 @@ fn walk(e: &IdedExpr, scope: &Scope<'_>, bound: &mut Vec<String>) -> Result<(), 
             } else if name == "payload" {
                 match scope.payload {
                     Some(_) => Ok(()),
-                    None => Err("\"payload\" is only available in a transition's guard and actions".into()),
+                    None => Err(
+                        "\"payload\" is only available in a transition's guard and actions".into(),
+                    ),
                 }
             } else {
                 Err(format!(
@@ -75,7 +92,10 @@ fn walk(e: &IdedExpr, scope: &Scope<'_>, bound: &mut Vec<String>) -> Result<(), 
             if let Expr::Ident(root) = &s.operand.expr {
                 if root == "fields" && !bound.contains(root) {
                     if !scope.fields.contains_key(&s.field) {
-                        return Err(format!("unknown field {:?}: declare it under \"fields\"", s.field));
+                        return Err(format!(
+                            "unknown field {:?}: declare it under \"fields\"",
+                            s.field
+                        ));
                     }
                     return Ok(());
                 }
@@ -86,14 +106,19 @@ fn walk(e: &IdedExpr, scope: &Scope<'_>, bound: &mut Vec<String>) -> Result<(), 
                             "the payload of event {event:?} has no member {:?}",
                             s.field
                         )),
-                        None => Err("\"payload\" is only available in a transition's guard and actions".into()),
+                        None => Err(
+                            "\"payload\" is only available in a transition's guard and actions"
+                                .into(),
+                        ),
                     };
                 }
             }
             walk(&s.operand, scope, bound)
         }
         Expr::Call(c) => {
-            let internal = c.func_name.starts_with('_') || c.func_name.starts_with('@') || c.func_name.starts_with('!');
+            let internal = c.func_name.starts_with('_')
+                || c.func_name.starts_with('@')
+                || c.func_name.starts_with('!');
             if !internal && !FUNCTIONS.contains(&c.func_name.as_str()) {
                 return Err(format!("unknown function {:?}", c.func_name));
             }
@@ -117,7 +142,9 @@ fn walk(e: &IdedExpr, scope: &Scope<'_>, bound: &mut Vec<String>) -> Result<(), 
         }
         Expr::List(l) => l.elements.iter().try_for_each(|x| walk(x, scope, bound)),
         Expr::Map(m) => m.entries.iter().try_for_each(|x| match &x.expr {
-            EntryExpr::MapEntry(me) => walk(&me.key, scope, bound).and_then(|_| walk(&me.value, scope, bound)),
+            EntryExpr::MapEntry(me) => {
+                walk(&me.key, scope, bound).and_then(|_| walk(&me.value, scope, bound))
+            }
             EntryExpr::StructField(sf) => walk(&sf.value, scope, bound),
         }),
         Expr::Struct(s) => s.entries.iter().try_for_each(|x| match &x.expr {
@@ -164,8 +191,10 @@ fn to_cel(v: &serde_json::Value) -> cel::Value {
         J::String(s) => cel::Value::String(Arc::new(s.clone())),
         J::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
         J::Object(members) => {
-            let map: HashMap<String, cel::Value> =
-                members.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            let map: HashMap<String, cel::Value> = members
+                .iter()
+                .map(|(k, v)| (k.clone(), to_cel(v)))
+                .collect();
             cel::Value::from(map)
         }
     }
@@ -177,7 +206,14 @@ mod tests {
     use crate::pathway::FieldType;
 
     fn fields() -> IndexMap<String, Field> {
-        let f = |ty| Field { ty, required: false, sensitive: false, values: None, within: None, description: None };
+        let f = |ty| Field {
+            ty,
+            required: false,
+            sensitive: false,
+            values: None,
+            within: None,
+            description: None,
+        };
         let mut m = IndexMap::new();
         m.insert("care_level".into(), f(FieldType::Int));
         m.insert("consent".into(), f(FieldType::Bool));
@@ -188,8 +224,14 @@ mod tests {
     fn checks_names() {
         let fields = fields();
         let payload = fields.clone();
-        let on_event = Scope { fields: &fields, payload: Some(("referral", &payload)) };
-        let in_timer = Scope { fields: &fields, payload: None };
+        let on_event = Scope {
+            fields: &fields,
+            payload: Some(("referral", &payload)),
+        };
+        let in_timer = Scope {
+            fields: &fields,
+            payload: None,
+        };
         assert!(check("fields.care_level >= 3 && payload.consent", &on_event).is_ok());
         assert!(check("[1,2].exists(x, x == fields.care_level)", &in_timer).is_ok());
         let e = check("fields.carelevel >= 3", &in_timer).unwrap_err();
@@ -209,8 +251,14 @@ mod tests {
         let e = Expression::compile("fields.n + 1").unwrap();
         let mut f = serde_json::Map::new();
         f.insert("n".into(), 9.into());
-        assert_eq!(e.eval(&f, &serde_json::Value::Null).unwrap(), serde_json::json!(10));
+        assert_eq!(
+            e.eval(&f, &serde_json::Value::Null).unwrap(),
+            serde_json::json!(10)
+        );
         let g = Expression::compile("payload.consent == true && fields.n < 10").unwrap();
-        assert_eq!(g.eval(&f, &serde_json::json!({"consent": true})).unwrap(), serde_json::json!(true));
+        assert_eq!(
+            g.eval(&f, &serde_json::json!({"consent": true})).unwrap(),
+            serde_json::json!(true)
+        );
     }
 }

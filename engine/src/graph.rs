@@ -82,7 +82,11 @@ impl<'p> StateGraph<'p> {
     /// Builds the graph of `p`; targets that are not declared are left out (reported elsewhere).
     pub fn new(p: &'p Pathway) -> Self {
         let mut graph = DiGraph::new();
-        let nodes: Vec<NodeIndex> = p.states.keys().map(|k| graph.add_node(k.as_str())).collect();
+        let nodes: Vec<NodeIndex> = p
+            .states
+            .keys()
+            .map(|k| graph.add_node(k.as_str()))
+            .collect();
         let index = |name: &str| p.states.get_index_of(name).map(|i| nodes[i]);
         for (si, (name, state)) in p.states.iter().enumerate() {
             let base = format!("/states/{}", escape_pointer(name));
@@ -158,7 +162,10 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
                 out.push(located.at_key(
                     Code::UnreachableState,
                     &state_ptr(n),
-                    format!("state \"{}\" cannot be reached from \"{}\"", g.graph[n], p.initial),
+                    format!(
+                        "state \"{}\" cannot be reached from \"{}\"",
+                        g.graph[n], p.initial
+                    ),
                     Some("add a transition or timer into it, or remove it".into()),
                 ));
             }
@@ -183,7 +190,10 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
             continue;
         }
         trapped.sort();
-        let names: Vec<String> = trapped.iter().map(|n| format!("\"{}\"", g.graph[*n])).collect();
+        let names: Vec<String> = trapped
+            .iter()
+            .map(|n| format!("\"{}\"", g.graph[*n]))
+            .collect();
         let hint = if p.states.values().any(|s| s.terminal) {
             "add a transition or timer that leads towards a terminal state"
         } else {
@@ -207,7 +217,8 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
         |_, e| match &e.trigger {
             Trigger::Timer(TimerKind::At { .. }) => Some(e.clone()),
             Trigger::Timer(TimerKind::After(d))
-                if d.parse::<IsoDuration>().is_ok_and(|d| d.is_zero_or_negative()) =>
+                if d.parse::<IsoDuration>()
+                    .is_ok_and(|d| d.is_zero_or_negative()) =>
             {
                 Some(e.clone())
             }
@@ -228,7 +239,7 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
         if let Some(edge) = edge {
             out.push(located.at(
                 Code::ZeroTimeCycle,
-                &edge.weight().pointer,
+                &format!("{}/to", edge.weight().pointer),
                 format!(
                     "timers can loop through {} without time passing",
                     names.join(", ")
@@ -267,7 +278,9 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
 fn edge_days(p: &Pathway, trigger: &Trigger, from: i64) -> i64 {
     match trigger {
         Trigger::Timer(TimerKind::After(d)) => {
-            from + d.parse::<IsoDuration>().map_or(0, |d| d.upper_days().max(0))
+            from + d
+                .parse::<IsoDuration>()
+                .map_or(0, |d| d.upper_days().max(0))
         }
         Trigger::Timer(TimerKind::At { anchor, offset }) => {
             let within = p
@@ -381,7 +394,9 @@ fn horizon(p: &Pathway, g: &StateGraph<'_>, located: &Located<'_>, out: &mut Vec
     let mut best: Vec<Option<(i64, Option<NodeIndex>)>> = vec![None; sub.node_count()];
     best[s.index()] = Some((0, None));
     for n in order {
-        let Some((t, _)) = best[n.index()] else { continue };
+        let Some((t, _)) = best[n.index()] else {
+            continue;
+        };
         for e in sub.edges_directed(n, Direction::Outgoing) {
             let arrive = edge_days(p, &e.weight().trigger, t);
             let slot = &mut best[e.target().index()];
@@ -428,15 +443,31 @@ pub fn to_dot(p: &Pathway) -> String {
     let g = StateGraph::new(p);
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", escape_dot(&p.id));
-    let _ = writeln!(out, "  label=\"{} (v{})\";", escape_dot(&p.title), p.version);
-    let _ = writeln!(out, "  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];");
+    let _ = writeln!(
+        out,
+        "  label=\"{} (v{})\";",
+        escape_dot(&p.title),
+        p.version
+    );
+    let _ = writeln!(
+        out,
+        "  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];"
+    );
     for (cluster, (sector, nodes)) in by_sector(p).into_iter().enumerate() {
         let _ = writeln!(out, "  subgraph cluster_{cluster} {{");
         let _ = writeln!(out, "    label=\"{sector}\"; style=dashed;");
         for name in nodes {
             let s = &p.states[name];
-            let shape = if s.terminal { ", shape=doubleoctagon" } else { "" };
-            let owner = s.owner.as_deref().map(|o| format!("\\n({o})")).unwrap_or_default();
+            let shape = if s.terminal {
+                ", shape=doubleoctagon"
+            } else {
+                ""
+            };
+            let owner = s
+                .owner
+                .as_deref()
+                .map(|o| format!("\\n({o})"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "    \"{}\" [label=\"{}{}\", fillcolor=\"{}\"{shape}];",
@@ -448,7 +479,11 @@ pub fn to_dot(p: &Pathway) -> String {
         }
         let _ = writeln!(out, "  }}");
     }
-    let _ = writeln!(out, "  __start [shape=point];\n  __start -> \"{}\";", escape_dot(&p.initial));
+    let _ = writeln!(
+        out,
+        "  __start [shape=point];\n  __start -> \"{}\";",
+        escape_dot(&p.initial)
+    );
     for e in g.graph.edge_references() {
         let style = if matches!(e.weight().trigger, Trigger::Timer(_)) {
             ", style=dashed"
@@ -482,7 +517,11 @@ pub fn to_mermaid(p: &Pathway) -> String {
         for name in nodes {
             let s = &p.states[name];
             let label = escape_mermaid(s.title.as_deref().unwrap_or(name));
-            let owner = s.owner.as_deref().map(|o| format!("<br/>({o})")).unwrap_or_default();
+            let owner = s
+                .owner
+                .as_deref()
+                .map(|o| format!("<br/>({o})"))
+                .unwrap_or_default();
             if s.terminal {
                 let _ = writeln!(out, "    {}((\"{label}\"))", id(name));
             } else {
@@ -558,6 +597,9 @@ mod tests {
 
     #[test]
     fn upper_days_of_spans() {
-        assert_eq!(crate::duration::upper_days(jiff::Span::new().months(2).days(1)), 63);
+        assert_eq!(
+            crate::duration::upper_days(jiff::Span::new().months(2).days(1)),
+            63
+        );
     }
 }

@@ -76,7 +76,9 @@ impl Node {
             Kind::Bool(b) => serde_json::Value::Bool(*b),
             Kind::Number(n) => serde_json::Value::Number(n.clone()),
             Kind::String(s) => serde_json::Value::String(s.clone()),
-            Kind::Array(items) => serde_json::Value::Array(items.iter().map(Node::to_json).collect()),
+            Kind::Array(items) => {
+                serde_json::Value::Array(items.iter().map(Node::to_json).collect())
+            }
             Kind::Object(members) => serde_json::Value::Object(
                 members
                     .iter()
@@ -254,10 +256,7 @@ impl Parser<'_> {
         loop {
             self.skip_ws();
             if self.bytes.get(self.pos) != Some(&b'"') {
-                return Err(self.error(format!(
-                    "expected a quoted key, found {}",
-                    self.found()
-                )));
+                return Err(self.error(format!("expected a quoted key, found {}", self.found())));
             }
             let key_start = self.pos;
             let key = self.string()?;
@@ -529,10 +528,7 @@ mod tests {
     fn syntax_errors_point_at_the_problem() {
         assert_eq!(
             at("{\"a\": 1,}"),
-            (
-                "trailing comma before '}': remove the comma".to_string(),
-                8
-            )
+            ("trailing comma before '}': remove the comma".to_string(), 8)
         );
         assert_eq!(at("{\"a\" 1}").1, 5);
         assert_eq!(at("[1 2]").1, 3);

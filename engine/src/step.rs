@@ -297,7 +297,11 @@ pub enum StepError {
 }
 
 /// Enrols a family: checks the fields and enters the initial state.
-pub fn start(p: &CheckedPathway, fields: Map<String, Value>, now: Timestamp) -> Result<Effects, StepError> {
+pub fn start(
+    p: &CheckedPathway,
+    fields: Map<String, Value>,
+    now: Timestamp,
+) -> Result<Effects, StepError> {
     let decl = &p.pathway;
     for (name, value) in &fields {
         let Some(f) = decl.fields.get(name) else {
@@ -342,7 +346,12 @@ pub fn start(p: &CheckedPathway, fields: Map<String, Value>, now: Timestamp) -> 
 }
 
 /// Applies one input to an instance.
-pub fn step(p: &CheckedPathway, instance: &Instance, input: &Input, now: Timestamp) -> Result<Effects, StepError> {
+pub fn step(
+    p: &CheckedPathway,
+    instance: &Instance,
+    input: &Input,
+    now: Timestamp,
+) -> Result<Effects, StepError> {
     if instance.status == Status::Finished {
         return Err(StepError::Finished {
             state: instance.state.clone(),
@@ -402,7 +411,9 @@ impl<'p> Stepper<'p> {
 
     fn finish(mut self, from: Option<String>, cause: Cause) -> Effects {
         self.armed.retain(|t| !self.cancelled.contains(&t.key));
-        self.instance.timers.sort_by(|a, b| a.due.cmp(&b.due).then_with(|| a.key.cmp(&b.key)));
+        self.instance
+            .timers
+            .sort_by(|a, b| a.due.cmp(&b.due).then_with(|| a.key.cmp(&b.key)));
         let history = History {
             seq: self.instance.seq,
             at: self.now,
@@ -428,7 +439,9 @@ impl<'p> Stepper<'p> {
     }
 
     fn cancel_where(&mut self, keep: impl Fn(&ArmedTimer) -> bool) {
-        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.instance.timers).into_iter().partition(|t| keep(t));
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.instance.timers)
+            .into_iter()
+            .partition(|t| keep(t));
         self.instance.timers = kept;
         for t in gone {
             self.armed.retain(|a| a.key != t.key);
@@ -468,22 +481,41 @@ impl<'p> Stepper<'p> {
     }
 
     fn local(&self, t: Timestamp) -> String {
-        t.to_zoned_datetime(self.tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+        t.to_zoned_datetime(self.tz.clone())
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()
     }
 
     fn event(&mut self, name: &str, payload: &Value) -> Result<(), StepError> {
         let Some(decl) = self.decl.event(name) else {
             let mut known: Vec<String> = self.decl.events.keys().cloned().collect();
             if self.decl.appointments.is_some() {
-                known.extend([appointment_events::BOOKED, appointment_events::MOVED, appointment_events::CANCELLED].map(String::from));
+                known.extend(
+                    [
+                        appointment_events::BOOKED,
+                        appointment_events::MOVED,
+                        appointment_events::CANCELLED,
+                    ]
+                    .map(String::from),
+                );
             }
-            return Err(StepError::UnknownEvent { event: name.into(), known });
+            return Err(StepError::UnknownEvent {
+                event: name.into(),
+                known,
+            });
         };
         let payload = check_payload(name, &decl.payload, payload)?;
         let state = &self.decl.states[&self.instance.state];
         let mut consumed = false;
 
-        if self.decl.appointments.is_some() && [appointment_events::BOOKED, appointment_events::MOVED, appointment_events::CANCELLED].contains(&name) {
+        if self.decl.appointments.is_some()
+            && [
+                appointment_events::BOOKED,
+                appointment_events::MOVED,
+                appointment_events::CANCELLED,
+            ]
+            .contains(&name)
+        {
             self.appointment(name, &payload)?;
             consumed = true;
         }
@@ -492,7 +524,9 @@ impl<'p> Stepper<'p> {
             .instance
             .timers
             .iter()
-            .filter(|t| matches!(&t.purpose, Purpose::HandoffDeadline { ack_on, .. } if ack_on == name))
+            .filter(
+                |t| matches!(&t.purpose, Purpose::HandoffDeadline { ack_on, .. } if ack_on == name),
+            )
             .map(|t| t.key.clone())
             .collect();
         if !acked.is_empty() {
@@ -535,7 +569,13 @@ impl<'p> Stepper<'p> {
         }
         if candidates.is_empty() {
             let mut allowed: Vec<String> = state.on.iter().map(|t| t.event.clone()).collect();
-            allowed.extend(state.activities.iter().filter(|a| self.instance.open_activities.contains(&a.name)).map(|a| a.done_on.clone()));
+            allowed.extend(
+                state
+                    .activities
+                    .iter()
+                    .filter(|a| self.instance.open_activities.contains(&a.name))
+                    .map(|a| a.done_on.clone()),
+            );
             allowed.dedup();
             return Err(StepError::NotAllowed {
                 event: name.into(),
@@ -554,7 +594,10 @@ impl<'p> Stepper<'p> {
         let Some(policy) = self.decl.appointments.clone() else {
             return Ok(());
         };
-        let id = payload["appointment_id"].as_str().unwrap_or_default().to_string();
+        let id = payload["appointment_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let prefix = format!("appt:{id}:");
         self.cancel_where(|t| !t.key.starts_with(&prefix));
         if name == appointment_events::CANCELLED {
@@ -562,20 +605,36 @@ impl<'p> Stepper<'p> {
             self.notes.push(format!("appointment {id} cancelled"));
             return Ok(());
         }
-        let at: Timestamp = payload["at"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| StepError::Payload {
-            event: name.into(),
-            pointer: "/at".into(),
-            reason: "expected a date and time with offset".into(),
-        })?;
-        let place = payload.get("place").and_then(Value::as_str).map(String::from);
-        self.instance.appointments.insert(id.clone(), crate::step::Appointment { at, place });
+        let at: Timestamp = payload["at"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StepError::Payload {
+                event: name.into(),
+                pointer: "/at".into(),
+                reason: "expected a date and time with offset".into(),
+            })?;
+        let place = payload
+            .get("place")
+            .and_then(Value::as_str)
+            .map(String::from);
+        self.instance
+            .appointments
+            .insert(id.clone(), crate::step::Appointment { at, place });
         for (i, r) in policy.reminders.iter().enumerate() {
             let due = time::after(at, r.before.span().negate(), &self.tz)?;
             if due > self.now {
-                self.arm(format!("{prefix}{i}:{}", self.instance.seq), due, Purpose::AppointmentReminder { appointment: id.clone(), index: i });
+                self.arm(
+                    format!("{prefix}{i}:{}", self.instance.seq),
+                    due,
+                    Purpose::AppointmentReminder {
+                        appointment: id.clone(),
+                        index: i,
+                    },
+                );
             }
         }
-        self.notes.push(format!("appointment {id} at {}", self.local(at)));
+        self.notes
+            .push(format!("appointment {id} at {}", self.local(at)));
         Ok(())
     }
 
@@ -595,19 +654,39 @@ impl<'p> Stepper<'p> {
                     Some(to) => self.transition(to, &Value::Null)?,
                     None => {
                         if let Some(cron) = &t.every {
-                            let next = time::next_cron(cron, self.now.max(timer.due), &self.decl.time_zone)?;
-                            self.arm(format!("{}t{index}:{}", self.state_prefix(), self.instance.seq), next, Purpose::State { index: *index });
+                            let next = time::next_cron(
+                                cron,
+                                self.now.max(timer.due),
+                                &self.decl.time_zone,
+                            )?;
+                            self.arm(
+                                format!("{}t{index}:{}", self.state_prefix(), self.instance.seq),
+                                next,
+                                Purpose::State { index: *index },
+                            );
                         }
                     }
                 }
             }
-            Purpose::HandoffDeadline { to, escalate_to, template, .. } => {
-                self.notes.push(format!("handoff to {to} not acknowledged in time: escalated to {escalate_to}"));
+            Purpose::HandoffDeadline {
+                to,
+                escalate_to,
+                template,
+                ..
+            } => {
+                self.notes.push(format!(
+                    "handoff to {to} not acknowledged in time: escalated to {escalate_to}"
+                ));
                 let data = json!({"from": self.instance.owner, "to": to, "deadline": self.local(timer.due)});
                 self.notice(escalate_to, template, Some(("handoff", data)));
             }
             Purpose::ActivityReminder { activity } | Purpose::ActivityOverdue { activity } => {
-                let Some(a) = state.activities.iter().find(|a| &a.name == activity).cloned() else {
+                let Some(a) = state
+                    .activities
+                    .iter()
+                    .find(|a| &a.name == activity)
+                    .cloned()
+                else {
                     return Err(StepError::StaleTimer { key: key.into() });
                 };
                 let (from, to) = self.window(&a)?;
@@ -622,12 +701,22 @@ impl<'p> Stepper<'p> {
                         self.notice(&a.role, t, Some(("activity", data)));
                     }
                 } else {
-                    self.notes.push(format!("activity {} overdue: escalated to {}", a.name, a.escalate_to));
-                    self.notice(&a.escalate_to, &a.escalation_template, Some(("activity", data)));
+                    self.notes.push(format!(
+                        "activity {} overdue: escalated to {}",
+                        a.name, a.escalate_to
+                    ));
+                    self.notice(
+                        &a.escalate_to,
+                        &a.escalation_template,
+                        Some(("activity", data)),
+                    );
                 }
             }
             Purpose::AppointmentReminder { appointment, index } => {
-                if let (Some(policy), Some(appt)) = (&self.decl.appointments, self.instance.appointments.get(appointment)) {
+                if let (Some(policy), Some(appt)) = (
+                    &self.decl.appointments,
+                    self.instance.appointments.get(appointment),
+                ) {
                     let r = &policy.reminders[*index];
                     let data = json!({"at": self.local(appt.at), "place": appt.place});
                     let (to, template) = (policy.to.clone(), r.template.clone());
@@ -639,11 +728,18 @@ impl<'p> Stepper<'p> {
     }
 
     fn eval(&self, text: &str, payload: &Value) -> Result<Value, StepError> {
-        let e = self.p.expression(text).ok_or_else(|| StepError::Expression {
-            text: text.into(),
-            reason: "not compiled: the pathway was not checked".into(),
-        })?;
-        e.eval(&self.instance.fields, payload).map_err(|reason| StepError::Expression { text: text.into(), reason })
+        let e = self
+            .p
+            .expression(text)
+            .ok_or_else(|| StepError::Expression {
+                text: text.into(),
+                reason: "not compiled: the pathway was not checked".into(),
+            })?;
+        e.eval(&self.instance.fields, payload)
+            .map_err(|reason| StepError::Expression {
+                text: text.into(),
+                reason,
+            })
     }
 
     fn actions(&mut self, actions: &[Action], payload: &Value) -> Result<(), StepError> {
@@ -658,11 +754,31 @@ impl<'p> Stepper<'p> {
                     };
                     let data = json!({"from": from, "to": h.to, "deadline": deadline.map(|t| self.local(t))});
                     self.notice(&h.to, &h.template, Some(("handoff", data)));
-                    if let (Some(due), Some(ack_on), Some(escalate_to), Some(template)) = (deadline, &h.ack_on, &h.escalate_to, &h.escalation_template) {
-                        let key = format!("{}h{}:{}", self.state_prefix(), self.instance.seq, self.armed.len());
-                        self.arm(key, due, Purpose::HandoffDeadline { to: h.to.clone(), ack_on: ack_on.clone(), escalate_to: escalate_to.clone(), template: template.clone() });
+                    if let (Some(due), Some(ack_on), Some(escalate_to), Some(template)) =
+                        (deadline, &h.ack_on, &h.escalate_to, &h.escalation_template)
+                    {
+                        let key = format!(
+                            "{}h{}:{}",
+                            self.state_prefix(),
+                            self.instance.seq,
+                            self.armed.len()
+                        );
+                        self.arm(
+                            key,
+                            due,
+                            Purpose::HandoffDeadline {
+                                to: h.to.clone(),
+                                ack_on: ack_on.clone(),
+                                escalate_to: escalate_to.clone(),
+                                template: template.clone(),
+                            },
+                        );
                     }
-                    self.notes.push(format!("handed off from {} to {}", from.as_deref().unwrap_or("nobody"), h.to));
+                    self.notes.push(format!(
+                        "handed off from {} to {}",
+                        from.as_deref().unwrap_or("nobody"),
+                        h.to
+                    ));
                 }
                 Action::Enroll(e) => {
                     let fields = e
@@ -671,7 +787,10 @@ impl<'p> Stepper<'p> {
                         .filter_map(|f| self.instance.fields.get(f).map(|v| (f.clone(), v.clone())))
                         .collect();
                     self.notes.push(format!("referred to {}", e.pathway));
-                    self.enrolments.push(Enrolment { pathway: e.pathway.clone(), fields });
+                    self.enrolments.push(Enrolment {
+                        pathway: e.pathway.clone(),
+                        fields,
+                    });
                 }
                 Action::Set(s) => {
                     let value = match (&s.value, &s.expr) {
@@ -681,7 +800,12 @@ impl<'p> Stepper<'p> {
                     };
                     let field = &self.decl.fields[&s.field];
                     if !value.is_null() {
-                        field.check_value(&value).map_err(|reason| StepError::Field { field: s.field.clone(), reason })?;
+                        field
+                            .check_value(&value)
+                            .map_err(|reason| StepError::Field {
+                                field: s.field.clone(),
+                                reason,
+                            })?;
                     }
                     let old = self.instance.fields.insert(s.field.clone(), value.clone());
                     if old.as_ref() != Some(&value) {
@@ -710,7 +834,12 @@ impl<'p> Stepper<'p> {
                 continue;
             };
             let purpose = Purpose::State { index };
-            let old = self.instance.timers.iter().find(|x| x.purpose == purpose).map(|x| x.due);
+            let old = self
+                .instance
+                .timers
+                .iter()
+                .find(|x| x.purpose == purpose)
+                .map(|x| x.due);
             if old.is_none() && !was_unset {
                 continue;
             }
@@ -719,19 +848,30 @@ impl<'p> Stepper<'p> {
             match (self.at_due(at)?, old) {
                 (Some(due), old) => {
                     self.notes.push(match old {
-                        Some(o) => format!("{name} moved from {} to {}", self.local(o), self.local(due)),
+                        Some(o) => {
+                            format!("{name} moved from {} to {}", self.local(o), self.local(due))
+                        }
                         None => format!("{name} armed for {}", self.local(due)),
                     });
-                    self.arm(format!("{prefix}t{index}:{}", self.instance.seq), due, purpose);
+                    self.arm(
+                        format!("{prefix}t{index}:{}", self.instance.seq),
+                        due,
+                        purpose,
+                    );
                 }
-                (None, Some(_)) => self.notes.push(format!("{name} cancelled: {field} was cleared")),
+                (None, Some(_)) => self
+                    .notes
+                    .push(format!("{name} cancelled: {field} was cleared")),
                 (None, None) => {}
             }
         }
         let activities: Vec<Activity> = state
             .activities
             .iter()
-            .filter(|a| a.window.anchor.as_deref() == Some(field) && self.instance.open_activities.contains(&a.name))
+            .filter(|a| {
+                a.window.anchor.as_deref() == Some(field)
+                    && self.instance.open_activities.contains(&a.name)
+            })
             .cloned()
             .collect();
         for a in activities {
@@ -739,7 +879,11 @@ impl<'p> Stepper<'p> {
             self.cancel_where(|t| !mine(t));
             self.arm_activity(&a)?;
             if let (_, Some(to)) = self.window(&a)? {
-                self.notes.push(format!("activity {} now escalates at {}", a.name, self.local(to)));
+                self.notes.push(format!(
+                    "activity {} now escalates at {}",
+                    a.name,
+                    self.local(to)
+                ));
             }
         }
         Ok(())
@@ -753,7 +897,8 @@ impl<'p> Stepper<'p> {
         let Some(date) = self.anchor_date(&at.anchor) else {
             return Ok(None);
         };
-        let tod = parse_time_of_day(at.time.as_deref().unwrap_or(DEFAULT_TIME_OF_DAY)).unwrap_or((9, 0));
+        let tod =
+            parse_time_of_day(at.time.as_deref().unwrap_or(DEFAULT_TIME_OF_DAY)).unwrap_or((9, 0));
         let due = time::at(date, at.offset.span(), tod, &self.tz)?;
         Ok(Some(due.max(self.now)))
     }
@@ -762,8 +907,16 @@ impl<'p> Stepper<'p> {
     fn window(&self, a: &Activity) -> Result<(Option<Timestamp>, Option<Timestamp>), StepError> {
         match &a.window.anchor {
             None => Ok((
-                Some(time::after(self.instance.entered_at, a.window.from.span(), &self.tz)?),
-                Some(time::after(self.instance.entered_at, a.window.to.span(), &self.tz)?),
+                Some(time::after(
+                    self.instance.entered_at,
+                    a.window.from.span(),
+                    &self.tz,
+                )?),
+                Some(time::after(
+                    self.instance.entered_at,
+                    a.window.to.span(),
+                    &self.tz,
+                )?),
             )),
             Some(anchor) => {
                 let Some(date) = self.anchor_date(anchor) else {
@@ -772,7 +925,16 @@ impl<'p> Stepper<'p> {
                 let tod = parse_time_of_day(DEFAULT_TIME_OF_DAY).unwrap_or((9, 0));
                 let from = time::at(date, a.window.from.span(), tod, &self.tz)?;
                 // The window includes its last day: it escalates the morning after.
-                let to = time::at(date, a.window.to.span().checked_add(jiff::Span::new().days(1)).unwrap_or(a.window.to.span()), tod, &self.tz)?;
+                let to = time::at(
+                    date,
+                    a.window
+                        .to
+                        .span()
+                        .checked_add(jiff::Span::new().days(1))
+                        .unwrap_or(a.window.to.span()),
+                    tod,
+                    &self.tz,
+                )?;
                 Ok((Some(from), Some(to)))
             }
         }
@@ -784,11 +946,23 @@ impl<'p> Stepper<'p> {
         if let (Some(before), Some(from)) = (&a.remind_before, from) {
             let due = time::after(from, before.span().negate(), &self.tz)?;
             if to.is_none_or(|to| self.now < to) {
-                self.arm(format!("{prefix}a:{}:remind:{}", a.name, self.instance.seq), due.max(self.now), Purpose::ActivityReminder { activity: a.name.clone() });
+                self.arm(
+                    format!("{prefix}a:{}:remind:{}", a.name, self.instance.seq),
+                    due.max(self.now),
+                    Purpose::ActivityReminder {
+                        activity: a.name.clone(),
+                    },
+                );
             }
         }
         if let Some(to) = to {
-            self.arm(format!("{prefix}a:{}:overdue:{}", a.name, self.instance.seq), to.max(self.now), Purpose::ActivityOverdue { activity: a.name.clone() });
+            self.arm(
+                format!("{prefix}a:{}:overdue:{}", a.name, self.instance.seq),
+                to.max(self.now),
+                Purpose::ActivityOverdue {
+                    activity: a.name.clone(),
+                },
+            );
         }
         Ok(())
     }
@@ -830,10 +1004,18 @@ impl<'p> Stepper<'p> {
                 None
             };
             match due {
-                Some(due) => self.arm(format!("{prefix}t{index}:{}", self.instance.seq), due, Purpose::State { index }),
+                Some(due) => self.arm(
+                    format!("{prefix}t{index}:{}", self.instance.seq),
+                    due,
+                    Purpose::State { index },
+                ),
                 None => {
                     if let Some(at) = &t.at {
-                        self.notes.push(format!("{} waits for {}", t.name.clone().unwrap_or_else(|| format!("timer {index}")), at.anchor));
+                        self.notes.push(format!(
+                            "{} waits for {}",
+                            t.name.clone().unwrap_or_else(|| format!("timer {index}")),
+                            at.anchor
+                        ));
                     }
                 }
             }
@@ -847,28 +1029,52 @@ impl<'p> Stepper<'p> {
 }
 
 /// Checks a payload against the event's declared members; returns it as an object.
-fn check_payload(event: &str, decl: &indexmap::IndexMap<String, crate::pathway::Field>, payload: &Value) -> Result<Value, StepError> {
-    let err = |pointer: String, reason: String| StepError::Payload { event: event.into(), pointer, reason };
+fn check_payload(
+    event: &str,
+    decl: &indexmap::IndexMap<String, crate::pathway::Field>,
+    payload: &Value,
+) -> Result<Value, StepError> {
+    let err = |pointer: String, reason: String| StepError::Payload {
+        event: event.into(),
+        pointer,
+        reason,
+    };
     let obj = match payload {
         Value::Null => Map::new(),
         Value::Object(o) => o.clone(),
-        other => return Err(err(String::new(), format!("expected an object, found {other}"))),
+        other => {
+            return Err(err(
+                String::new(),
+                format!("expected an object, found {other}"),
+            ));
+        }
     };
     for (k, v) in &obj {
         let Some(f) = decl.get(k) else {
             let known: Vec<_> = decl.keys().cloned().collect();
             return Err(err(
                 format!("/{}", crate::json::escape_pointer(k)),
-                format!("unknown member (declared: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                format!(
+                    "unknown member (declared: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
             ));
         };
         if !v.is_null() {
-            f.check_value(v).map_err(|reason| err(format!("/{}", crate::json::escape_pointer(k)), reason))?;
+            f.check_value(v)
+                .map_err(|reason| err(format!("/{}", crate::json::escape_pointer(k)), reason))?;
         }
     }
     for (k, f) in decl {
         if f.required && obj.get(k).is_none_or(Value::is_null) {
-            return Err(err(format!("/{}", crate::json::escape_pointer(k)), "required member is missing".into()));
+            return Err(err(
+                format!("/{}", crate::json::escape_pointer(k)),
+                "required member is missing".into(),
+            ));
         }
     }
     Ok(Value::Object(obj))

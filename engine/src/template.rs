@@ -12,7 +12,8 @@ use crate::pathway::Channel;
 pub const HELPERS: &[&str] = &[
     "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or",
     "not", "len", // built in
-    "date", "time", "datetime", // the notifier's, in the recipient's language and the pathway's zone
+    "date", "time",
+    "datetime", // the notifier's, in the recipient's language and the pathway's zone
 ];
 
 /// Block helpers inside which `this` is something else, so paths are not checked.
@@ -64,7 +65,11 @@ pub fn parse_file_name(file_name: &str) -> Result<(String, String, Channel), Str
     let channel = match channel {
         "email" => Channel::Email,
         "sms" => Channel::Sms,
-        other => return Err(format!("unknown channel {other:?} in {file_name:?}: expected email or sms")),
+        other => {
+            return Err(format!(
+                "unknown channel {other:?} in {file_name:?}: expected email or sms"
+            ));
+        }
     };
     if name.is_empty() || lang.len() != 2 || !lang.bytes().all(|b| b.is_ascii_lowercase()) {
         return Err(format!(
@@ -77,12 +82,15 @@ pub fn parse_file_name(file_name: &str) -> Result<(String, String, Channel), Str
 /// Reads a template file: its name parts and, for email, the subject line.
 pub fn read(path: &str, text: &str) -> Result<TemplateFile, TemplateProblem> {
     let file_name = path.rsplit(['/', '\\']).next().unwrap_or(path);
-    let (name, language, channel) = parse_file_name(file_name).map_err(|message| TemplateProblem {
-        message,
-        line: 1,
-        column: 1,
-        hint: Some("name template files NAME.LANG.CHANNEL.hbs, e.g. birth_notice.da.email.hbs".into()),
-    })?;
+    let (name, language, channel) =
+        parse_file_name(file_name).map_err(|message| TemplateProblem {
+            message,
+            line: 1,
+            column: 1,
+            hint: Some(
+                "name template files NAME.LANG.CHANNEL.hbs, e.g. birth_notice.da.email.hbs".into(),
+            ),
+        })?;
     let (subject, body, body_line) = match channel {
         Channel::Sms => (None, text.to_string(), 1),
         Channel::Email => {
@@ -92,10 +100,16 @@ pub fn read(path: &str, text: &str) -> Result<TemplateFile, TemplateProblem> {
                     message: "an email template must start with a \"Subject: ...\" line".into(),
                     line: 1,
                     column: 1,
-                    hint: Some("write the subject on the first line, then a blank line, then the body".into()),
+                    hint: Some(
+                        "write the subject on the first line, then a blank line, then the body"
+                            .into(),
+                    ),
                 });
             };
-            let (body, line) = match rest.strip_prefix('\n').or_else(|| rest.strip_prefix("\r\n")) {
+            let (body, line) = match rest
+                .strip_prefix('\n')
+                .or_else(|| rest.strip_prefix("\r\n"))
+            {
                 Some(body) => (body, 3),
                 None => (rest, 2),
             };
@@ -142,6 +156,14 @@ impl TemplateFile {
 
 fn compile(text: &str, line0: usize, col0: usize) -> Result<Ast, TemplateProblem> {
     Ast::compile(text).map_err(|e| {
+        if let Some((message, line, column)) = unbalanced_block(text) {
+            return TemplateProblem {
+                message,
+                line: line0 + line - 1,
+                column: if line == 1 { col0 + column - 1 } else { column },
+                hint: Some("close every {{#block}} with its {{/block}}, innermost first".into()),
+            };
+        }
         let (line, column) = e.pos().unwrap_or((1, 1));
         TemplateProblem {
             message: format!("template does not compile: {}", e.reason()),
@@ -152,12 +174,59 @@ fn compile(text: &str, line0: usize, col0: usize) -> Result<Ast, TemplateProblem
     })
 }
 
+/// Finds the first block that is closed by the wrong name or never closed: Handlebars' own
+/// message for these points at the end of the file and lists its grammar.
+fn unbalanced_block(text: &str) -> Option<(String, usize, usize)> {
+    let index = crate::diagnostic::LineIndex::new(text);
+    let mut open: Vec<(String, usize)> = Vec::new();
+    let mut rest = 0;
+    while let Some(i) = text[rest..].find("{{") {
+        let at = rest + i;
+        let tag = &text[at + 2..];
+        let tag = tag.strip_prefix('~').unwrap_or(tag);
+        let name_of = |t: &str| -> String {
+            t.chars()
+                .take_while(|c| !c.is_whitespace() && *c != '}' && *c != '~')
+                .collect()
+        };
+        if let Some(t) = tag.strip_prefix('#') {
+            open.push((name_of(t), at));
+        } else if let Some(t) = tag.strip_prefix('/') {
+            let name = name_of(t);
+            match open.pop() {
+                Some((o, _)) if *o == name => {}
+                Some((o, _)) => {
+                    let (line, column) = index.line_col(at);
+                    return Some((
+                        format!("{{{{/{name}}}}} closes {{{{#{o}}}}}: close the inner block first"),
+                        line,
+                        column,
+                    ));
+                }
+                None => {
+                    let (line, column) = index.line_col(at);
+                    return Some((
+                        format!("{{{{/{name}}}}} closes a block that was never opened"),
+                        line,
+                        column,
+                    ));
+                }
+            }
+        }
+        rest = at + 2;
+    }
+    let (name, at) = open.pop()?;
+    let (line, column) = index.line_col(at);
+    Some((
+        format!("block {{{{#{name}}}}} is never closed"),
+        line,
+        column,
+    ))
+}
+
 fn walk(ast: &Ast, line0: usize, col0: usize, out: &mut Vec<Use>) {
     for (i, element) in ast.elements.iter().enumerate() {
-        let (line, column) = ast
-            .mapping
-            .get(i)
-            .map_or((1, 1), |m| (m.0, m.1));
+        let (line, column) = ast.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
         let pos = (
             line0 + line - 1,
             if line == 1 { col0 + column - 1 } else { column },
@@ -178,7 +247,8 @@ fn walk(ast: &Ast, line0: usize, col0: usize, out: &mut Vec<Use>) {
                 for p in h.params.iter().chain(h.hash.values()) {
                     param(p, pos, out);
                 }
-                let scoping = matches!(&h.name, Parameter::Name(n) if SCOPING.contains(&n.as_str()));
+                let scoping =
+                    matches!(&h.name, Parameter::Name(n) if SCOPING.contains(&n.as_str()));
                 if !scoping {
                     for inner in h.template.iter().chain(h.inverse.iter()) {
                         walk(inner, line0, col0, out);
@@ -229,7 +299,11 @@ fn param(p: &Parameter, pos: (usize, usize), out: &mut Vec<Use>) {
         }
         _ => return,
     };
-    if name == "this" || name.starts_with("this.") || name.starts_with("../") || name.starts_with('@') {
+    if name == "this"
+        || name.starts_with("this.")
+        || name.starts_with("../")
+        || name.starts_with('@')
+    {
         return;
     }
     out.push(Use {
@@ -257,10 +331,17 @@ mod tests {
 
     #[test]
     fn email_needs_a_subject() {
-        let t = read("x/a.da.email.hbs", "Subject: Hej {{recipient.name}}\n\nBody {{fields.x}}\n").unwrap();
+        let t = read(
+            "x/a.da.email.hbs",
+            "Subject: Hej {{recipient.name}}\n\nBody {{fields.x}}\n",
+        )
+        .unwrap();
         assert_eq!(t.subject.as_deref(), Some("Hej {{recipient.name}}"));
         let uses = t.uses().unwrap();
-        let names: Vec<_> = uses.iter().map(|u| (u.name.as_str(), u.line, u.column)).collect();
+        let names: Vec<_> = uses
+            .iter()
+            .map(|u| (u.name.as_str(), u.line, u.column))
+            .collect();
         assert_eq!(names, vec![("recipient.name", 1, 14), ("fields.x", 3, 6)]);
         let e = read("a.da.email.hbs", "Hej\n").unwrap_err();
         assert!(e.message.contains("Subject"));
@@ -274,17 +355,53 @@ mod tests {
         )
         .unwrap();
         let uses = t.uses().unwrap();
-        let vars: Vec<_> = uses.iter().filter(|u| !u.helper).map(|u| u.name.as_str()).collect();
-        let helpers: Vec<_> = uses.iter().filter(|u| u.helper).map(|u| u.name.as_str()).collect();
-        assert_eq!(vars, vec!["appointment.at", "appointment.place", "appointment.place", "xs"]);
+        let vars: Vec<_> = uses
+            .iter()
+            .filter(|u| !u.helper)
+            .map(|u| u.name.as_str())
+            .collect();
+        let helpers: Vec<_> = uses
+            .iter()
+            .filter(|u| u.helper)
+            .map(|u| u.name.as_str())
+            .collect();
+        assert_eq!(
+            vars,
+            vec![
+                "appointment.at",
+                "appointment.place",
+                "appointment.place",
+                "xs"
+            ]
+        );
         assert_eq!(helpers, vec!["datetime", "if", "each"]);
     }
 
     #[test]
-    fn reports_compile_errors_with_position() {
-        let t = read("a.da.sms.hbs", "ok\n{{#if x}}never closed").unwrap();
+    fn names_the_unclosed_block() {
+        let t = read("a.da.sms.hbs", "ok\n  {{#if x}}never closed").unwrap();
         let e = t.uses().unwrap_err();
-        assert!(e.message.starts_with("template does not compile"), "{}", e.message);
+        assert_eq!(
+            (e.message.as_str(), e.line, e.column),
+            ("block {{#if}} is never closed", 2, 3)
+        );
+        let t = read("a.da.sms.hbs", "{{#if x}}{{#each y}}{{/if}}{{/each}}").unwrap();
+        let e = t.uses().unwrap_err();
+        assert_eq!(
+            e.message,
+            "{{/if}} closes {{#each}}: close the inner block first"
+        );
+    }
+
+    #[test]
+    fn reports_compile_errors_with_position() {
+        let t = read("a.da.sms.hbs", "ok\n{{ never closed").unwrap();
+        let e = t.uses().unwrap_err();
+        assert!(
+            e.message.starts_with("template does not compile"),
+            "{}",
+            e.message
+        );
         assert!(e.line >= 1);
     }
 }

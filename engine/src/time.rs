@@ -138,11 +138,19 @@ mod tests {
     #[test]
     fn cron_in_local_time_across_dst() {
         // Mondays and Thursdays at 10:00 local: before and after the autumn change.
-        let first = next_cron("0 10 * * MON,THU", ts("2027-10-28T12:00:00Z"), "Europe/Copenhagen")
-            .unwrap();
+        let first = next_cron(
+            "0 10 * * MON,THU",
+            ts("2027-10-28T12:00:00Z"),
+            "Europe/Copenhagen",
+        )
+        .unwrap();
         assert_eq!(first, ts("2027-11-01T10:00:00+01:00"));
-        let summer = next_cron("0 10 * * MON,THU", ts("2027-10-20T00:00:00Z"), "Europe/Copenhagen")
-            .unwrap();
+        let summer = next_cron(
+            "0 10 * * MON,THU",
+            ts("2027-10-20T00:00:00Z"),
+            "Europe/Copenhagen",
+        )
+        .unwrap();
         assert_eq!(summer, ts("2027-10-21T10:00:00+02:00"));
     }
 

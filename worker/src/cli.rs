@@ -106,7 +106,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sources.len()
                 );
             };
-            let decoded = carepath_engine::decode::decode(&source.pathway.path, &source.pathway.text);
+            let decoded =
+                carepath_engine::decode::decode(&source.pathway.path, &source.pathway.text);
             let Some(pathway) = decoded.pathway else {
                 let mut err = std::io::stderr().lock();
                 for d in &decoded.diagnostics {
@@ -133,7 +134,12 @@ pub fn schema_text() -> String {
     serde_json::to_string_pretty(&carepath_engine::schema()).unwrap_or_default()
 }
 
-fn print_report(out: &mut impl Write, report: &Report, format: Format, pathways: usize) -> std::io::Result<()> {
+fn print_report(
+    out: &mut impl Write,
+    report: &Report,
+    format: Format,
+    pathways: usize,
+) -> std::io::Result<()> {
     match format {
         Format::Json => {
             let text = serde_json::to_string_pretty(&diagnostic::to_json(&report.diagnostics))
@@ -162,5 +168,9 @@ fn plural(n: usize) -> &'static str {
 
 /// Renders diagnostics as text, for callers that refuse to start on them.
 pub fn render_all(diagnostics: &[Diagnostic]) -> String {
-    diagnostics.iter().map(Diagnostic::render).collect::<Vec<_>>().join("\n")
+    diagnostics
+        .iter()
+        .map(Diagnostic::render)
+        .collect::<Vec<_>>()
+        .join("\n")
 }

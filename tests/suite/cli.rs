@@ -1,0 +1,176 @@
+//! The `carepath` binary as a user runs it from the README.
+
+use super::support::{root, run, stdout};
+
+#[test]
+fn validate_accepts_the_real_pathways() {
+    let o = run(&["validate", "pathways/"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout(&o).contains(": 0 errors, 0 warnings"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn validate_reports_every_problem_with_a_caret_and_exits_1() {
+    let o = run(&["validate", "tests/fixtures/invalid/zero-time-cycle/bad"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("error[zero-time-cycle]: timers can loop through \"again\", \"waiting\" without time passing"), "{out}");
+    assert!(
+        out.contains("--> tests/fixtures/invalid/zero-time-cycle/bad/pathway.json:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error[horizon-exceeded]"),
+        "all problems at once: {out}"
+    );
+    assert!(out.contains('^'), "{out}");
+    assert!(
+        out.ends_with("checked 1 pathway: 2 errors, 0 warnings\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_json_has_the_documented_shape() {
+    let o = run(&[
+        "validate",
+        "--format",
+        "json",
+        "tests/fixtures/invalid/unknown-state/bad",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["code"], "unknown-state");
+    assert_eq!(
+        d["file"],
+        "tests/fixtures/invalid/unknown-state/bad/pathway.json"
+    );
+    assert_eq!(d["pointer"], "/states/waiting/on/0/to");
+    assert!(d["line"].as_u64().is_some_and(|l| l > 1));
+    assert!(d["column"].as_u64().is_some_and(|c| c > 1));
+    assert_eq!(d["hint"], "did you mean \"done\"?");
+    let keys: Vec<&str> = d
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "severity", "code", "message", "file", "line", "column", "pointer", "hint"
+        ]
+    );
+}
+
+#[test]
+fn warnings_alone_exit_0() {
+    let o = run(&[
+        "validate",
+        "tests/fixtures/invalid/wait-without-timeout/bad",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("warning[wait-without-timeout]"));
+}
+
+#[test]
+fn unreadable_paths_and_usage_errors_exit_2() {
+    let o = run(&["validate", "no/such/folder"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot read no/such/folder"), "{err}");
+    let o = run(&["validate", "docs"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no pathway.json in docs"));
+    let o = run(&["validate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&["validate", "--format", "yaml", "pathways"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn several_paths_are_checked_together() {
+    let o = run(&[
+        "validate",
+        "tests/fixtures/invalid/unknown-key/bad",
+        "tests/fixtures/invalid/unknown-role/bad",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("error[unknown-key]") && out.contains("error[unknown-role]"),
+        "{out}"
+    );
+    // Both fixtures declare the pathway "fixture" version 1.
+    assert!(
+        out.contains("error[duplicate-name]: pathway \"fixture\" version 1 is also declared"),
+        "{out}"
+    );
+}
+
+#[test]
+fn graph_draws_mermaid_and_dot_by_sector() {
+    let o = run(&["graph", "pathways/standard-track", "--format", "mermaid"]);
+    assert_eq!(o.status.code(), Some(0));
+    let m = stdout(&o);
+    assert!(m.starts_with("flowchart LR\n"), "{m}");
+    assert!(
+        m.contains("subgraph region") && m.contains("subgraph municipality"),
+        "{m}"
+    );
+    assert!(
+        m.contains("|\"birth_registered\"|"),
+        "events label edges: {m}"
+    );
+    assert!(
+        m.contains("-.->|\"at birth_date P7W\"|"),
+        "timers are dashed and labelled: {m}"
+    );
+
+    let o = run(&[
+        "graph",
+        "pathways/standard-track/pathway.json",
+        "--format",
+        "dot",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let d = stdout(&o);
+    assert!(d.starts_with("digraph \"standard-track\" {"), "{d}");
+    assert!(d.contains("subgraph cluster_"), "{d}");
+    assert!(
+        d.contains("\"pregnancy\" -> \"newborn\" [label=\"birth_registered\"]"),
+        "{d}"
+    );
+    assert!(d.contains("style=dashed"), "{d}");
+}
+
+#[test]
+fn graph_of_a_broken_file_shows_why() {
+    let o = run(&["graph", "tests/fixtures/invalid/parse-error/bad"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error[parse-error]"));
+}
+
+#[test]
+fn schema_prints_the_committed_schema() {
+    let o = run(&["schema"]);
+    assert_eq!(o.status.code(), Some(0));
+    let committed =
+        std::fs::read_to_string(root().join("docs/pathway.schema.json")).expect("schema");
+    assert_eq!(stdout(&o), committed);
+    let v: serde_json::Value = serde_json::from_str(&committed).expect("json");
+    assert_eq!(v["title"], "carepath pathway");
+    assert!(v["properties"]["states"].is_object());
+}

@@ -1,0 +1,4 @@
+mod cli;
+mod diagnostics;
+mod schema;
+mod support;

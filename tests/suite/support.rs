@@ -1,0 +1,93 @@
+//! Shared helpers: paths, the binary, golden files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use carepath_engine::{PathwaySource, SourceFile};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// Whether golden files are to be rewritten instead of compared.
+pub fn update() -> bool {
+    std::env::var_os("UPDATE_EXPECT").is_some()
+}
+
+/// Compares `actual` with the golden file at `path`, or rewrites it under `UPDATE_EXPECT=1`.
+pub fn golden(path: &Path, actual: &str) {
+    if update() {
+        std::fs::write(path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_EXPECT=1 to create it)",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{} is not current (rerun with UPDATE_EXPECT=1 and review the diff):\n{}",
+        path.display(),
+        similar::TextDiff::from_lines(&expected, actual).unified_diff()
+    );
+}
+
+/// Reads one pathway folder, naming files relative to it, so goldens do not depend on where
+/// the checkout is.
+pub fn read_folder(dir: &Path) -> PathwaySource {
+    let text = std::fs::read_to_string(dir.join("pathway.json")).expect("pathway.json");
+    let mut templates = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("templates")) {
+        let mut paths: Vec<_> = entries.map(|e| e.expect("entry").path()).collect();
+        paths.sort();
+        for p in paths {
+            templates.push(SourceFile {
+                path: format!(
+                    "templates/{}",
+                    p.file_name().expect("name").to_string_lossy()
+                ),
+                text: std::fs::read_to_string(&p).expect("template"),
+            });
+        }
+    }
+    PathwaySource {
+        pathway: SourceFile {
+            path: "pathway.json".into(),
+            text,
+        },
+        templates,
+    }
+}
+
+/// The `carepath` binary, built if `cargo test` did not build it already.
+pub fn carepath() -> Command {
+    let exe = root().join("target/debug/carepath");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "carepath-worker", "--bin", "carepath"])
+            .current_dir(root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building carepath failed");
+    });
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs `carepath` with `args` from the workspace root.
+pub fn run(args: &[&str]) -> Output {
+    carepath().args(args).output().expect("run carepath")
+}
+
+/// Stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
