@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::decode::{self, Located, closest};
 use crate::diagnostic::{Code, Diagnostic, LineIndex, Severity};
-use crate::expr::{self, Expression, Scope};
+use crate::expr::{Expression, Scope};
 use crate::graph;
 use crate::json::escape_pointer;
 use crate::pathway::{Action, Channel, FieldType, Pathway, appointment_events};
@@ -200,6 +200,8 @@ fn at_template(
     )
 }
 
+const EXPRESSION_HINT: &str = "an expression sees fields.NAME and, on a transition, payload.NAME; see docs/pathway-language.md#expressions";
+
 /// Where a template is used, which decides the variables it may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Context {
@@ -324,20 +326,20 @@ impl Checker<'_, '_> {
                 _ => None,
             },
         };
-        if let Err(e) = expr::check(text, &scope) {
-            self.push(
-                Code::BadGuard,
-                pointer,
-                e,
-                Some("an expression sees fields.NAME and, on a transition, payload.NAME; see docs/pathway-language.md#expressions".into()),
-            );
-            return;
-        }
-        match Expression::compile(text) {
-            Ok(e) => {
-                self.expressions.insert(text.to_string(), e);
+        // Parse each distinct text once: a large pathway repeats its guards.
+        if !self.expressions.contains_key(text) {
+            match Expression::compile(text) {
+                Ok(e) => {
+                    self.expressions.insert(text.to_string(), e);
+                }
+                Err(e) => {
+                    self.push(Code::BadGuard, pointer, e, Some(EXPRESSION_HINT.into()));
+                    return;
+                }
             }
-            Err(e) => self.push(Code::BadGuard, pointer, e, None),
+        }
+        if let Some(Err(e)) = self.expressions.get(text).map(|x| x.check(&scope)) {
+            self.push(Code::BadGuard, pointer, e, Some(EXPRESSION_HINT.into()));
         }
     }
 

@@ -57,10 +57,7 @@ impl std::fmt::Debug for Expression {
 
 /// Parses `text` and checks every name in it against `scope`.
 pub fn check(text: &str, scope: &Scope<'_>) -> Result<(), String> {
-    let program = cel::Program::compile(text)
-        .map_err(|e| format!("expression {text:?} does not parse: {}", first_error(&e)))?;
-    let mut bound = Vec::new();
-    walk(program.expression(), scope, &mut bound)
+    Expression::compile(text)?.check(scope)
 }
 
 fn first_error(e: &cel::ParseErrors) -> String {
@@ -161,6 +158,12 @@ impl Expression {
         cel::Program::compile(text)
             .map(|program| Expression { program })
             .map_err(|e| format!("expression {text:?} does not parse: {}", first_error(&e)))
+    }
+
+    /// Checks every name in the expression against `scope`.
+    pub fn check(&self, scope: &Scope<'_>) -> Result<(), String> {
+        let mut bound = Vec::new();
+        walk(self.program.expression(), scope, &mut bound)
     }
 
     /// Evaluates the expression with the instance's fields and an event's payload.

@@ -1,4 +1,5 @@
 mod cli;
 mod diagnostics;
+mod notices;
 mod schema;
 mod support;
