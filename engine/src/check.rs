@@ -15,7 +15,7 @@ use crate::pathway::{Action, Channel, FieldType, Pathway, appointment_events};
 use crate::template::{self, TemplateFile};
 
 /// One file's name (as it should be shown) and text.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceFile {
     /// The path as the user should see it in diagnostics.
     pub path: String,
@@ -24,7 +24,7 @@ pub struct SourceFile {
 }
 
 /// A pathway's files: `pathway.json` and its templates.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PathwaySource {
     /// `pathway.json`.
     pub pathway: SourceFile,

@@ -296,6 +296,24 @@ pub enum StepError {
     UnknownState(String),
 }
 
+impl StepError {
+    /// A stable kebab-case code for the refusal, for records and API problem documents.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StepError::Finished { .. } => "instance-finished",
+            StepError::UnknownEvent { .. } => "unknown-event",
+            StepError::NotAllowed { .. } => "event-not-allowed",
+            StepError::Payload { .. } => "bad-payload",
+            StepError::GuardFalse { .. } => "guard-false",
+            StepError::StaleTimer { .. } => "stale-timer",
+            StepError::Field { .. } => "bad-field",
+            StepError::Expression { .. } => "expression-failed",
+            StepError::Time(_) => "time-out-of-range",
+            StepError::UnknownState(_) => "unknown-state",
+        }
+    }
+}
+
 /// Enrols a family: checks the fields and enters the initial state.
 pub fn start(
     p: &CheckedPathway,
@@ -390,12 +408,15 @@ struct Stepper<'p> {
     notices: Vec<Notice>,
     enrolments: Vec<Enrolment>,
     notes: Vec<String>,
+    /// The owner before the state being entered set its own.
+    owner_before: Option<String>,
 }
 
 impl<'p> Stepper<'p> {
     fn new(p: &'p CheckedPathway, instance: Instance, now: Timestamp) -> Self {
         let tz = time::zone(&p.pathway.time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
         Stepper {
+            owner_before: instance.owner.clone(),
             p,
             decl: &p.pathway,
             instance,
@@ -747,7 +768,8 @@ impl<'p> Stepper<'p> {
             match a {
                 Action::Notify(n) => self.notice(&n.to, &n.template, None),
                 Action::Handoff(h) => {
-                    let from = self.instance.owner.replace(h.to.clone());
+                    self.instance.owner = Some(h.to.clone());
+                    let from = self.owner_before.clone();
                     let deadline = match &h.ack_within {
                         Some(d) => Some(time::after(self.now, d.span(), &self.tz)?),
                         None => None,
@@ -982,6 +1004,8 @@ impl<'p> Stepper<'p> {
         self.instance.state = name.to_string();
         self.instance.entered_at = self.now;
         self.instance.entered_seq = self.instance.seq;
+        // A handoff on entry passes the family on from whoever had it before the state.
+        self.owner_before = self.instance.owner.clone();
         if let Some(owner) = &state.owner {
             self.instance.owner = Some(owner.clone());
         }

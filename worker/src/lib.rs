@@ -1,8 +1,16 @@
 //! # carepath-worker
 //!
-//! The carepath application around the pure engine: reading pathway folders, and the
-//! `carepath` command line. Storage, the durable runtime, the delivery loop and the HTTP API
-//! live here too as they arrive.
+//! The carepath application around the pure engine:
+//!
+//! - [`load`]: reading pathway folders from disk;
+//! - [`store`]: everything kept, behind one [`store::Storage`] interface (SQLite by default);
+//! - [`clock`]: the system clock in production, virtual and accelerated clocks for tests,
+//!   simulation and the demo;
+//! - [`catalog`]: the pathway versions a database knows, checked and with compiled templates;
+//! - [`runtime`]: enrolment, events and timers applied exactly once, in batches;
+//! - [`worker`]: the loop that sleeps until the next due time and wakes when work arrives;
+//! - [`simulate`]: a family's whole pathway on the real runtime and virtual time;
+//! - [`cli`]: the `carepath` command line.
 //!
 //! ```no_run
 //! let sources = carepath_worker::load::load(&["pathways".into()]).unwrap();
@@ -10,5 +18,11 @@
 //! assert!(!report.has_errors());
 //! ```
 
+pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod load;
+pub mod runtime;
+pub mod simulate;
+pub mod store;
+pub mod worker;

@@ -13,6 +13,8 @@ use carepath_engine::{Diagnostic, Report, diagnostic, graph};
 
 use crate::load;
 
+mod commands;
+
 /// carepath: cross-sector care pathways from pregnancy to the child's 18th month.
 #[derive(Debug, Parser)]
 #[command(name = "carepath", version, about, long_about = None)]
@@ -51,6 +53,125 @@ pub enum Command {
     /// Print the JSON Schema of pathway.json (what docs/pathway.schema.json holds), for
     /// editors' completion.
     Schema,
+    /// Run the worker: load and check the pathways (refusing to start if any fails), then
+    /// fire timers as they come due and hand notices to the sink, until SIGINT or SIGTERM.
+    Run {
+        /// The database and the pathways.
+        #[command(flatten)]
+        db: DbArgs,
+        /// Timers claimed per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: u32,
+        /// Stop when nothing more is due.
+        #[arg(long)]
+        until_idle: bool,
+        /// Append delivered notices to this JSON-lines file (`-` for the console).
+        #[arg(long)]
+        sink: Option<PathBuf>,
+    },
+    /// Enrol a family: FAMILY.json holds ref, pathway, fields and contacts.
+    Enroll {
+        /// The family file.
+        family: PathBuf,
+        /// The pathway (overrides the file's).
+        #[arg(long)]
+        pathway: Option<String>,
+        /// The database and the pathways.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Report an event for a family. Exit 0 when applied (or already applied under the same
+    /// key), 1 when refused: the reason is printed and recorded.
+    Event {
+        /// The family's reference.
+        reference: String,
+        /// The event's name.
+        event: String,
+        /// The payload, as JSON.
+        #[arg(long)]
+        payload: Option<String>,
+        /// The pathway, when the family is on several that take the event.
+        #[arg(long)]
+        pathway: Option<String>,
+        /// The idempotency key (default: a new one). Repeating a key applies the event once.
+        #[arg(long)]
+        key: Option<String>,
+        /// The database and the pathways.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show a family: state, owner, history, upcoming timers, notices and refused events.
+    Status {
+        /// The family's reference.
+        reference: String,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
+        /// Output.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// List outbox notices.
+    Outbox {
+        /// Only this status: queued, sent, skipped, dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
+        /// Output.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Run one family through a pathway on virtual time, on the real runtime and a temporary
+    /// SQLite file, and print the timeline: every transition and notice, in local time.
+    Simulate {
+        /// The pathway folder.
+        pathway: PathBuf,
+        /// The family file (ref, enrolled_at, fields, contacts).
+        #[arg(long)]
+        family: PathBuf,
+        /// How long after enrolment to run.
+        #[arg(long, default_value = "P27M")]
+        until: String,
+        /// Events to report on the way: [{"at": "P10D", "event": "…", "payload": {…}}].
+        #[arg(long)]
+        event_script: Option<PathBuf>,
+        /// Output.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The demo: a fresh SQLite file, the pathways, a small cohort of families, and the real
+    /// worker on an accelerated clock, so months of handoffs and reminders pass in seconds.
+    Demo {
+        /// The folder for the demo's database and notice log (emptied first).
+        #[arg(long, default_value = "carepath-demo")]
+        dir: PathBuf,
+        /// The pathway folders.
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        /// The cohort: families and their events.
+        #[arg(long, default_value = "examples/demo-cohort.json")]
+        cohort: PathBuf,
+        /// Real seconds the demo takes.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+    },
+}
+
+/// Where the database is, and the pathways to load into it.
+#[derive(Debug, clap::Args)]
+pub struct DbArgs {
+    /// The SQLite database file (created if missing).
+    #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+    pub db: PathBuf,
+    /// Pathway folders to check and load; when the folder does not exist, the versions
+    /// already stored in the database are used.
+    #[arg(long, default_value = "pathways")]
+    pub pathways: PathBuf,
+    /// The clock: system, fixed:TIME (virtual, standing still), or scaled:TIME:FACTOR.
+    #[arg(long, env = "CAREPATH_CLOCK", default_value = "system")]
+    pub clock: String,
 }
 
 /// How diagnostics are printed.
@@ -125,6 +246,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema => {
             writeln!(out, "{}", schema_text())?;
             Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            drop(out);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(commands::run(other))
         }
     }
 }

@@ -1,0 +1,648 @@
+//! The commands that use the database: run, enroll, event, status, outbox, simulate, demo.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::catalog::Catalog;
+use crate::clock::{self, Clock, ScaledClock};
+use crate::runtime::{EnrolRequest, EventRequest, Runtime};
+use crate::simulate::{self, Family, ScriptedEvent};
+use crate::store::{NoticeStatus, OutboxFilter, Outcome, SqliteStore, Storage};
+use crate::worker::{self, Console, Options, Sink, Wake};
+
+use super::{Command, DbArgs, Format};
+
+/// Runs a database command.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            db,
+            batch,
+            until_idle,
+            sink,
+        } => run_worker(&db, batch, until_idle, sink).await,
+        Command::Enroll {
+            family,
+            pathway,
+            db,
+        } => enroll(&family, pathway, &db).await,
+        Command::Event {
+            reference,
+            event,
+            payload,
+            pathway,
+            key,
+            db,
+        } => {
+            let payload: Value = match payload {
+                Some(p) => serde_json::from_str(&p)
+                    .with_context(|| format!("--payload is not JSON: {p}"))?,
+                None => Value::Null,
+            };
+            let key = key.unwrap_or_else(new_key);
+            report_event(
+                &db,
+                EventRequest {
+                    key,
+                    reference,
+                    pathway,
+                    event,
+                    payload,
+                },
+            )
+            .await
+        }
+        Command::Status {
+            reference,
+            db,
+            format,
+        } => status(&db, &reference, format).await,
+        Command::Outbox { status, db, format } => outbox(&db, status.as_deref(), format).await,
+        Command::Simulate {
+            pathway,
+            family,
+            until,
+            event_script,
+            format,
+        } => {
+            let family = simulate::read_family(&family)?;
+            let script = match event_script {
+                Some(p) => simulate::read_script(&p)?,
+                None => Vec::new(),
+            };
+            let timeline = simulate::simulate(&pathway, &family, &script, &until).await?;
+            let mut out = std::io::stdout().lock();
+            match format {
+                Format::Text => write!(out, "{}", timeline.to_text())?,
+                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&timeline)?)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dir,
+            pathways,
+            cohort,
+            seconds,
+        } => demo(&dir, &pathways, &cohort, seconds).await,
+        Command::Validate { .. } | Command::Graph { .. } | Command::Schema => {
+            bail!("not a database command")
+        }
+    }
+}
+
+/// A fresh idempotency key: time and process, unique enough for a person at a shell.
+fn new_key() -> String {
+    format!(
+        "cli-{}-{}",
+        Timestamp::now().as_nanosecond(),
+        std::process::id()
+    )
+}
+
+/// Opens the database and its catalog, loading the pathway folder when it exists.
+async fn open(db: &DbArgs, now: Timestamp) -> anyhow::Result<(SqliteStore, Catalog)> {
+    let store = SqliteStore::open(&db.db).await?;
+    let catalog = if db.pathways.exists() {
+        let (catalog, loaded) =
+            Catalog::sync(&store, std::slice::from_ref(&db.pathways), now).await?;
+        for l in loaded.iter().filter(|l| l.added) {
+            tracing::info!(pathway = %l.pathway, version = l.version, "pathway version stored");
+        }
+        catalog
+    } else {
+        Catalog::from_store(&store).await?
+    };
+    Ok((store, catalog))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAREPATH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run_worker(
+    db: &DbArgs,
+    batch: u32,
+    until_idle: bool,
+    sink: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
+    let (store, catalog) = open(db, clock.now()).await?;
+    tracing::info!(
+        db = %db.db.display(),
+        pathways = ?catalog.pathway_ids(),
+        "worker starting"
+    );
+    let rt = Runtime::new(store, catalog, clock);
+    let wake = Wake::new();
+    wake.stop_on_signals()?;
+    wake.listen(&db.db);
+    let sink = sink.map(|p| {
+        if p.as_os_str() == "-" {
+            Sink {
+                file: None,
+                console: Console::Json,
+            }
+        } else {
+            Sink {
+                file: Some(p),
+                console: Console::Off,
+            }
+        }
+    });
+    let summary = worker::run(
+        &rt,
+        &wake,
+        sink,
+        &Options {
+            batch: batch.max(1),
+            until_idle,
+            until: None,
+        },
+    )
+    .await?;
+    tracing::info!(
+        fired = summary.fired,
+        delivered = summary.delivered,
+        "worker stopped"
+    );
+    rt.store().close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn enroll(path: &Path, pathway: Option<String>, db: &DbArgs) -> anyhow::Result<ExitCode> {
+    let family = simulate::read_family(path)?;
+    let Some(pathway) = pathway.or(family.pathway) else {
+        bail!(
+            "{}: no pathway: add \"pathway\" to the file or pass --pathway",
+            path.display()
+        );
+    };
+    let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
+    let (store, catalog) = open(db, clock.now()).await?;
+    let rt = Runtime::new(store, catalog, clock);
+    let result = rt
+        .enrol(&EnrolRequest {
+            reference: family.reference.clone(),
+            pathway: pathway.clone(),
+            fields: family.fields,
+            contacts: family.contacts,
+        })
+        .await;
+    rt.store().close().await;
+    match result {
+        Ok(e) => {
+            worker::wake_other(&db.db);
+            println!(
+                "enrolled {} on {pathway} version {} (instance {}): state {}, owner {}",
+                family.reference,
+                e.version,
+                e.instance_id,
+                e.state,
+                e.owner.as_deref().unwrap_or("-")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("carepath: enrolment refused: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode> {
+    let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
+    let (store, catalog) = open(db, clock.now()).await?;
+    let rt = Runtime::new(store, catalog, clock);
+    let results = rt.apply_events(std::slice::from_ref(&req)).await;
+    rt.store().close().await;
+    let Some(r) = results?.pop() else {
+        bail!("no result for the event");
+    };
+    let again = if r.replayed {
+        " (key seen before: this is the first answer)"
+    } else {
+        ""
+    };
+    match r.record.outcome {
+        Outcome::Applied => {
+            worker::wake_other(&db.db);
+            match &r.transition {
+                Some((from, to)) => println!(
+                    "applied {} to {}: {from} → {to} (key {}){again}",
+                    r.record.name, r.record.reference, r.record.key
+                ),
+                None => println!(
+                    "applied {} to {} (key {}){again}",
+                    r.record.name, r.record.reference, r.record.key
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Rejected => {
+            eprintln!(
+                "carepath: event {} refused [{}]: {}{again}",
+                r.record.name,
+                r.record.code.as_deref().unwrap_or("-"),
+                r.record.reason.as_deref().unwrap_or("-")
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<ExitCode> {
+    if !db.exists() {
+        bail!("no database at {}: run `carepath run` or `carepath enroll` first, or pass --db", db.display());
+    }
+    let store = SqliteStore::open(db).await?;
+    let catalog = Catalog::from_store(&store).await?;
+    let instances = store.instances_by_ref(reference).await?;
+    if instances.is_empty() {
+        store.close().await;
+        eprintln!("carepath: no family {reference} in {}", db.display());
+        return Ok(ExitCode::from(1));
+    }
+    let mut report = Vec::new();
+    for inst in &instances {
+        let version = catalog.version(inst.pathway_version_id);
+        let tz = version
+            .and_then(|v| carepath_engine::time::zone(&v.checked.pathway.time_zone).ok())
+            .unwrap_or(TimeZone::UTC);
+        let local = |t: Timestamp| {
+            t.to_zoned_datetime(tz.clone())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        };
+        // Sensitive fields are named, never shown.
+        let fields: serde_json::Map<String, Value> = inst
+            .instance
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let sensitive = version
+                    .and_then(|v| v.checked.pathway.fields.get(k))
+                    .is_none_or(|f| f.sensitive);
+                (k.clone(), if sensitive { json!("(sensitive)") } else { v.clone() })
+            })
+            .collect();
+        let history = store.history(inst.id).await?;
+        let timers = store.timers(inst.id).await?;
+        let notices = store
+            .outbox(&OutboxFilter {
+                instance_id: Some(inst.id),
+                ..OutboxFilter::default()
+            })
+            .await?;
+        report.push(json!({
+            "instance_id": inst.id,
+            "pathway": inst.pathway,
+            "version": version.map(|v| v.checked.pathway.version),
+            "state": inst.instance.state,
+            "owner": inst.instance.owner,
+            "status": inst.instance.status,
+            "fields": fields,
+            "history": history.iter().map(|h| json!({
+                "seq": h.seq, "at": local(h.at), "from": h.from, "to": h.to,
+                "cause": h.cause, "notes": h.notes,
+            })).collect::<Vec<_>>(),
+            "upcoming_timers": timers.iter().map(|t| json!({"key": t.key, "due": local(t.due)})).collect::<Vec<_>>(),
+            "notices": notices.iter().map(|n| json!({
+                "id": n.id, "at": local(n.not_before), "to": n.role, "template": n.template,
+                "channel": n.channel, "status": n.status, "error": n.last_error,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let refused: Vec<Value> = store
+        .events(reference)
+        .await?
+        .into_iter()
+        .filter(|e| e.outcome == Outcome::Rejected)
+        .map(|e| json!({"key": e.key, "event": e.name, "at": e.received_at, "code": e.code, "reason": e.reason}))
+        .collect();
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({"ref": reference, "instances": report, "refused_events": refused}))?
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    for r in &report {
+        writeln!(
+            out,
+            "{reference} on {} v{} (instance {}): {} — state {}, owner {}",
+            s(&r["pathway"]),
+            s(&r["version"]),
+            s(&r["instance_id"]),
+            s(&r["status"]),
+            s(&r["state"]),
+            if r["owner"].is_null() { "-".into() } else { s(&r["owner"]) }
+        )?;
+        writeln!(out, "  fields: {}", r["fields"])?;
+        writeln!(out, "  history:")?;
+        for h in r["history"].as_array().into_iter().flatten() {
+            let notes = h["notes"]
+                .as_array()
+                .map(|n| n.iter().map(s).collect::<Vec<_>>().join("; "))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "    {}  {}{}  [{}]{}",
+                s(&h["at"]),
+                if h["from"].is_null() { String::new() } else { format!("{} → ", s(&h["from"])) },
+                s(&h["to"]),
+                h["cause"]["name"].as_str().or(h["cause"]["key"].as_str()).unwrap_or("enrolled"),
+                if notes.is_empty() { String::new() } else { format!("  {notes}") }
+            )?;
+        }
+        writeln!(out, "  upcoming timers:")?;
+        for t in r["upcoming_timers"].as_array().into_iter().flatten() {
+            writeln!(out, "    {}  {}", s(&t["due"]), s(&t["key"]))?;
+        }
+        writeln!(out, "  notices:")?;
+        for n in r["notices"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "    {}  #{} to {} by {}: {} [{}]{}",
+                s(&n["at"]),
+                s(&n["id"]),
+                s(&n["to"]),
+                s(&n["channel"]),
+                s(&n["template"]),
+                s(&n["status"]),
+                if n["error"].is_null() { String::new() } else { format!(" — {}", s(&n["error"])) }
+            )?;
+        }
+    }
+    if !refused.is_empty() {
+        writeln!(out, "refused events:")?;
+        for e in &refused {
+            writeln!(out, "  {} ({}): {}: {}", s(&e["event"]), s(&e["key"]), s(&e["code"]), s(&e["reason"]))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Result<ExitCode> {
+    let status = match status {
+        None => None,
+        Some("queued") => Some(NoticeStatus::Queued),
+        Some("sent") => Some(NoticeStatus::Sent),
+        Some("skipped") => Some(NoticeStatus::Skipped),
+        Some("dead") => Some(NoticeStatus::Dead),
+        Some(other) => bail!("unknown status {other:?}: use queued, sent, skipped or dead"),
+    };
+    if !db.exists() {
+        bail!("no database at {}: pass --db", db.display());
+    }
+    let store = SqliteStore::open(db).await?;
+    let rows = store
+        .outbox(&OutboxFilter {
+            status,
+            ..OutboxFilter::default()
+        })
+        .await?;
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&r)?)?,
+            Format::Text => writeln!(
+                out,
+                "#{} {} {} to {} by {}: {} [{}]{}",
+                r.id,
+                r.not_before,
+                r.reference,
+                r.role,
+                r.channel.map(|c| c.as_str()).unwrap_or("-"),
+                r.template,
+                r.status.as_str(),
+                r.last_error.map(|e| format!(" — {e}")).unwrap_or_default()
+            )?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo cohort file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cohort {
+    /// When the demo starts, local time in Europe/Copenhagen or with an offset.
+    start: String,
+    /// How much pathway time the demo covers.
+    until: String,
+    /// The families.
+    families: Vec<CohortFamily>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CohortFamily {
+    #[serde(flatten)]
+    family: Family,
+    #[serde(default)]
+    events: Vec<ScriptedEvent>,
+}
+
+async fn demo(dir: &Path, pathways: &Path, cohort_path: &Path, seconds: f64) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let cohort: Cohort = {
+        let text = std::fs::read_to_string(cohort_path)
+            .with_context(|| format!("cannot read {}", cohort_path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a cohort file", cohort_path.display()))?
+    };
+    let tz = carepath_engine::time::zone("Europe/Copenhagen")?;
+    let parse = |text: &str, from: Timestamp| -> anyhow::Result<Timestamp> {
+        simulate::moment(text, from, &tz).map_err(anyhow::Error::msg)
+    };
+    let start = parse(&cohort.start, Timestamp::UNIX_EPOCH)?;
+    let end = parse(&cohort.until, start)?;
+    std::fs::create_dir_all(dir)?;
+    let db = dir.join("demo.db");
+    for suffix in ["", "-wal", "-shm", ".wake"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(Path::new(&p));
+    }
+    let notices = dir.join("notices.jsonl");
+    let _ = std::fs::remove_file(&notices);
+
+    let span = end.duration_since(start).as_secs_f64();
+    let factor = span / seconds.max(1.0);
+    let clock = Arc::new(ScaledClock::new(start, factor));
+    let store = SqliteStore::open(&db).await?;
+    let (catalog, loaded) =
+        Catalog::sync(&store, std::slice::from_ref(&pathways.to_path_buf()), start).await?;
+    println!(
+        "carepath demo: {} families on {} pathway{}, {} → {} in {seconds:.0} s ({} virtual hours a second)",
+        cohort.families.len(),
+        loaded.len(),
+        if loaded.len() == 1 { "" } else { "s" },
+        start.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d"),
+        end.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d"),
+        (factor / 3600.0).round()
+    );
+    let rt = Arc::new(Runtime::new(store, catalog, clock.clone() as Arc<dyn Clock>));
+    let mut script: Vec<(Timestamp, EventRequest)> = Vec::new();
+    for (n, f) in cohort.families.iter().enumerate() {
+        let enrolled_at = match &f.family.enrolled_at {
+            Some(t) => parse(t, start)?,
+            None => start,
+        };
+        let pathway = f
+            .family
+            .pathway
+            .clone()
+            .with_context(|| format!("family {} has no pathway", f.family.reference))?;
+        script.push((
+            enrolled_at,
+            EventRequest {
+                key: format!("enrol-{n}"),
+                reference: f.family.reference.clone(),
+                pathway: Some(pathway),
+                event: String::new(),
+                payload: Value::Null,
+            },
+        ));
+        for (i, e) in f.events.iter().enumerate() {
+            script.push((
+                parse(&e.at, enrolled_at)?,
+                EventRequest {
+                    key: format!("demo-{n}-{i}"),
+                    reference: f.family.reference.clone(),
+                    pathway: e.pathway.clone(),
+                    event: e.event.clone(),
+                    payload: e.payload.clone(),
+                },
+            ));
+        }
+    }
+    script.sort_by_key(|(at, _)| *at);
+
+    let wake = Wake::new();
+    wake.stop_on_signals()?;
+    // The families' own actions arrive on the accelerated clock, as a professional's system
+    // would report them.
+    let reporter = {
+        let rt = rt.clone();
+        let wake = wake.clone();
+        let families: Vec<Family> = cohort.families.iter().map(|f| f.family.clone()).collect();
+        let tz = tz.clone();
+        tokio::spawn(async move {
+            for (at, req) in script {
+                tokio::time::sleep(rt.clock().real_wait(at)).await;
+                // The time it really arrived on the accelerated clock, a little after its slot.
+                let local = rt
+                    .clock()
+                    .now()
+                    .to_zoned_datetime(tz.clone())
+                    .strftime("%Y-%m-%d %H:%M");
+                if req.event.is_empty() {
+                    let Some(f) = families.iter().find(|f| f.reference == req.reference) else {
+                        continue;
+                    };
+                    match rt
+                        .enrol(&EnrolRequest {
+                            reference: f.reference.clone(),
+                            pathway: req.pathway.clone().unwrap_or_default(),
+                            fields: f.fields.clone(),
+                            contacts: f.contacts.clone(),
+                        })
+                        .await
+                    {
+                        Ok(e) => println!("{local}  ● {:<8} enrolled on {} → {}", f.reference, req.pathway.unwrap_or_default(), e.state),
+                        Err(e) => println!("{local}  ! {:<8} enrolment refused: {e}", f.reference),
+                    }
+                } else {
+                    match rt.apply_events(std::slice::from_ref(&req)).await {
+                        Ok(results) => {
+                            for r in results {
+                                match (&r.record.outcome, &r.transition) {
+                                    (Outcome::Applied, Some((from, to))) => println!(
+                                        "{local}  ● {:<8} {} : {from} → {to}",
+                                        req.reference, req.event
+                                    ),
+                                    (Outcome::Applied, None) => {}
+                                    (Outcome::Rejected, _) => println!(
+                                        "{local}  ! {:<8} {} refused: {}",
+                                        req.reference,
+                                        req.event,
+                                        r.record.reason.unwrap_or_default()
+                                    ),
+                                }
+                            }
+                        }
+                        Err(e) => println!("{local}  ! {e}"),
+                    }
+                }
+                wake.notify();
+            }
+        })
+    };
+    let summary = worker::run(
+        &rt,
+        &wake,
+        Some(Sink {
+            file: Some(notices.clone()),
+            console: Console::Pretty(tz.clone()),
+        }),
+        &Options {
+            batch: 1000,
+            until_idle: false,
+            until: Some(end),
+        },
+    )
+    .await?;
+    reporter.abort();
+    let instances = rt.store().all_instances().await?;
+    let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in &instances {
+        *states
+            .entry(format!("{} {}", i.pathway, i.instance.state))
+            .or_default() += 1;
+    }
+    let dead = rt
+        .store()
+        .outbox(&OutboxFilter {
+            status: Some(NoticeStatus::Dead),
+            ..OutboxFilter::default()
+        })
+        .await?
+        .len();
+    rt.store().close().await;
+    println!(
+        "\n{} timers fired, {} notices delivered to {}, {dead} dead letters",
+        summary.fired,
+        summary.delivered,
+        notices.display()
+    );
+    for (state, n) in states {
+        println!("  {n} × {state}");
+    }
+    if let Some(first) = cohort.families.first() {
+        println!(
+            "\nLook closer: cargo run -q --bin carepath -- status {} --db {}",
+            first.family.reference,
+            db.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

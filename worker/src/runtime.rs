@@ -1,0 +1,1150 @@
+//! The durable runtime: enrolments, events and timers applied exactly once.
+//!
+//! Every entry point has the same shape: open a write transaction, read what the batch needs,
+//! run the pure engine on it, and write the batch's [`Changes`] — instances, timers, history,
+//! rendered notices and event records — in that one transaction. If anything fails before the
+//! commit, nothing happened, and the same work is found again next time.
+//!
+//! Two rules make the outcome independent of when the worker happens to run:
+//!
+//! - a timer fires at its due time: its step is stamped with the due time, not the moment a
+//!   late worker got to it, so after downtime every deadline counts from when it passed;
+//! - before an event is applied, the instance's timers that came due before it fire first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use carepath_engine::pathway::{Channel, Sector};
+use carepath_engine::step::{ArmedTimer, Effects, Enrolment, Input, Instance, Status};
+use carepath_engine::{StepError, start, step};
+
+use crate::catalog::{Catalog, Version};
+use crate::clock::Clock;
+use crate::store::{
+    Changes, Contact, ContactRef, EventRecord, InstanceRow, InstanceUpdate, NewInstance,
+    NewNotice, NoticeStatus, Outcome, Storage, StoreError, Target, Tx,
+};
+
+/// How many times a batch is retried when another writer moved one of its instances.
+const CONFLICT_RETRIES: usize = 5;
+
+/// How deep `enroll` actions may chain within one step.
+const MAX_ENROL_DEPTH: usize = 8;
+
+/// Why an enrolment was refused. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrolError {
+    /// The reference is empty, too long, or looks like a CPR number.
+    #[error("reference {reference:?}: {reason}")]
+    BadReference {
+        /// What was given (masked when it looks like a CPR number).
+        reference: String,
+        /// Why.
+        reason: String,
+    },
+    /// No such pathway is loaded.
+    #[error("unknown pathway \"{pathway}\" (loaded: {})", known.join(", "))]
+    UnknownPathway {
+        /// What was asked for.
+        pathway: String,
+        /// What is loaded.
+        known: Vec<String>,
+    },
+    /// The family already has an active instance of the pathway.
+    #[error("family {reference} is already enrolled on \"{pathway}\" (instance {instance_id})")]
+    AlreadyEnrolled {
+        /// The family.
+        reference: String,
+        /// The pathway.
+        pathway: String,
+        /// The active instance.
+        instance_id: i64,
+    },
+    /// A contact names a role the pathway does not declare, or cannot be reached.
+    #[error("contact for role \"{role}\": {reason}")]
+    Contact {
+        /// The role.
+        role: String,
+        /// Why.
+        reason: String,
+    },
+    /// A field is missing or of the wrong type.
+    #[error(transparent)]
+    Step(#[from] StepError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a runtime call failed as a whole (as opposed to an event being rejected).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A family to enrol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The family's external reference (a case number: never a CPR number).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The pathway.
+    pub pathway: String,
+    /// The family's fields.
+    #[serde(default)]
+    pub fields: Map<String, Value>,
+    /// Who plays each role for this family.
+    #[serde(default)]
+    pub contacts: BTreeMap<String, Contact>,
+}
+
+/// An enrolled family.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Enrolled {
+    /// The new instance.
+    pub instance_id: i64,
+    /// The pathway version it runs on.
+    pub version: u32,
+    /// Its first state.
+    pub state: String,
+    /// Who owns it.
+    pub owner: Option<String>,
+}
+
+/// An event reported for a family.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    /// The idempotency key: the same key twice is applied once.
+    pub key: String,
+    /// The family's reference.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The pathway, when the family is on several that take the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathway: Option<String>,
+    /// The event's name.
+    pub event: String,
+    /// Its payload.
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// What became of an event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventResult {
+    /// The recorded event.
+    pub record: EventRecord,
+    /// True when the key had been seen: this is the first answer, repeated.
+    pub replayed: bool,
+    /// The state before and after, when applied now.
+    pub transition: Option<(String, String)>,
+}
+
+/// The runtime over one store.
+pub struct Runtime<S: Storage> {
+    store: S,
+    catalog: Catalog,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: Storage> Runtime<S> {
+    /// A runtime over `store` with the pathway versions in `catalog`, reading `clock`.
+    pub fn new(store: S, catalog: Catalog, clock: Arc<dyn Clock>) -> Self {
+        Runtime {
+            store,
+            catalog,
+            clock,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The pathway versions.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Enrols a family on a pathway, now.
+    pub async fn enrol(&self, req: &EnrolRequest) -> Result<Enrolled, EnrolError> {
+        check_reference(&req.reference)?;
+        let version =
+            self.catalog
+                .latest(&req.pathway)
+                .ok_or_else(|| EnrolError::UnknownPathway {
+                    pathway: req.pathway.clone(),
+                    known: self.catalog.pathway_ids(),
+                })?;
+        check_contacts(version, &req.contacts)?;
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(active) = tx
+            .active_instances(&req.reference)
+            .await?
+            .into_iter()
+            .find(|i| i.pathway == req.pathway)
+        {
+            return Err(EnrolError::AlreadyEnrolled {
+                reference: req.reference.clone(),
+                pathway: req.pathway.clone(),
+                instance_id: active.id,
+            });
+        }
+        let effects = start(&version.checked, req.fields.clone(), now)?;
+        let enrolled = Enrolled {
+            instance_id: 0,
+            version: version.checked.pathway.version,
+            state: effects.instance.state.clone(),
+            owner: effects.instance.owner.clone(),
+        };
+        let mut batch = Batch::new(&self.catalog, now);
+        let roles: RoleMap = req
+            .contacts
+            .iter()
+            .map(|(role, c)| {
+                batch.changes.contacts.push(c.clone());
+                (
+                    role.clone(),
+                    (ContactRef::New(batch.changes.contacts.len() - 1), c.clone()),
+                )
+            })
+            .collect();
+        batch
+            .create(&mut tx, &req.reference, version, roles, None, effects, now, 0)
+            .await?;
+        let ids = tx.write(batch.finish()).await?;
+        tx.commit().await?;
+        Ok(Enrolled {
+            instance_id: ids.first().copied().unwrap_or_default(),
+            ..enrolled
+        })
+    }
+
+    /// Applies events in one transaction. Each is applied, rejected with its reason, or (for a
+    /// key seen before) answered with its first result; every one is recorded.
+    pub async fn apply_events(
+        &self,
+        requests: &[EventRequest],
+    ) -> Result<Vec<EventResult>, RuntimeError> {
+        let mut attempt = 0;
+        loop {
+            match self.try_apply_events(requests).await {
+                Err(RuntimeError::Store(StoreError::Conflict(_))) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_apply_events(
+        &self,
+        requests: &[EventRequest],
+    ) -> Result<Vec<EventResult>, RuntimeError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let keys: Vec<String> = requests.iter().map(|r| r.key.clone()).collect();
+        let seen = tx.events_by_key(&keys).await?;
+        let mut batch = Batch::new(&self.catalog, now);
+        let mut results: Vec<EventResult> = Vec::with_capacity(requests.len());
+        let mut this_batch: HashMap<&str, usize> = HashMap::new();
+        for req in requests {
+            if let Some(first) = seen.get(&req.key) {
+                results.push(EventResult {
+                    record: first.clone(),
+                    replayed: true,
+                    transition: None,
+                });
+                continue;
+            }
+            if let Some(&i) = this_batch.get(req.key.as_str()) {
+                let mut first = results[i].clone();
+                first.replayed = true;
+                first.transition = None;
+                results.push(first);
+                continue;
+            }
+            this_batch.insert(&req.key, results.len());
+            let result = batch.event(&mut tx, req, now).await?;
+            results.push(result);
+        }
+        tx.write(batch.finish()).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Fires every timer due at `now`, in batches of `batch_size`, each in one transaction.
+    /// Returns how many timers fired.
+    pub async fn fire_due(&self, now: Timestamp, batch_size: u32) -> Result<usize, RuntimeError> {
+        let mut total = 0;
+        loop {
+            let fired = self.fire_batch(now, batch_size).await?;
+            total += fired;
+            if fired < batch_size as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Fires at most `batch_size` due timers in one transaction. Returns how many were due.
+    pub async fn fire_batch(&self, now: Timestamp, batch_size: u32) -> Result<usize, RuntimeError> {
+        let mut attempt = 0;
+        loop {
+            match self.try_fire_batch(now, batch_size).await {
+                Err(RuntimeError::Store(StoreError::Conflict(_))) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_fire_batch(&self, now: Timestamp, limit: u32) -> Result<usize, RuntimeError> {
+        let mut tx = self.store.begin().await?;
+        let due = tx.due_timers(now, limit).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Batch::new(&self.catalog, now);
+        let ids: Vec<i64> = due
+            .iter()
+            .map(|t| t.instance_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        batch.load(&mut tx, &ids).await?;
+        for t in &due {
+            batch.fire(&mut tx, t.instance_id, &t.key, t.due).await?;
+        }
+        tx.write(batch.finish()).await?;
+        tx.commit().await?;
+        Ok(due.len())
+    }
+}
+
+/// Refuses references that are empty, unwieldy, or look like a CPR number: the reference ends
+/// up in keys and log lines, where a CPR number must never be.
+fn check_reference(reference: &str) -> Result<(), EnrolError> {
+    let bad = |reason: &str| EnrolError::BadReference {
+        reference: if looks_like_cpr(reference) {
+            "(masked)".into()
+        } else {
+            reference.into()
+        },
+        reason: reason.into(),
+    };
+    if reference.trim().is_empty() {
+        return Err(bad("empty; give the family's case reference"));
+    }
+    if reference.len() > 64 || reference.chars().any(char::is_control) {
+        return Err(bad("at most 64 printable characters"));
+    }
+    if looks_like_cpr(reference) {
+        return Err(bad(
+            "looks like a CPR number; a CPR number may never be a reference (it would reach keys and logs): use the case reference",
+        ));
+    }
+    Ok(())
+}
+
+/// Ten digits, with or without a dash after the sixth, and a plausible date in the first six.
+pub fn looks_like_cpr(s: &str) -> bool {
+    let digits: String = s.chars().filter(|c| *c != '-' && *c != ' ').collect();
+    if digits.len() != 10 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    let day: u32 = digits[0..2].parse().unwrap_or(0);
+    let month: u32 = digits[2..4].parse().unwrap_or(0);
+    (1..=31).contains(&day) && (1..=12).contains(&month)
+}
+
+fn check_contacts(version: &Version, contacts: &BTreeMap<String, Contact>) -> Result<(), EnrolError> {
+    let decl = &version.checked.pathway;
+    for (role, c) in contacts {
+        let Some(r) = decl.roles.get(role) else {
+            return Err(EnrolError::Contact {
+                role: role.clone(),
+                reason: format!(
+                    "the pathway declares no such role (declared: {})",
+                    decl.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        if c.name.trim().is_empty() {
+            return Err(EnrolError::Contact {
+                role: role.clone(),
+                reason: "no name".into(),
+            });
+        }
+        if let Some(phone) = &c.phone {
+            check_phone(phone).map_err(|reason| EnrolError::Contact {
+                role: role.clone(),
+                reason,
+            })?;
+        }
+        if let Some(email) = &c.email
+            && !email.contains('@')
+        {
+            return Err(EnrolError::Contact {
+                role: role.clone(),
+                reason: format!("email {:?} has no @", mask_email(email)),
+            });
+        }
+        if address(&r.channels(), c).is_none() {
+            return Err(EnrolError::Contact {
+                role: role.clone(),
+                reason: format!(
+                    "the role is reached by {}, and the contact has no {}",
+                    channel_list(&r.channels()),
+                    channel_list(&r.channels())
+                        .replace("email", "email address")
+                        .replace("sms", "mobile number")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn channel_list(channels: &[Channel]) -> String {
+    channels
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// A mobile number in international form: `+` and 8 to 15 digits.
+pub fn check_phone(phone: &str) -> Result<(), String> {
+    let digits: String = phone.chars().filter(|c| !c.is_whitespace()).collect();
+    let ok = digits.starts_with('+')
+        && digits.len() >= 9
+        && digits.len() <= 16
+        && digits[1..].chars().all(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "phone {} is not a mobile number in international form, such as +4512345678",
+            mask_phone(phone)
+        ))
+    }
+}
+
+/// `+45 •••• ••78`: enough to recognise, not enough to use.
+pub fn mask_phone(phone: &str) -> String {
+    let n = phone.chars().count();
+    phone
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_digit() && i >= 3 && i + 2 < n {
+                '•'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `a•••@example.dk`.
+pub fn mask_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((user, domain)) => {
+            let first: String = user.chars().take(1).collect();
+            format!("{first}•••@{domain}")
+        }
+        None => "•••".into(),
+    }
+}
+
+/// The channel and address a contact is reached by, in the order the role allows, the
+/// contact's preference first.
+fn address(channels: &[Channel], c: &Contact) -> Option<(Channel, String)> {
+    let mut order: Vec<Channel> = channels.to_vec();
+    if let Some(p) = c.channel
+        && let Some(i) = order.iter().position(|x| *x == p)
+    {
+        order.remove(i);
+        order.insert(0, p);
+    }
+    order.into_iter().find_map(|ch| {
+        let a = match ch {
+            Channel::Email => c.email.clone(),
+            Channel::Sms => c.phone.clone(),
+        };
+        a.map(|a| (ch, a))
+    })
+}
+
+/// Role → the contact reference and the contact.
+type RoleMap = BTreeMap<String, (ContactRef, Contact)>;
+
+/// An instance being worked on in a batch.
+struct Working {
+    row: InstanceRow,
+    instance: Instance,
+    roles: RoleMap,
+    changed: bool,
+}
+
+/// One transaction's work: the instances it touches and the changes it will write.
+struct Batch<'c> {
+    catalog: &'c Catalog,
+    working: BTreeMap<i64, Working>,
+    /// Instances created in this batch: (reference, pathway).
+    created: Vec<(String, String)>,
+    changes: Changes,
+}
+
+impl<'c> Batch<'c> {
+    fn new(catalog: &'c Catalog, now: Timestamp) -> Self {
+        Batch {
+            catalog,
+            working: BTreeMap::new(),
+            created: Vec::new(),
+            changes: Changes {
+                now,
+                ..Changes::default()
+            },
+        }
+    }
+
+    /// Reads instances and their contacts into the batch.
+    async fn load(&mut self, tx: &mut impl Tx, ids: &[i64]) -> Result<(), StoreError> {
+        let missing: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.working.contains_key(id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let rows = tx.instances(&missing).await?;
+        self.adopt(tx, rows).await
+    }
+
+    async fn adopt(&mut self, tx: &mut impl Tx, rows: Vec<InstanceRow>) -> Result<(), StoreError> {
+        let contact_ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.roles.values().copied())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let contacts = tx.contacts(&contact_ids).await?;
+        for row in rows {
+            if self.working.contains_key(&row.id) {
+                continue;
+            }
+            let roles = row
+                .roles
+                .iter()
+                .filter_map(|(role, id)| {
+                    contacts
+                        .get(id)
+                        .map(|c| (role.clone(), (ContactRef::Id(*id), c.clone())))
+                })
+                .collect();
+            self.working.insert(
+                row.id,
+                Working {
+                    instance: row.instance.clone(),
+                    row,
+                    roles,
+                    changed: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Fires one timer of a loaded instance at its due time.
+    async fn fire(
+        &mut self,
+        tx: &mut impl Tx,
+        id: i64,
+        key: &str,
+        due: Timestamp,
+    ) -> Result<(), StoreError> {
+        let Some(w) = self.working.get(&id) else {
+            return Ok(());
+        };
+        let Some(version) = self.catalog.version(w.row.pathway_version_id).cloned() else {
+            return Err(missing_version(&w.row));
+        };
+        if w.instance.status == Status::Finished
+            || !w.instance.timers.iter().any(|t| t.key == key)
+        {
+            // Cancelled by an earlier step in this batch (the diff at the end removes it), or
+            // a row the instance does not know: remove that one here.
+            if !w.row.instance.timers.iter().any(|t| t.key == key) {
+                self.changes.timers_removed.push((id, key.to_string()));
+            }
+            return Ok(());
+        }
+        let input = Input::Timer { key: key.into() };
+        match step(&version.checked, &w.instance, &input, due) {
+            Ok(effects) => self.absorb(tx, id, &version, effects, due, 0).await,
+            Err(e) => {
+                // A timer whose step fails (a date out of range, an expression that fails on
+                // these fields) must not fire again and again: it is dropped and the failure
+                // recorded where `carepath status` shows it.
+                let Some(w) = self.working.get_mut(&id) else {
+                    return Ok(());
+                };
+                w.instance.timers.retain(|t| t.key != key);
+                w.changed = true;
+                let record = EventRecord {
+                    key: format!("timer:{id}:{key}"),
+                    reference: w.row.reference.clone(),
+                    pathway: Some(w.row.pathway.clone()),
+                    instance_id: Some(id),
+                    name: format!("timer {key}"),
+                    payload: Value::Null,
+                    received_at: due,
+                    outcome: Outcome::Rejected,
+                    code: Some(e.code().into()),
+                    reason: Some(e.to_string()),
+                    seq: None,
+                };
+                self.changes.events.push((Some(Target::Id(id)), record));
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies one event, after firing the instance's timers that came due before it.
+    async fn event(
+        &mut self,
+        tx: &mut impl Tx,
+        req: &EventRequest,
+        now: Timestamp,
+    ) -> Result<EventResult, StoreError> {
+        let mut record = EventRecord {
+            key: req.key.clone(),
+            reference: req.reference.clone(),
+            pathway: req.pathway.clone(),
+            instance_id: None,
+            name: req.event.clone(),
+            payload: req.payload.clone(),
+            received_at: now,
+            outcome: Outcome::Rejected,
+            code: None,
+            reason: None,
+            seq: None,
+        };
+        let id = match self.resolve(tx, req).await? {
+            Ok(id) => id,
+            Err((code, reason)) => {
+                record.code = Some(code.into());
+                record.reason = Some(reason);
+                self.changes.events.push((None, record.clone()));
+                return Ok(EventResult {
+                    record,
+                    replayed: false,
+                    transition: None,
+                });
+            }
+        };
+        record.instance_id = Some(id);
+        self.catch_up(tx, id, now).await?;
+        let Some(w) = self.working.get(&id) else {
+            return Err(StoreError::Conflict(id));
+        };
+        let Some(version) = self.catalog.version(w.row.pathway_version_id).cloned() else {
+            return Err(missing_version(&w.row));
+        };
+        let input = Input::Event {
+            name: req.event.clone(),
+            payload: req.payload.clone(),
+        };
+        let mut transition = None;
+        match step(&version.checked, &w.instance, &input, now) {
+            Ok(effects) => {
+                record.outcome = Outcome::Applied;
+                record.seq = Some(effects.history.seq);
+                transition = Some((
+                    effects.history.from.clone().unwrap_or_default(),
+                    effects.history.to.clone(),
+                ));
+                self.absorb(tx, id, &version, effects, now, 0).await?;
+            }
+            Err(e) => {
+                record.code = Some(e.code().into());
+                record.reason = Some(e.to_string());
+            }
+        }
+        self.changes
+            .events
+            .push((Some(Target::Id(id)), record.clone()));
+        Ok(EventResult {
+            record,
+            replayed: false,
+            transition,
+        })
+    }
+
+    /// Fires an instance's timers due at or before `now`, in due order.
+    async fn catch_up(
+        &mut self,
+        tx: &mut impl Tx,
+        id: i64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        loop {
+            let Some(w) = self.working.get(&id) else {
+                return Ok(());
+            };
+            if w.instance.status == Status::Finished {
+                return Ok(());
+            }
+            let Some(next) = w
+                .instance
+                .timers
+                .iter()
+                .filter(|t| t.due <= now)
+                .min_by(|a, b| a.due.cmp(&b.due).then_with(|| a.key.cmp(&b.key)))
+                .cloned()
+            else {
+                return Ok(());
+            };
+            let before = w.instance.timers.len();
+            self.fire(tx, id, &next.key, next.due).await?;
+            let after = self.working.get(&id).map(|w| {
+                (
+                    w.instance.timers.len(),
+                    w.instance.timers.iter().any(|t| t.key == next.key),
+                )
+            });
+            // Every firing removes the timer; stop if one ever did not, rather than spin.
+            if matches!(after, Some((n, true)) if n >= before) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Finds the instance an event is for: the family's active instance on the named
+    /// pathway, or the one active instance whose pathway declares the event.
+    async fn resolve(
+        &mut self,
+        tx: &mut impl Tx,
+        req: &EventRequest,
+    ) -> Result<Result<i64, (&'static str, String)>, StoreError> {
+        let rows = tx.active_instances(&req.reference).await?;
+        // An instance this batch already moved is read from the batch, not the database.
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        self.adopt(tx, rows).await?;
+        let active: Vec<&Working> = ids
+            .iter()
+            .filter_map(|id| self.working.get(id))
+            .filter(|w| w.instance.status == Status::Active)
+            .collect();
+        if active.is_empty() {
+            return Ok(Err((
+                "unknown-instance",
+                format!(
+                    "family {} has no active instance{}",
+                    req.reference,
+                    req.pathway
+                        .as_ref()
+                        .map(|p| format!(" on \"{p}\""))
+                        .unwrap_or_default()
+                ),
+            )));
+        }
+        if let Some(p) = &req.pathway {
+            return Ok(match active.iter().find(|w| &w.row.pathway == p) {
+                Some(w) => Ok(w.row.id),
+                None => Err((
+                    "unknown-instance",
+                    format!(
+                        "family {} has no active instance on \"{p}\" (active on: {})",
+                        req.reference,
+                        active
+                            .iter()
+                            .map(|w| w.row.pathway.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            });
+        }
+        let takers: Vec<&&Working> = active
+            .iter()
+            .filter(|w| {
+                self.catalog
+                    .version(w.row.pathway_version_id)
+                    .is_some_and(|v| declares_event(&v.checked.pathway, &req.event))
+            })
+            .collect();
+        Ok(match takers.as_slice() {
+            [one] => Ok(one.row.id),
+            [] if active.len() == 1 => Ok(active[0].row.id),
+            [] => Err((
+                "unknown-event",
+                format!(
+                    "none of family {}'s pathways ({}) declares event \"{}\"",
+                    req.reference,
+                    active
+                        .iter()
+                        .map(|w| w.row.pathway.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    req.event
+                ),
+            )),
+            many => Err((
+                "ambiguous-instance",
+                format!(
+                    "family {} is on several pathways that take \"{}\" ({}): name the pathway",
+                    req.reference,
+                    req.event,
+                    many.iter()
+                        .map(|w| w.row.pathway.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        })
+    }
+
+    /// Takes a step's effects into the batch: the instance, history, notices, and any
+    /// enrolments into other pathways.
+    #[allow(clippy::too_many_arguments)]
+    async fn absorb(
+        &mut self,
+        tx: &mut impl Tx,
+        id: i64,
+        version: &Arc<Version>,
+        mut effects: Effects,
+        now: Timestamp,
+        depth: usize,
+    ) -> Result<(), StoreError> {
+        let Some(w) = self.working.get(&id) else {
+            return Ok(());
+        };
+        let roles = w.roles.clone();
+        let reference = w.row.reference.clone();
+        let enrolments = std::mem::take(&mut effects.enrolments);
+        let notes = self
+            .enrol_all(tx, &reference, &roles, Target::Id(id), enrolments, now, depth)
+            .await?;
+        effects.history.notes.extend(notes);
+        for n in &effects.notices {
+            let notice = render(version, &roles, n, &reference, now);
+            self.changes.outbox.push((Target::Id(id), notice));
+        }
+        self.changes.history.push((Target::Id(id), effects.history));
+        if let Some(w) = self.working.get_mut(&id) {
+            w.instance = effects.instance;
+            w.changed = true;
+        }
+        Ok(())
+    }
+
+    /// Starts the family on other pathways; returns what happened, in words, for the
+    /// history of the instance that referred them.
+    #[allow(clippy::too_many_arguments)]
+    async fn enrol_all(
+        &mut self,
+        tx: &mut impl Tx,
+        reference: &str,
+        roles: &RoleMap,
+        parent: Target,
+        enrolments: Vec<Enrolment>,
+        now: Timestamp,
+        depth: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut notes = Vec::new();
+        for e in enrolments {
+            let Some(version) = self.catalog.latest(&e.pathway).cloned() else {
+                notes.push(format!(
+                    "referral to \"{}\" not started: that pathway is not loaded",
+                    e.pathway
+                ));
+                continue;
+            };
+            if depth >= MAX_ENROL_DEPTH {
+                notes.push(format!(
+                    "referral to \"{}\" not started: referrals nest deeper than {MAX_ENROL_DEPTH}",
+                    e.pathway
+                ));
+                continue;
+            }
+            let already_db = tx
+                .active_instances(reference)
+                .await?
+                .into_iter()
+                .any(|i| i.pathway == e.pathway && self.still_active(i.id));
+            let already_batch = self
+                .created
+                .iter()
+                .any(|(r, p)| r == reference && p == &e.pathway);
+            if already_db || already_batch {
+                notes.push(format!(
+                    "referral to \"{}\": the family is already on it",
+                    e.pathway
+                ));
+                continue;
+            }
+            match start(&version.checked, e.fields.clone(), now) {
+                Ok(effects) => {
+                    let roles: RoleMap = roles
+                        .iter()
+                        .filter(|(role, _)| version.checked.pathway.roles.contains_key(*role))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    Box::pin(self.create(
+                        tx,
+                        reference,
+                        &version,
+                        roles,
+                        Some(parent),
+                        effects,
+                        now,
+                        depth + 1,
+                    ))
+                    .await?;
+                    notes.push(format!(
+                        "referred to \"{}\" version {}",
+                        e.pathway, version.checked.pathway.version
+                    ));
+                }
+                Err(err) => notes.push(format!("referral to \"{}\" not started: {err}", e.pathway)),
+            }
+        }
+        Ok(notes)
+    }
+
+    fn still_active(&self, id: i64) -> bool {
+        self.working
+            .get(&id)
+            .is_none_or(|w| w.instance.status == Status::Active)
+    }
+
+    /// Adds a new instance with its first step's effects.
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &mut self,
+        tx: &mut impl Tx,
+        reference: &str,
+        version: &Arc<Version>,
+        roles: RoleMap,
+        parent: Option<Target>,
+        mut effects: Effects,
+        now: Timestamp,
+        depth: usize,
+    ) -> Result<(), StoreError> {
+        let index = self.changes.new_instances.len();
+        let target = Target::New(index);
+        self.created
+            .push((reference.to_string(), version.checked.pathway.id.clone()));
+        // Reserve the slot first so children enrolled below come after their parent.
+        self.changes.new_instances.push(NewInstance {
+            reference: reference.into(),
+            pathway: version.checked.pathway.id.clone(),
+            pathway_version_id: version.id,
+            instance: effects.instance.clone(),
+            roles: roles.iter().map(|(k, (r, _))| (k.clone(), *r)).collect(),
+            parent,
+        });
+        let enrolments = std::mem::take(&mut effects.enrolments);
+        let notes = Box::pin(self.enrol_all(tx, reference, &roles, target, enrolments, now, depth))
+            .await?;
+        effects.history.notes.extend(notes);
+        for t in &effects.instance.timers {
+            self.changes.timers_added.push((target, t.clone()));
+        }
+        for n in &effects.notices {
+            let notice = render(version, &roles, n, reference, now);
+            self.changes.outbox.push((target, notice));
+        }
+        self.changes.history.push((target, effects.history));
+        Ok(())
+    }
+
+    /// The batch's changes, with each touched instance's update and timer difference.
+    fn finish(mut self) -> Changes {
+        for (id, w) in std::mem::take(&mut self.working) {
+            if !w.changed {
+                continue;
+            }
+            let before: BTreeMap<&str, &ArmedTimer> = w
+                .row
+                .instance
+                .timers
+                .iter()
+                .map(|t| (t.key.as_str(), t))
+                .collect();
+            let after: BTreeMap<&str, &ArmedTimer> =
+                w.instance.timers.iter().map(|t| (t.key.as_str(), t)).collect();
+            for (key, t) in &before {
+                if after.get(key) != Some(t) {
+                    self.changes.timers_removed.push((id, key.to_string()));
+                }
+            }
+            for (key, t) in &after {
+                if before.get(key) != Some(t) {
+                    self.changes.timers_added.push((Target::Id(id), (*t).clone()));
+                }
+            }
+            self.changes.updates.push(InstanceUpdate {
+                id,
+                expected_seq: w.row.instance.seq,
+                instance: w.instance,
+            });
+        }
+        self.changes
+    }
+}
+
+fn declares_event(p: &carepath_engine::Pathway, event: &str) -> bool {
+    p.event(event).is_some()
+}
+
+fn missing_version(row: &InstanceRow) -> StoreError {
+    StoreError::Data {
+        what: format!("instance {}", row.id),
+        reason: format!(
+            "runs on pathway version row {}, which is not loaded",
+            row.pathway_version_id
+        ),
+    }
+}
+
+/// Renders a notice for the outbox, or records why it cannot be sent.
+fn render(
+    version: &Version,
+    roles: &RoleMap,
+    n: &carepath_engine::step::Notice,
+    reference: &str,
+    now: Timestamp,
+) -> NewNotice {
+    let decl = &version.checked.pathway;
+    let family = decl
+        .roles
+        .get(&n.to)
+        .is_some_and(|r| r.sector == Sector::Family);
+    let mut notice = NewNotice {
+        key: n.key.clone(),
+        pathway_version_id: version.id,
+        template: n.template.clone(),
+        role: n.to.clone(),
+        family,
+        contact: None,
+        channel: None,
+        address: None,
+        language: None,
+        subject: None,
+        body: None,
+        status: NoticeStatus::Dead,
+        not_before: now,
+        error: None,
+    };
+    let Some((contact_ref, contact)) = roles.get(&n.to) else {
+        notice.error = Some(format!(
+            "nobody is assigned to role \"{}\" for this family: assign a contact, then retry the notice",
+            n.to
+        ));
+        return notice;
+    };
+    notice.contact = Some(*contact_ref);
+    let channels = decl.roles.get(&n.to).map(|r| r.channels()).unwrap_or_default();
+    let Some((channel, addr)) = address(&channels, contact) else {
+        notice.error = Some(format!(
+            "the contact for role \"{}\" has no address for {}",
+            n.to,
+            channel_list(&channels)
+        ));
+        return notice;
+    };
+    notice.channel = Some(channel);
+    notice.address = Some(addr);
+    let mut data = n.data.clone();
+    if let Some(obj) = data.as_object_mut() {
+        obj.insert(
+            "recipient".into(),
+            json!({"name": contact.name, "role": n.to}),
+        );
+        obj.insert("instance".into(), json!({"ref": reference}));
+    }
+    match version
+        .renderer
+        .render(&n.template, channel, &contact.language, &data)
+    {
+        Ok(r) => {
+            notice.language = Some(r.language);
+            notice.subject = r.subject;
+            notice.body = Some(r.body);
+            notice.status = NoticeStatus::Queued;
+        }
+        Err(e) => notice.error = Some(e.to_string()),
+    }
+    notice
+}
+
+/// How late a timer fired, for reports.
+pub fn lateness(due: Timestamp, fired: Timestamp) -> SignedDuration {
+    fired.duration_since(due)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpr_numbers_are_recognised_and_never_echoed() {
+        assert!(looks_like_cpr("0101901234"));
+        assert!(looks_like_cpr("010190-1234"));
+        assert!(!looks_like_cpr("FAM-0001"));
+        assert!(!looks_like_cpr("9999999999"));
+        let e = check_reference("010190-1234").expect_err("refused");
+        assert!(!e.to_string().contains("1234"), "{e}");
+    }
+
+    #[test]
+    fn addresses_follow_the_preference_within_the_roles_channels() {
+        let c = Contact {
+            name: "A".into(),
+            email: Some("a@example.dk".into()),
+            phone: Some("+4512345678".into()),
+            language: "da".into(),
+            channel: Some(Channel::Sms),
+        };
+        assert_eq!(
+            address(&[Channel::Email, Channel::Sms], &c).map(|a| a.0),
+            Some(Channel::Sms)
+        );
+        assert_eq!(
+            address(&[Channel::Email], &c).map(|a| a.0),
+            Some(Channel::Email)
+        );
+        let no_phone = Contact { phone: None, ..c };
+        assert_eq!(address(&[Channel::Sms], &no_phone), None);
+    }
+
+    #[test]
+    fn masks_keep_personal_data_out() {
+        assert_eq!(mask_phone("+4512345678"), "+45••••••78");
+        assert_eq!(mask_email("anne@example.dk"), "a•••@example.dk");
+        assert!(check_phone("12345678").is_err());
+        assert!(check_phone("+45 12 34 56 78").is_ok());
+    }
+}

@@ -1,0 +1,511 @@
+//! Storage: everything the runtime keeps, behind one interface per backend.
+//!
+//! The runtime never writes SQL. It opens a [`Tx`], reads what a batch needs (due timers, the
+//! instances they belong to, earlier events by idempotency key), computes the batch's
+//! [`Changes`] with the pure engine, and hands them back to be written in that transaction,
+//! set-based: a handful of multi-row statements per batch, not five statements per step.
+//!
+//! SQLite ([`SqliteStore`]) is the default. A PostgreSQL backend implements the same two traits
+//! (claiming with `FOR UPDATE SKIP LOCKED` so several workers share the load) and must pass
+//! the same conformance suite (`worker/tests/storage.rs`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use carepath_engine::PathwaySource;
+use carepath_engine::pathway::Channel;
+use carepath_engine::step::{ArmedTimer, History, Instance};
+
+pub use sqlite::SqliteStore;
+
+pub mod sqlite;
+
+/// Why storage failed. Each variant is something an operator can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: String,
+        /// What SQLite said.
+        reason: String,
+    },
+    /// The file is not a SQLite database, or is damaged.
+    #[error(
+        "database {path} is not a carepath database or is damaged ({reason}); restore it from a backup or point --db at another file"
+    )]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What SQLite said.
+        reason: String,
+    },
+    /// Another process holds the write lock for longer than the busy timeout.
+    #[error(
+        "database is locked by another process for longer than {seconds} s; is another carepath writing to it?"
+    )]
+    Locked {
+        /// The busy timeout.
+        seconds: u64,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(String),
+    /// A pathway's files changed but its version did not.
+    #[error(
+        "pathway \"{pathway}\" version {version} is already stored with different content; versions are immutable: give the changed pathway a new \"version\""
+    )]
+    VersionChanged {
+        /// The pathway.
+        pathway: String,
+        /// Its version.
+        version: u32,
+    },
+    /// Another writer moved an instance between this transaction's read and its write.
+    #[error("instance {0} was changed concurrently; retry")]
+    Conflict(i64),
+    /// A stored row does not decode: the database was edited by hand or is damaged.
+    #[error("stored {what} does not decode: {reason}")]
+    Data {
+        /// Which row.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A result of a storage call.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A pathway version as stored: the files exactly as they were loaded.
+#[derive(Clone, Debug)]
+pub struct StoredPathway {
+    /// The row id; instances point at it.
+    pub id: i64,
+    /// The pathway's id.
+    pub pathway: String,
+    /// Its version.
+    pub version: u32,
+    /// SHA-256 of its files.
+    pub hash: String,
+    /// The files.
+    pub source: PathwaySource,
+    /// When it was first loaded.
+    pub loaded_at: Timestamp,
+}
+
+/// What storing a pathway version did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A new version, with its row id.
+    Added(i64),
+    /// The same version with the same content was already there.
+    Unchanged(i64),
+}
+
+/// A person who receives notices: a professional, or the family.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// Their name, as a greeting uses it.
+    pub name: String,
+    /// Email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Mobile number, with country code (+45…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// The language notices are written in (falls back to the pathway's default).
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// The preferred channel, where the role allows several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+}
+
+fn default_language() -> String {
+    "da".into()
+}
+
+/// One family on one pathway, as stored.
+#[derive(Clone, Debug)]
+pub struct InstanceRow {
+    /// The row id.
+    pub id: i64,
+    /// The family's external reference.
+    pub reference: String,
+    /// The pathway's id.
+    pub pathway: String,
+    /// The pathway version it runs on.
+    pub pathway_version_id: i64,
+    /// The engine's view of it.
+    pub instance: Instance,
+    /// Role → contact id.
+    pub roles: BTreeMap<String, i64>,
+    /// The instance whose `enroll` action started this one.
+    pub parent_id: Option<i64>,
+    /// Enrolled at.
+    pub created_at: Timestamp,
+    /// Last changed at.
+    pub updated_at: Timestamp,
+}
+
+/// A timer that is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueTimer {
+    /// Its instance.
+    pub instance_id: i64,
+    /// Its key within the instance.
+    pub key: String,
+    /// When it was due.
+    pub due: Timestamp,
+}
+
+/// Whether an event was applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It moved the instance.
+    Applied,
+    /// It did not fit; nothing changed.
+    Rejected,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// A reported event and what became of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The idempotency key.
+    pub key: String,
+    /// The family's reference.
+    pub reference: String,
+    /// The pathway named by the reporter, if any.
+    pub pathway: Option<String>,
+    /// The instance it was applied to (none when no instance fit).
+    pub instance_id: Option<i64>,
+    /// The event's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: Value,
+    /// When it arrived.
+    pub received_at: Timestamp,
+    /// Applied or rejected.
+    pub outcome: Outcome,
+    /// Why it was rejected: a stable code.
+    pub code: Option<String>,
+    /// Why it was rejected, in words.
+    pub reason: Option<String>,
+    /// The step it made.
+    pub seq: Option<u64>,
+}
+
+/// An instance a batch refers to: one that exists, or one the batch creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// An existing row.
+    Id(i64),
+    /// The n-th entry of [`Changes::new_instances`].
+    New(usize),
+}
+
+/// A contact a batch refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContactRef {
+    /// An existing row.
+    Id(i64),
+    /// The n-th entry of [`Changes::contacts`].
+    New(usize),
+}
+
+/// An instance to create.
+#[derive(Clone, Debug)]
+pub struct NewInstance {
+    /// The family's reference.
+    pub reference: String,
+    /// The pathway's id.
+    pub pathway: String,
+    /// The version it starts on.
+    pub pathway_version_id: i64,
+    /// The instance after its first step.
+    pub instance: Instance,
+    /// Role → contact.
+    pub roles: BTreeMap<String, ContactRef>,
+    /// The instance that enrolled it.
+    pub parent: Option<Target>,
+}
+
+/// A rendered notice for the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewNotice {
+    /// The engine's notice key, unique within the instance.
+    pub key: String,
+    /// The pathway version that rendered it.
+    pub pathway_version_id: i64,
+    /// The template.
+    pub template: String,
+    /// The recipient role.
+    pub role: String,
+    /// Whether the recipient is the family (quiet hours and opt-out apply).
+    pub family: bool,
+    /// The recipient.
+    pub contact: Option<ContactRef>,
+    /// The channel chosen.
+    pub channel: Option<Channel>,
+    /// The address on that channel.
+    pub address: Option<String>,
+    /// The language rendered in.
+    pub language: Option<String>,
+    /// Email subject.
+    pub subject: Option<String>,
+    /// The text.
+    pub body: Option<String>,
+    /// `queued`, or `dead` when it cannot be sent (no contact, a render error).
+    pub status: NoticeStatus,
+    /// Not to be sent before.
+    pub not_before: Timestamp,
+    /// Why it is dead or skipped.
+    pub error: Option<String>,
+}
+
+/// Where an outbox row is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeStatus {
+    /// Waiting to be sent.
+    Queued,
+    /// Handed to the channel.
+    Sent,
+    /// Not sent on purpose (opt-out, life event), with the reason.
+    Skipped,
+    /// Cannot be sent without someone acting: see its error.
+    Dead,
+}
+
+impl NoticeStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeStatus::Queued => "queued",
+            NoticeStatus::Sent => "sent",
+            NoticeStatus::Skipped => "skipped",
+            NoticeStatus::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => NoticeStatus::Queued,
+            "sent" => NoticeStatus::Sent,
+            "skipped" => NoticeStatus::Skipped,
+            "dead" => NoticeStatus::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// An outbox row as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: i64,
+    /// The deduplication key.
+    pub key: String,
+    /// The instance.
+    pub instance_id: i64,
+    /// The family's reference.
+    pub reference: String,
+    /// The template.
+    pub template: String,
+    /// The recipient role.
+    pub role: String,
+    /// Whether the recipient is the family.
+    pub family: bool,
+    /// The channel.
+    pub channel: Option<Channel>,
+    /// The address.
+    pub address: Option<String>,
+    /// The language.
+    pub language: Option<String>,
+    /// Email subject.
+    pub subject: Option<String>,
+    /// The text.
+    pub body: Option<String>,
+    /// Where it is.
+    pub status: NoticeStatus,
+    /// Not before.
+    pub not_before: Timestamp,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// Created at.
+    pub created_at: Timestamp,
+}
+
+/// An update of an existing instance, applied only if nobody moved it meanwhile.
+#[derive(Clone, Debug)]
+pub struct InstanceUpdate {
+    /// The row.
+    pub id: i64,
+    /// Its `seq` when read.
+    pub expected_seq: u64,
+    /// The instance afterwards.
+    pub instance: Instance,
+}
+
+/// Everything one batch writes, in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// The batch's time, by the runtime's clock: rows are stamped with it.
+    pub now: Timestamp,
+    /// Contacts to create.
+    pub contacts: Vec<Contact>,
+    /// Instances to create (written in order: a parent before its children).
+    pub new_instances: Vec<NewInstance>,
+    /// Instances to update.
+    pub updates: Vec<InstanceUpdate>,
+    /// Timers to remove: (instance, key).
+    pub timers_removed: Vec<(i64, String)>,
+    /// Timers to add.
+    pub timers_added: Vec<(Target, ArmedTimer)>,
+    /// History entries.
+    pub history: Vec<(Target, History)>,
+    /// Notices.
+    pub outbox: Vec<(Target, NewNotice)>,
+    /// Events recorded.
+    pub events: Vec<(Option<Target>, EventRecord)>,
+}
+
+impl Changes {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.contacts.is_empty()
+            && self.new_instances.is_empty()
+            && self.updates.is_empty()
+            && self.timers_removed.is_empty()
+            && self.timers_added.is_empty()
+            && self.history.is_empty()
+            && self.outbox.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// Which outbox rows to list.
+#[derive(Clone, Debug, Default)]
+pub struct OutboxFilter {
+    /// Only this status.
+    pub status: Option<NoticeStatus>,
+    /// Only this instance.
+    pub instance_id: Option<i64>,
+    /// At most this many, oldest first.
+    pub limit: Option<u32>,
+}
+
+/// A storage backend: reads outside transactions, and write transactions.
+pub trait Storage: Send + Sync + 'static {
+    /// A write transaction.
+    type Tx: Tx;
+
+    /// Begins a write transaction. On SQLite it takes the write lock at once, so what it reads
+    /// cannot change under it.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+
+    /// Stores a pathway version, or confirms it is stored with the same content.
+    fn put_pathway(
+        &self,
+        source: &PathwaySource,
+        pathway: &str,
+        version: u32,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Stored>> + Send;
+
+    /// Every stored pathway version, oldest first.
+    fn pathways(&self) -> impl Future<Output = Result<Vec<StoredPathway>>> + Send;
+
+    /// When the earliest pending timer is due.
+    fn next_due(&self) -> impl Future<Output = Result<Option<Timestamp>>> + Send;
+
+    /// A family's instances on every pathway, oldest first.
+    fn instances_by_ref(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
+
+    /// Every instance, by id: for reports and tests.
+    fn all_instances(&self) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
+
+    /// An instance's history, in order.
+    fn history(&self, instance_id: i64) -> impl Future<Output = Result<Vec<History>>> + Send;
+
+    /// Pending timers of an instance, by due time.
+    fn timers(&self, instance_id: i64) -> impl Future<Output = Result<Vec<DueTimer>>> + Send;
+
+    /// Events recorded for a family, oldest first.
+    fn events(&self, reference: &str) -> impl Future<Output = Result<Vec<EventRecord>>> + Send;
+
+    /// Outbox rows.
+    fn outbox(&self, filter: &OutboxFilter) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+
+    /// Contacts by id.
+    fn contacts(
+        &self,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<BTreeMap<i64, Contact>>> + Send;
+
+    /// Marks outbox rows as handed over (the local sink) and logs it.
+    fn mark_sent(&self, ids: &[i64], now: Timestamp) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A write transaction. Dropped without [`Tx::commit`], it rolls back.
+pub trait Tx: Send {
+    /// Up to `limit` timers due at or before `now`, earliest first.
+    fn due_timers(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DueTimer>>> + Send;
+
+    /// Instances by id.
+    fn instances(&mut self, ids: &[i64]) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
+
+    /// A family's active instances.
+    fn active_instances(
+        &mut self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
+
+    /// Contacts by id.
+    fn contacts(
+        &mut self,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<BTreeMap<i64, Contact>>> + Send;
+
+    /// Earlier events with these idempotency keys.
+    fn events_by_key(
+        &mut self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, EventRecord>>> + Send;
+
+    /// Writes a batch's changes. Returns the ids given to the new instances, in order.
+    fn write(&mut self, changes: Changes) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+    /// Makes it all durable.
+    fn commit(self) -> impl Future<Output = Result<()>> + Send;
+}

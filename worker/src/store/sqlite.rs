@@ -1,0 +1,775 @@
+//! The SQLite backend: one file in WAL mode, migrations applied on open.
+//!
+//! Write transactions start with `BEGIN IMMEDIATE`, taking the write lock before the first
+//! read, so a batch reads and writes one consistent database. Several processes may share the
+//! file (a worker, `carepath event` from a shell); SQLite queues their writers for up to the
+//! busy timeout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+
+use carepath_engine::PathwaySource;
+use carepath_engine::pathway::Channel;
+use carepath_engine::step::History;
+
+use super::{
+    Changes, Contact, ContactRef, DueTimer, EventRecord, InstanceRow, NoticeStatus, OutboxFilter,
+    OutboxRow, Outcome, Result, Storage, StoreError, Stored, StoredPathway, Target, Tx,
+};
+
+/// How long a writer waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLite allows 32,766 bound values per statement; stay below it.
+const MAX_BINDS: usize = 30_000;
+
+/// A SQLite database file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL loses no committed transaction on a process crash; only a power
+            // loss can take back the last commits, and never corrupts the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| classify(e, &shown))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => classify(e, &shown),
+                other => StoreError::Migrate(other.to_string()),
+            })?;
+        Ok(SqliteStore { pool, path: shown })
+    }
+
+    /// The file's path, as given.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The connection pool, for benchmarks that compare against raw SQL.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Turns SQLite's error codes into errors an operator can act on.
+fn classify(e: sqlx::Error, path: &str) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.code().as_deref() {
+            // SQLITE_NOTADB, SQLITE_CORRUPT
+            Some("26") | Some("11") => {
+                return StoreError::Corrupt {
+                    path: path.into(),
+                    reason: db.message().into(),
+                };
+            }
+            // SQLITE_BUSY, SQLITE_LOCKED
+            Some("5") | Some("6") | Some("517") => {
+                return StoreError::Locked {
+                    seconds: BUSY_TIMEOUT.as_secs(),
+                };
+            }
+            // SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_PERM
+            Some("14") | Some("8") | Some("3") => {
+                return StoreError::Open {
+                    path: path.into(),
+                    reason: db.message().into(),
+                };
+            }
+            _ => {}
+        }
+    }
+    StoreError::Database(e)
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn ts(ms: i64, what: &str) -> Result<Timestamp> {
+    Timestamp::from_millisecond(ms).map_err(|e| StoreError::Data {
+        what: what.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Data {
+        what: what.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising our own plain data types cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn channel(s: Option<String>) -> Option<Channel> {
+    match s.as_deref() {
+        Some("email") => Some(Channel::Email),
+        Some("sms") => Some(Channel::Sms),
+        _ => None,
+    }
+}
+
+/// The content hash of a pathway's files: their paths and texts, in order.
+pub fn content_hash(source: &PathwaySource) -> String {
+    let mut h = Sha256::new();
+    let mut files: Vec<_> = std::iter::once(&source.pathway)
+        .chain(&source.templates)
+        .map(|f| {
+            // The folder a pathway was loaded from is not part of its content.
+            let name = Path::new(&f.path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, &f.text)
+        })
+        .collect();
+    files.sort();
+    for (name, text) in files {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const INSTANCE_COLUMNS: &str = "id, ref, pathway, pathway_version_id, body, roles, parent_id, created_at, updated_at";
+
+fn instance_row(r: &SqliteRow) -> Result<InstanceRow> {
+    let id: i64 = r.try_get("id")?;
+    let what = format!("instance {id}");
+    Ok(InstanceRow {
+        id,
+        reference: r.try_get("ref")?,
+        pathway: r.try_get("pathway")?,
+        pathway_version_id: r.try_get("pathway_version_id")?,
+        instance: json(&r.try_get::<String, _>("body")?, &what)?,
+        roles: json(&r.try_get::<String, _>("roles")?, &what)?,
+        parent_id: r.try_get("parent_id")?,
+        created_at: ts(r.try_get("created_at")?, &what)?,
+        updated_at: ts(r.try_get("updated_at")?, &what)?,
+    })
+}
+
+fn contact_row(r: &SqliteRow) -> Result<(i64, Contact)> {
+    Ok((
+        r.try_get("id")?,
+        Contact {
+            name: r.try_get("name")?,
+            email: r.try_get("email")?,
+            phone: r.try_get("phone")?,
+            language: r.try_get("language")?,
+            channel: channel(r.try_get("channel")?),
+        },
+    ))
+}
+
+fn event_row(r: &SqliteRow) -> Result<EventRecord> {
+    let key: String = r.try_get("idempotency_key")?;
+    let what = format!("event {key}");
+    let outcome: String = r.try_get("outcome")?;
+    Ok(EventRecord {
+        reference: r.try_get("ref")?,
+        pathway: r.try_get("pathway")?,
+        instance_id: r.try_get("instance_id")?,
+        name: r.try_get("name")?,
+        payload: json(&r.try_get::<String, _>("payload")?, &what)?,
+        received_at: ts(r.try_get("received_at")?, &what)?,
+        outcome: if outcome == "applied" {
+            Outcome::Applied
+        } else {
+            Outcome::Rejected
+        },
+        code: r.try_get("code")?,
+        reason: r.try_get("reason")?,
+        seq: r.try_get::<Option<i64>, _>("seq")?.map(|s| s as u64),
+        key,
+    })
+}
+
+fn history_row(r: &SqliteRow) -> Result<History> {
+    let seq: i64 = r.try_get("seq")?;
+    let what = format!("history entry {seq}");
+    Ok(History {
+        seq: seq as u64,
+        at: ts(r.try_get("at")?, &what)?,
+        from: r.try_get("from_state")?,
+        to: r.try_get("to_state")?,
+        cause: json(&r.try_get::<String, _>("cause")?, &what)?,
+        notes: json(&r.try_get::<String, _>("notes")?, &what)?,
+    })
+}
+
+fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
+    let id: i64 = r.try_get("id")?;
+    let what = format!("outbox row {id}");
+    let status: String = r.try_get("status")?;
+    Ok(OutboxRow {
+        id,
+        key: r.try_get("key")?,
+        instance_id: r.try_get("instance_id")?,
+        reference: r.try_get("ref")?,
+        template: r.try_get("template")?,
+        role: r.try_get("role")?,
+        family: r.try_get::<i64, _>("family")? != 0,
+        channel: channel(r.try_get("channel")?),
+        address: r.try_get("address")?,
+        language: r.try_get("language")?,
+        subject: r.try_get("subject")?,
+        body: r.try_get("body")?,
+        status: NoticeStatus::parse(&status).ok_or_else(|| StoreError::Data {
+            what: what.clone(),
+            reason: format!("unknown status {status:?}"),
+        })?,
+        not_before: ts(r.try_get("not_before")?, &what)?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
+        last_error: r.try_get("last_error")?,
+        created_at: ts(r.try_get("created_at")?, &what)?,
+    })
+}
+
+/// `?, ?, ?` for an `IN (…)` list.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+async fn select_instances<'e, E>(e: E, ids: &[i64]) -> Result<Vec<InstanceRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ({}) ORDER BY id",
+        placeholders(ids.len())
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.fetch_all(e).await?.iter().map(instance_row).collect()
+}
+
+async fn select_contacts<'e, E>(e: E, ids: &[i64]) -> Result<BTreeMap<i64, Contact>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let sql = format!(
+        "SELECT id, name, email, phone, language, channel FROM contacts WHERE id IN ({})",
+        placeholders(ids.len())
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.fetch_all(e).await?.iter().map(contact_row).collect()
+}
+
+impl Storage for SqliteStore {
+    type Tx = SqliteTx;
+
+    async fn begin(&self) -> Result<SqliteTx> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| classify(e, &self.path))?;
+        Ok(SqliteTx {
+            tx,
+            path: self.path.clone(),
+        })
+    }
+
+    async fn put_pathway(
+        &self,
+        source: &PathwaySource,
+        pathway: &str,
+        version: u32,
+        now: Timestamp,
+    ) -> Result<Stored> {
+        let hash = content_hash(source);
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query("SELECT id, hash FROM pathway_versions WHERE pathway = ? AND version = ?")
+            .bind(pathway)
+            .bind(i64::from(version))
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        if let Some(row) = existing {
+            let stored: String = row.try_get("hash")?;
+            if stored != hash {
+                return Err(StoreError::VersionChanged {
+                    pathway: pathway.into(),
+                    version,
+                });
+            }
+            return Ok(Stored::Unchanged(row.try_get("id")?));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO pathway_versions (pathway, version, hash, source, loaded_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(pathway)
+        .bind(i64::from(version))
+        .bind(&hash)
+        .bind(to_json(source))
+        .bind(ms(now))
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Stored::Added(id))
+    }
+
+    async fn pathways(&self) -> Result<Vec<StoredPathway>> {
+        let rows = sqlx::query(
+            "SELECT id, pathway, version, hash, source, loaded_at FROM pathway_versions ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get("id")?;
+                let what = format!("pathway version {id}");
+                Ok(StoredPathway {
+                    id,
+                    pathway: r.try_get("pathway")?,
+                    version: r.try_get::<i64, _>("version")? as u32,
+                    hash: r.try_get("hash")?,
+                    source: json(&r.try_get::<String, _>("source")?, &what)?,
+                    loaded_at: ts(r.try_get("loaded_at")?, &what)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        let due: Option<i64> = sqlx::query_scalar("SELECT min(due) FROM timers")
+            .fetch_one(&self.pool)
+            .await?;
+        due.map(|d| ts(d, "timer")).transpose()
+    }
+
+    async fn instances_by_ref(&self, reference: &str) -> Result<Vec<InstanceRow>> {
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE ref = ? ORDER BY id");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(reference)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(instance_row)
+            .collect()
+    }
+
+    async fn all_instances(&self) -> Result<Vec<InstanceRow>> {
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY id");
+        sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(instance_row)
+            .collect()
+    }
+
+    async fn history(&self, instance_id: i64) -> Result<Vec<History>> {
+        sqlx::query("SELECT seq, at, from_state, to_state, cause, notes FROM history WHERE instance_id = ? ORDER BY seq")
+            .bind(instance_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(history_row)
+            .collect()
+    }
+
+    async fn timers(&self, instance_id: i64) -> Result<Vec<DueTimer>> {
+        sqlx::query("SELECT instance_id, key, due FROM timers WHERE instance_id = ? ORDER BY due, key")
+            .bind(instance_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(DueTimer {
+                    instance_id: r.try_get("instance_id")?,
+                    key: r.try_get("key")?,
+                    due: ts(r.try_get("due")?, "timer")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn events(&self, reference: &str) -> Result<Vec<EventRecord>> {
+        sqlx::query("SELECT * FROM events WHERE ref = ? ORDER BY id")
+            .bind(reference)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_row)
+            .collect()
+    }
+
+    async fn outbox(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT o.*, i.ref FROM outbox o JOIN instances i ON i.id = o.instance_id WHERE 1 = 1",
+        );
+        if let Some(s) = filter.status {
+            q.push(" AND o.status = ").push_bind(s.as_str());
+        }
+        if let Some(id) = filter.instance_id {
+            q.push(" AND o.instance_id = ").push_bind(id);
+        }
+        q.push(" ORDER BY o.not_before, o.id");
+        if let Some(limit) = filter.limit {
+            q.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(outbox_row)
+            .collect()
+    }
+
+    async fn contacts(&self, ids: &[i64]) -> Result<BTreeMap<i64, Contact>> {
+        select_contacts(&self.pool, ids).await
+    }
+
+    async fn mark_sent(&self, ids: &[i64], now: Timestamp) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for chunk in ids.chunks(MAX_BINDS / 3) {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET status = 'sent', attempts = attempts + 1, updated_at = ");
+            q.push_bind(ms(now)).push(" WHERE status = 'queued' AND id IN (");
+            let mut s = q.separated(", ");
+            for id in chunk {
+                s.push_bind(id);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx.tx).await?;
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox_log (outbox_id, at, status, detail) ");
+            q.push_values(chunk, |mut b, id| {
+                b.push_bind(id).push_bind(ms(now)).push("'sent'").push("'local sink'");
+            });
+            q.build().execute(&mut *tx.tx).await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// A SQLite write transaction.
+pub struct SqliteTx {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    path: String,
+}
+
+impl Tx for SqliteTx {
+    async fn due_timers(&mut self, now: Timestamp, limit: u32) -> Result<Vec<DueTimer>> {
+        sqlx::query(
+            "SELECT instance_id, key, due FROM timers WHERE due <= ? ORDER BY due, instance_id, key LIMIT ?",
+        )
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DueTimer {
+                instance_id: r.try_get("instance_id")?,
+                key: r.try_get("key")?,
+                due: ts(r.try_get("due")?, "timer")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn instances(&mut self, ids: &[i64]) -> Result<Vec<InstanceRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_BINDS) {
+            out.extend(select_instances(&mut *self.tx, chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn active_instances(&mut self, reference: &str) -> Result<Vec<InstanceRow>> {
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE ref = ? AND status = 'active' ORDER BY id"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(reference)
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(instance_row)
+            .collect()
+    }
+
+    async fn contacts(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, Contact>> {
+        let mut out = BTreeMap::new();
+        for chunk in ids.chunks(MAX_BINDS) {
+            out.extend(select_contacts(&mut *self.tx, chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn events_by_key(&mut self, keys: &[String]) -> Result<BTreeMap<String, EventRecord>> {
+        let mut out = BTreeMap::new();
+        for chunk in keys.chunks(MAX_BINDS) {
+            let sql = format!(
+                "SELECT * FROM events WHERE idempotency_key IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for k in chunk {
+                q = q.bind(k);
+            }
+            for r in q.fetch_all(&mut *self.tx).await? {
+                let e = event_row(&r)?;
+                out.insert(e.key.clone(), e);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write(&mut self, changes: Changes) -> Result<Vec<i64>> {
+        let now = changes.now;
+        let conn = &mut *self.tx;
+
+        // Rows other rows point at come first, one at a time: there are few of them.
+        let mut contact_ids = Vec::with_capacity(changes.contacts.len());
+        for c in &changes.contacts {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO contacts (name, email, phone, language, channel) VALUES (?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(&c.name)
+            .bind(&c.email)
+            .bind(&c.phone)
+            .bind(&c.language)
+            .bind(c.channel.map(Channel::as_str))
+            .fetch_one(&mut *conn)
+            .await?;
+            contact_ids.push(id);
+        }
+        let contact = |r: ContactRef| match r {
+            ContactRef::Id(id) => id,
+            ContactRef::New(i) => contact_ids[i],
+        };
+        let mut instance_ids: Vec<i64> = Vec::with_capacity(changes.new_instances.len());
+        for n in &changes.new_instances {
+            let roles: BTreeMap<&String, i64> =
+                n.roles.iter().map(|(k, v)| (k, contact(*v))).collect();
+            let parent = n.parent.map(|p| match p {
+                Target::Id(id) => id,
+                Target::New(i) => instance_ids[i],
+            });
+            let at = ms(n.instance.entered_at);
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO instances (ref, pathway, pathway_version_id, state, owner, status, seq, body, roles, parent_id, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(&n.reference)
+            .bind(&n.pathway)
+            .bind(n.pathway_version_id)
+            .bind(&n.instance.state)
+            .bind(&n.instance.owner)
+            .bind(status_str(&n.instance))
+            .bind(n.instance.seq as i64)
+            .bind(to_json(&n.instance))
+            .bind(to_json(&roles))
+            .bind(parent)
+            .bind(at)
+            .bind(at)
+            .fetch_one(&mut *conn)
+            .await?;
+            instance_ids.push(id);
+        }
+        let target = |t: Target| match t {
+            Target::Id(id) => id,
+            Target::New(i) => instance_ids[i],
+        };
+
+        for chunk in changes.updates.chunks(MAX_BINDS / 8) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "WITH v(id, expected, state, owner, status, seq, body, updated_at) AS (",
+            );
+            q.push_values(chunk, |mut b, u| {
+                b.push_bind(u.id)
+                    .push_bind(u.expected_seq as i64)
+                    .push_bind(&u.instance.state)
+                    .push_bind(&u.instance.owner)
+                    .push_bind(status_str(&u.instance))
+                    .push_bind(u.instance.seq as i64)
+                    .push_bind(to_json(&u.instance))
+                    .push_bind(ms(now));
+            });
+            q.push(
+                ") UPDATE instances SET state = v.state, owner = v.owner, status = v.status, seq = v.seq, \
+                 body = v.body, updated_at = v.updated_at FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
+            );
+            let done = q.build().execute(&mut *conn).await?.rows_affected();
+            if done != chunk.len() as u64 {
+                // Name one instance that moved: find it by its seq.
+                let moved = chunk.first().map(|u| u.id).unwrap_or_default();
+                return Err(StoreError::Conflict(moved));
+            }
+        }
+
+        for chunk in changes.timers_removed.chunks(MAX_BINDS / 2) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("DELETE FROM timers WHERE (instance_id, key) IN (");
+            q.push_values(chunk, |mut b, (id, key)| {
+                b.push_bind(id).push_bind(key);
+            });
+            q.push(")");
+            q.build().execute(&mut *conn).await?;
+        }
+        for chunk in changes.timers_added.chunks(MAX_BINDS / 4) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO timers (instance_id, key, due, purpose) ");
+            q.push_values(chunk, |mut b, (t, timer)| {
+                b.push_bind(target(*t))
+                    .push_bind(&timer.key)
+                    .push_bind(ms(timer.due))
+                    .push_bind(to_json(&timer.purpose));
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        for chunk in changes.history.chunks(MAX_BINDS / 7) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO history (instance_id, seq, at, from_state, to_state, cause, notes) ",
+            );
+            q.push_values(chunk, |mut b, (t, h)| {
+                b.push_bind(target(*t))
+                    .push_bind(h.seq as i64)
+                    .push_bind(ms(h.at))
+                    .push_bind(&h.from)
+                    .push_bind(&h.to)
+                    .push_bind(to_json(&h.cause))
+                    .push_bind(to_json(&h.notes));
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        for chunk in changes.outbox.chunks(MAX_BINDS / 18) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
+                 channel, address, language, subject, body, status, not_before, attempts, last_error, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, (t, n)| {
+                let id = target(*t);
+                b.push_bind(format!("{id}:{}", n.key))
+                    .push_bind(id)
+                    .push_bind(n.pathway_version_id)
+                    .push_bind(&n.template)
+                    .push_bind(&n.role)
+                    .push_bind(i64::from(n.family))
+                    .push_bind(n.contact.map(contact))
+                    .push_bind(n.channel.map(Channel::as_str))
+                    .push_bind(&n.address)
+                    .push_bind(&n.language)
+                    .push_bind(&n.subject)
+                    .push_bind(&n.body)
+                    .push_bind(n.status.as_str())
+                    .push_bind(ms(n.not_before))
+                    .push_bind(0i64)
+                    .push_bind(&n.error)
+                    .push_bind(ms(now))
+                    .push_bind(ms(now));
+            });
+            q.push(" RETURNING id, status, last_error");
+            let rows = q.build().fetch_all(&mut *conn).await?;
+            let mut log = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox_log (outbox_id, at, status, detail) ",
+            );
+            let mut entries = Vec::with_capacity(rows.len());
+            for r in &rows {
+                entries.push((
+                    r.try_get::<i64, _>("id")?,
+                    r.try_get::<String, _>("status")?,
+                    r.try_get::<Option<String>, _>("last_error")?,
+                ));
+            }
+            if !entries.is_empty() {
+                log.push_values(&entries, |mut b, (id, status, error)| {
+                    b.push_bind(id)
+                        .push_bind(ms(now))
+                        .push_bind(status)
+                        .push_bind(error);
+                });
+                log.build().execute(&mut *conn).await?;
+            }
+        }
+        for chunk in changes.events.chunks(MAX_BINDS / 12) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, outcome, code, reason, seq) ",
+            );
+            q.push_values(chunk, |mut b, (t, e)| {
+                b.push_bind(&e.key)
+                    .push_bind(&e.reference)
+                    .push_bind(&e.pathway)
+                    .push_bind(t.map(target).or(e.instance_id))
+                    .push_bind(&e.name)
+                    .push_bind(to_json(&e.payload))
+                    .push_bind(ms(e.received_at))
+                    .push_bind(e.outcome.as_str())
+                    .push_bind(&e.code)
+                    .push_bind(&e.reason)
+                    .push_bind(e.seq.map(|s| s as i64));
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(instance_ids)
+    }
+
+    async fn commit(self) -> Result<()> {
+        let path = self.path;
+        self.tx.commit().await.map_err(|e| classify(e, &path))
+    }
+}
+
+fn status_str(i: &carepath_engine::Instance) -> &'static str {
+    match i.status {
+        carepath_engine::step::Status::Active => "active",
+        carepath_engine::step::Status::Finished => "finished",
+    }
+}

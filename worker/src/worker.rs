@@ -1,0 +1,290 @@
+//! The worker loop: fire what is due, hand queued notices to the sink, then sleep until the
+//! next timer is due — or until new work arrives, or a signal asks it to stop.
+//!
+//! There is no polling interval. Inside one process, whoever adds work calls
+//! [`Wake::notify`]; across processes (`carepath event` from a shell while `carepath run`
+//! sleeps) a one-byte datagram on a Unix socket beside the database file does the same.
+//!
+//! SIGINT and SIGTERM stop the loop between batches: the batch in hand commits, and the
+//! process exits 0. A SIGKILL loses nothing either: an uncommitted batch simply never
+//! happened, and is found due again on restart.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::net::UnixDatagram;
+use tokio::sync::Notify;
+
+use crate::runtime::{Runtime, RuntimeError};
+use crate::store::{NoticeStatus, OutboxFilter, OutboxRow, Storage};
+
+/// The longest the loop sleeps without being woken: a safety net against a lost wake-up,
+/// not a polling interval.
+const SAFETY_NET: Duration = Duration::from_secs(3600);
+
+/// How the loop runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Timers claimed per transaction.
+    pub batch: u32,
+    /// Stop when nothing is due (for tests and one-shot catch-up runs).
+    pub until_idle: bool,
+    /// Stop when the clock passes this moment.
+    pub until: Option<Timestamp>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            batch: 1000,
+            until_idle: false,
+            until: None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Timers fired.
+    pub fired: usize,
+    /// Notices handed to the sink.
+    pub delivered: usize,
+    /// Whether a signal stopped it.
+    pub stopped_by_signal: bool,
+}
+
+/// Wakes a sleeping worker when work arrives.
+#[derive(Clone, Debug, Default)]
+pub struct Wake {
+    notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Wake {
+    /// A new, unset wake.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes the worker in this process.
+    pub fn notify(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Asks the worker to stop after the batch in hand.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Stops the worker on SIGINT or SIGTERM.
+    pub fn stop_on_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let wake = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received: finishing the batch in hand");
+            wake.stop();
+        });
+        Ok(())
+    }
+
+    /// Listens on the database's wake socket, so other processes can wake this worker.
+    /// Without a socket (a path too long, a read-only folder) the worker still runs; work
+    /// from other processes then waits until the worker next wakes by itself.
+    pub fn listen(&self, db: &Path) {
+        let path = socket_path(db);
+        let _ = std::fs::remove_file(&path);
+        match UnixDatagram::bind(&path) {
+            Ok(socket) => {
+                let wake = self.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16];
+                    while socket.recv(&mut buf).await.is_ok() {
+                        wake.notify();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(
+                "no wake socket at {}: {e}; events from other processes wait for the next timer",
+                path.display()
+            ),
+        }
+    }
+}
+
+fn socket_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".wake");
+    PathBuf::from(name)
+}
+
+/// Wakes the worker that runs on the database at `db`, if one does.
+pub fn wake_other(db: &Path) {
+    if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = socket.send_to(b"w", socket_path(db));
+    }
+}
+
+/// Where delivered notices go until real channels are configured: a JSON-lines file, the
+/// console, or both.
+#[derive(Clone, Debug, Default)]
+pub struct Sink {
+    /// Appended to this file, one JSON object a line.
+    pub file: Option<PathBuf>,
+    /// Printed as they go out.
+    pub console: Console,
+}
+
+/// How the sink prints.
+#[derive(Clone, Debug, Default)]
+pub enum Console {
+    /// Not at all.
+    #[default]
+    Off,
+    /// JSON lines.
+    Json,
+    /// One readable line each, times in this zone.
+    Pretty(jiff::tz::TimeZone),
+}
+
+impl Sink {
+    fn write(&mut self, rows: &[OutboxRow]) -> std::io::Result<()> {
+        if let Some(path) = &self.file {
+            let mut text = String::new();
+            for r in rows {
+                text.push_str(&serde_json::to_string(r).unwrap_or_default());
+                text.push('\n');
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?
+                .write_all(text.as_bytes())?;
+        }
+        let mut out = std::io::stdout().lock();
+        for r in rows {
+            match &self.console {
+                Console::Off => {}
+                Console::Json => writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())?,
+                Console::Pretty(tz) => {
+                    let at = r.not_before.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d %H:%M");
+                    let first = r
+                        .subject
+                        .clone()
+                        .or_else(|| r.body.as_deref().and_then(|b| b.lines().next()).map(str::to_string))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{at}  ✉ {:<8} to {:<15} {:<26} {}",
+                        r.reference,
+                        format!("{} ({}{})", r.role, r.channel.map(|c| c.as_str()).unwrap_or("-"), r.language.as_deref().map(|l| format!(", {l}")).unwrap_or_default()),
+                        r.template,
+                        first
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hands queued notices whose time has come to the sink, and marks them sent.
+pub async fn deliver<S: Storage>(
+    store: &S,
+    sink: &mut Sink,
+    now: Timestamp,
+) -> Result<usize, RuntimeError> {
+    let mut total = 0;
+    loop {
+        let rows: Vec<OutboxRow> = store
+            .outbox(&OutboxFilter {
+                status: Some(NoticeStatus::Queued),
+                instance_id: None,
+                limit: Some(1000),
+            })
+            .await?
+            .into_iter()
+            .filter(|r| r.not_before <= now)
+            .collect();
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        if let Err(e) = sink.write(&rows) {
+            // The rows stay queued: nothing is lost, the next round tries again.
+            tracing::warn!("local sink: {e}");
+            return Ok(total);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        store.mark_sent(&ids, now).await?;
+        total += rows.len();
+    }
+}
+
+/// Runs the loop until told to stop (or, with the options, until idle or a moment passes).
+pub async fn run<S: Storage>(
+    rt: &Runtime<S>,
+    wake: &Wake,
+    mut sink: Option<Sink>,
+    opts: &Options,
+) -> Result<Summary, RuntimeError> {
+    let mut summary = Summary::default();
+    loop {
+        let now = rt.clock().now();
+        let horizon = opts.until.map_or(now, |u| now.min(u));
+        loop {
+            let fired = rt.fire_batch(horizon, opts.batch).await?;
+            summary.fired += fired;
+            if fired > 0 {
+                tracing::debug!(fired, "batch committed");
+            }
+            if wake.stopping() {
+                summary.stopped_by_signal = true;
+                return Ok(summary);
+            }
+            if fired < opts.batch as usize {
+                break;
+            }
+        }
+        if let Some(sink) = sink.as_mut() {
+            summary.delivered += deliver(rt.store(), sink, horizon).await?;
+        }
+        if opts.until.is_some_and(|u| now >= u) {
+            return Ok(summary);
+        }
+        let next = rt.store().next_due().await?;
+        if opts.until_idle && next.is_none_or(|n| n > now) {
+            return Ok(summary);
+        }
+        let target = match (next, opts.until) {
+            (Some(n), Some(u)) => Some(n.min(u)),
+            (n, u) => n.or(u),
+        };
+        // With nothing scheduled, sleep until woken; the hour is only a safety net.
+        let wait = target
+            .map_or(SAFETY_NET, |t| rt.clock().real_wait(t))
+            .min(SAFETY_NET);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notify.notified() => {}
+        }
+        if wake.stopping() {
+            summary.stopped_by_signal = true;
+            return Ok(summary);
+        }
+    }
+}
