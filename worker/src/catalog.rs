@@ -171,7 +171,9 @@ impl Catalog {
 
     /// The newest version of a pathway: the one new enrolments take.
     pub fn latest(&self, pathway: &str) -> Option<&Arc<Version>> {
-        self.latest.get(pathway).and_then(|id| self.versions.get(id))
+        self.latest
+            .get(pathway)
+            .and_then(|id| self.versions.get(id))
     }
 
     /// The ids of the pathways known, sorted.

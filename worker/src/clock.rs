@@ -87,11 +87,9 @@ impl ScaledClock {
 impl Clock for ScaledClock {
     fn now(&self) -> Timestamp {
         let real = self.real_start.elapsed().as_secs_f64();
-        let virtual_ = SignedDuration::try_from_secs_f64(real * self.factor)
-            .unwrap_or(SignedDuration::MAX);
-        self.start
-            .checked_add(virtual_)
-            .unwrap_or(Timestamp::MAX)
+        let virtual_ =
+            SignedDuration::try_from_secs_f64(real * self.factor).unwrap_or(SignedDuration::MAX);
+        self.start.checked_add(virtual_).unwrap_or(Timestamp::MAX)
     }
 
     fn real_wait(&self, at: Timestamp) -> Duration {
@@ -107,7 +105,9 @@ impl Clock for ScaledClock {
 /// everything due by then runs, nothing later), or `scaled:TIMESTAMP:FACTOR`.
 pub fn parse(spec: &str) -> Result<std::sync::Arc<dyn Clock>, String> {
     let bad = |why: String| {
-        format!("bad clock {spec:?}: {why}; use system, fixed:2027-03-01T09:00:00Z or scaled:2027-03-01T09:00:00Z:3600")
+        format!(
+            "bad clock {spec:?}: {why}; use system, fixed:2027-03-01T09:00:00Z or scaled:2027-03-01T09:00:00Z:3600"
+        )
     };
     let time = |s: &str| s.parse::<Timestamp>().map_err(|e| bad(e.to_string()));
     if spec == "system" {
@@ -120,7 +120,9 @@ pub fn parse(spec: &str) -> Result<std::sync::Arc<dyn Clock>, String> {
         let (at, factor) = rest
             .rsplit_once(':')
             .ok_or_else(|| bad("no factor".into()))?;
-        let factor: f64 = factor.parse().map_err(|_| bad("factor is not a number".into()))?;
+        let factor: f64 = factor
+            .parse()
+            .map_err(|_| bad("factor is not a number".into()))?;
         return Ok(std::sync::Arc::new(ScaledClock::new(time(at)?, factor)));
     }
     Err(bad("unknown kind".into()))
@@ -138,7 +140,10 @@ mod tests {
         c.advance_to(t0);
         assert_eq!(c.now(), t0 + SignedDuration::from_hours(5));
         assert_eq!(c.real_wait(t0), Duration::ZERO);
-        assert_eq!(c.real_wait(t0 + SignedDuration::from_hours(6)), Duration::MAX);
+        assert_eq!(
+            c.real_wait(t0 + SignedDuration::from_hours(6)),
+            Duration::MAX
+        );
     }
 
     #[test]

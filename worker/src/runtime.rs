@@ -25,12 +25,16 @@ use carepath_engine::{StepError, start, step};
 use crate::catalog::{Catalog, Version};
 use crate::clock::Clock;
 use crate::store::{
-    Changes, Contact, ContactRef, EventRecord, InstanceRow, InstanceUpdate, NewInstance,
-    NewNotice, NoticeStatus, Outcome, Storage, StoreError, Target, Tx,
+    Changes, Contact, ContactRef, EventRecord, InstanceRow, InstanceUpdate, NewInstance, NewNotice,
+    NoticeStatus, Outcome, Storage, StoreError, Target, Tx,
 };
 
 /// How many times a batch is retried when another writer moved one of its instances.
 const CONFLICT_RETRIES: usize = 5;
+
+/// The most steps one instance takes in one batch while catching up; the rest wait for the
+/// next batch, so one instance cannot hold a transaction for long.
+const MAX_CATCH_UP: usize = 1000;
 
 /// How deep `enroll` actions may chain within one step.
 const MAX_ENROL_DEPTH: usize = 8;
@@ -150,6 +154,15 @@ pub struct EventResult {
     pub transition: Option<(String, String)>,
 }
 
+/// What one timer batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fired {
+    /// Due timers claimed.
+    pub claimed: usize,
+    /// Steps taken: the claimed timers, and timers their steps armed that were due too.
+    pub steps: usize,
+}
+
 /// The runtime over one store.
 pub struct Runtime<S: Storage> {
     store: S,
@@ -227,7 +240,16 @@ impl<S: Storage> Runtime<S> {
             })
             .collect();
         batch
-            .create(&mut tx, &req.reference, version, roles, None, effects, now, 0)
+            .create(
+                &mut tx,
+                &req.reference,
+                version,
+                roles,
+                None,
+                effects,
+                now,
+                0,
+            )
             .await?;
         let ids = tx.write(batch.finish()).await?;
         tx.commit().await?;
@@ -291,20 +313,21 @@ impl<S: Storage> Runtime<S> {
     }
 
     /// Fires every timer due at `now`, in batches of `batch_size`, each in one transaction.
-    /// Returns how many timers fired.
+    /// Returns how many steps the timers made.
     pub async fn fire_due(&self, now: Timestamp, batch_size: u32) -> Result<usize, RuntimeError> {
         let mut total = 0;
         loop {
             let fired = self.fire_batch(now, batch_size).await?;
-            total += fired;
-            if fired < batch_size as usize {
+            total += fired.steps;
+            if fired.claimed < batch_size as usize {
                 return Ok(total);
             }
         }
     }
 
-    /// Fires at most `batch_size` due timers in one transaction. Returns how many were due.
-    pub async fn fire_batch(&self, now: Timestamp, batch_size: u32) -> Result<usize, RuntimeError> {
+    /// Claims at most `batch_size` due timers and, in one transaction, brings their instances
+    /// up to `now`.
+    pub async fn fire_batch(&self, now: Timestamp, batch_size: u32) -> Result<Fired, RuntimeError> {
         let mut attempt = 0;
         loop {
             match self.try_fire_batch(now, batch_size).await {
@@ -316,11 +339,11 @@ impl<S: Storage> Runtime<S> {
         }
     }
 
-    async fn try_fire_batch(&self, now: Timestamp, limit: u32) -> Result<usize, RuntimeError> {
+    async fn try_fire_batch(&self, now: Timestamp, limit: u32) -> Result<Fired, RuntimeError> {
         let mut tx = self.store.begin().await?;
         let due = tx.due_timers(now, limit).await?;
         if due.is_empty() {
-            return Ok(0);
+            return Ok(Fired::default());
         }
         let mut batch = Batch::new(&self.catalog, now);
         let ids: Vec<i64> = due
@@ -330,12 +353,21 @@ impl<S: Storage> Runtime<S> {
             .into_iter()
             .collect();
         batch.load(&mut tx, &ids).await?;
-        for t in &due {
-            batch.fire(&mut tx, t.instance_id, &t.key, t.due).await?;
+        // Each instance catches up to `now`: its timers fire in due order, including those its
+        // own steps arm on the way (a weekly cron after a month's downtime fires four times).
+        for id in &ids {
+            batch.catch_up(&mut tx, *id, now).await?;
         }
+        for t in &due {
+            batch.drop_stray(t.instance_id, &t.key);
+        }
+        let steps = batch.steps;
         tx.write(batch.finish()).await?;
         tx.commit().await?;
-        Ok(due.len())
+        Ok(Fired {
+            claimed: due.len(),
+            steps,
+        })
     }
 }
 
@@ -375,7 +407,10 @@ pub fn looks_like_cpr(s: &str) -> bool {
     (1..=31).contains(&day) && (1..=12).contains(&month)
 }
 
-fn check_contacts(version: &Version, contacts: &BTreeMap<String, Contact>) -> Result<(), EnrolError> {
+fn check_contacts(
+    version: &Version,
+    contacts: &BTreeMap<String, Contact>,
+) -> Result<(), EnrolError> {
     let decl = &version.checked.pathway;
     for (role, c) in contacts {
         let Some(r) = decl.roles.get(role) else {
@@ -512,6 +547,8 @@ struct Batch<'c> {
     /// Instances created in this batch: (reference, pathway).
     created: Vec<(String, String)>,
     changes: Changes,
+    /// Timer steps taken.
+    steps: usize,
 }
 
 impl<'c> Batch<'c> {
@@ -520,6 +557,7 @@ impl<'c> Batch<'c> {
             catalog,
             working: BTreeMap::new(),
             created: Vec::new(),
+            steps: 0,
             changes: Changes {
                 now,
                 ..Changes::default()
@@ -589,8 +627,7 @@ impl<'c> Batch<'c> {
         let Some(version) = self.catalog.version(w.row.pathway_version_id).cloned() else {
             return Err(missing_version(&w.row));
         };
-        if w.instance.status == Status::Finished
-            || !w.instance.timers.iter().any(|t| t.key == key)
+        if w.instance.status == Status::Finished || !w.instance.timers.iter().any(|t| t.key == key)
         {
             // Cancelled by an earlier step in this batch (the diff at the end removes it), or
             // a row the instance does not know: remove that one here.
@@ -601,7 +638,10 @@ impl<'c> Batch<'c> {
         }
         let input = Input::Timer { key: key.into() };
         match step(&version.checked, &w.instance, &input, due) {
-            Ok(effects) => self.absorb(tx, id, &version, effects, due, 0).await,
+            Ok(effects) => {
+                self.steps += 1;
+                self.absorb(tx, id, &version, effects, due, 0).await
+            }
             Err(e) => {
                 // A timer whose step fails (a date out of range, an expression that fails on
                 // these fields) must not fire again and again: it is dropped and the failure
@@ -627,6 +667,18 @@ impl<'c> Batch<'c> {
                 self.changes.events.push((Some(Target::Id(id)), record));
                 Ok(())
             }
+        }
+    }
+
+    /// Removes a claimed timer row that the instance itself does not hold (a row left over by
+    /// hand-editing or a bug), so it cannot be claimed again and again.
+    fn drop_stray(&mut self, id: i64, key: &str) {
+        let known = self
+            .working
+            .get(&id)
+            .is_some_and(|w| w.row.instance.timers.iter().any(|t| t.key == key));
+        if !known {
+            self.changes.timers_removed.push((id, key.to_string()));
         }
     }
 
@@ -708,7 +760,7 @@ impl<'c> Batch<'c> {
         id: i64,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        loop {
+        for _ in 0..MAX_CATCH_UP {
             let Some(w) = self.working.get(&id) else {
                 return Ok(());
             };
@@ -738,6 +790,8 @@ impl<'c> Batch<'c> {
                 return Ok(());
             }
         }
+        // The rest stays due and is found by the next batch.
+        Ok(())
     }
 
     /// Finds the instance an event is for: the family's active instance on the named
@@ -844,7 +898,15 @@ impl<'c> Batch<'c> {
         let reference = w.row.reference.clone();
         let enrolments = std::mem::take(&mut effects.enrolments);
         let notes = self
-            .enrol_all(tx, &reference, &roles, Target::Id(id), enrolments, now, depth)
+            .enrol_all(
+                tx,
+                &reference,
+                &roles,
+                Target::Id(id),
+                enrolments,
+                now,
+                depth,
+            )
             .await?;
         effects.history.notes.extend(notes);
         for n in &effects.notices {
@@ -966,8 +1028,8 @@ impl<'c> Batch<'c> {
             parent,
         });
         let enrolments = std::mem::take(&mut effects.enrolments);
-        let notes = Box::pin(self.enrol_all(tx, reference, &roles, target, enrolments, now, depth))
-            .await?;
+        let notes =
+            Box::pin(self.enrol_all(tx, reference, &roles, target, enrolments, now, depth)).await?;
         effects.history.notes.extend(notes);
         for t in &effects.instance.timers {
             self.changes.timers_added.push((target, t.clone()));
@@ -993,8 +1055,12 @@ impl<'c> Batch<'c> {
                 .iter()
                 .map(|t| (t.key.as_str(), t))
                 .collect();
-            let after: BTreeMap<&str, &ArmedTimer> =
-                w.instance.timers.iter().map(|t| (t.key.as_str(), t)).collect();
+            let after: BTreeMap<&str, &ArmedTimer> = w
+                .instance
+                .timers
+                .iter()
+                .map(|t| (t.key.as_str(), t))
+                .collect();
             for (key, t) in &before {
                 if after.get(key) != Some(t) {
                     self.changes.timers_removed.push((id, key.to_string()));
@@ -1002,7 +1068,9 @@ impl<'c> Batch<'c> {
             }
             for (key, t) in &after {
                 if before.get(key) != Some(t) {
-                    self.changes.timers_added.push((Target::Id(id), (*t).clone()));
+                    self.changes
+                        .timers_added
+                        .push((Target::Id(id), (*t).clone()));
                 }
             }
             self.changes.updates.push(InstanceUpdate {
@@ -1066,7 +1134,11 @@ fn render(
         return notice;
     };
     notice.contact = Some(*contact_ref);
-    let channels = decl.roles.get(&n.to).map(|r| r.channels()).unwrap_or_default();
+    let channels = decl
+        .roles
+        .get(&n.to)
+        .map(|r| r.channels())
+        .unwrap_or_default();
     let Some((channel, addr)) = address(&channels, contact) else {
         notice.error = Some(format!(
             "the contact for role \"{}\" has no address for {}",

@@ -16,7 +16,9 @@ use carepath_engine::step::Cause;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, VirtualClock};
-use crate::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime, RuntimeError, mask_email, mask_phone};
+use crate::runtime::{
+    EnrolError, EnrolRequest, EventRequest, Runtime, RuntimeError, mask_email, mask_phone,
+};
 use crate::store::{Contact, OutboxFilter, SqliteStore, Storage, StoreError};
 
 /// Why a simulation could not run.
@@ -235,7 +237,10 @@ fn pathway_id(path: &Path) -> Result<String, SimulateError> {
         [one] => Ok(one.pathway.id.clone()),
         _ => Err(SimulateError::Input {
             path: path.display().to_string(),
-            reason: format!("holds {} pathways: name one pathway folder", report.pathways.len()),
+            reason: format!(
+                "holds {} pathways: name one pathway folder",
+                report.pathways.len()
+            ),
         }),
     }
 }
@@ -258,7 +263,8 @@ pub async fn simulate(
         None => pathway_id(pathway)?,
     };
     // Load at a fixed moment: the load time is stored, and a simulation is reproducible.
-    let (catalog, _) = Catalog::sync(&store, &pathway_paths(pathway), Timestamp::UNIX_EPOCH).await?;
+    let (catalog, _) =
+        Catalog::sync(&store, &pathway_paths(pathway), Timestamp::UNIX_EPOCH).await?;
     let version = catalog.latest(&id).ok_or_else(|| SimulateError::Input {
         path: pathway.display().to_string(),
         reason: format!("no pathway \"{id}\" there"),
@@ -361,6 +367,10 @@ fn describe(cause: &Cause) -> String {
     }
 }
 
+/// Where an entry goes among entries of the same moment: instance, step, kind (transition,
+/// notice, refusal), row.
+type Order = (i64, u64, u8, i64);
+
 /// Everything that happened to a family, in order: transitions, notices, refused events.
 pub async fn timeline<S: Storage>(
     store: &S,
@@ -368,8 +378,7 @@ pub async fn timeline<S: Storage>(
     tz_name: &str,
     tz: &TimeZone,
 ) -> Result<Timeline, StoreError> {
-    // (time, order within the time, entry)
-    let mut keyed: Vec<(Timestamp, (i64, u64, u8, i64), Entry)> = Vec::new();
+    let mut keyed: Vec<(Timestamp, Order, Entry)> = Vec::new();
     for inst in store.instances_by_ref(reference).await? {
         for h in store.history(inst.id).await? {
             let owner = if h.seq == inst.instance.seq {
@@ -466,9 +475,17 @@ impl Timeline {
                     cause,
                     notes,
                 } => {
-                    let from = from.as_deref().map(|f| format!("{f} → ")).unwrap_or_default();
-                    let owner = owner.as_deref().map(|o| format!(" (owner {o})")).unwrap_or_default();
-                    out.push_str(&format!("\n{at}  {pathway}: {from}{to}{owner}  [{cause}]\n"));
+                    let from = from
+                        .as_deref()
+                        .map(|f| format!("{f} → "))
+                        .unwrap_or_default();
+                    let owner = owner
+                        .as_deref()
+                        .map(|o| format!(" (owner {o})"))
+                        .unwrap_or_default();
+                    out.push_str(&format!(
+                        "\n{at}  {pathway}: {from}{to}{owner}  [{cause}]\n"
+                    ));
                     for n in notes {
                         out.push_str(&format!("    · {n}\n"));
                     }
@@ -511,7 +528,9 @@ impl Timeline {
                     code,
                     reason,
                 } => {
-                    out.push_str(&format!("\n{at}  refused event {event}: {code}: {reason}\n"));
+                    out.push_str(&format!(
+                        "\n{at}  refused event {event}: {code}: {reason}\n"
+                    ));
                 }
             }
         }

@@ -182,17 +182,33 @@ impl Sink {
                 Console::Off => {}
                 Console::Json => writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())?,
                 Console::Pretty(tz) => {
-                    let at = r.not_before.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d %H:%M");
+                    let at = r
+                        .not_before
+                        .to_zoned_datetime(tz.clone())
+                        .strftime("%Y-%m-%d %H:%M");
                     let first = r
                         .subject
                         .clone()
-                        .or_else(|| r.body.as_deref().and_then(|b| b.lines().next()).map(str::to_string))
+                        .or_else(|| {
+                            r.body
+                                .as_deref()
+                                .and_then(|b| b.lines().next())
+                                .map(str::to_string)
+                        })
                         .unwrap_or_default();
                     writeln!(
                         out,
                         "{at}  ✉ {:<8} to {:<15} {:<26} {}",
                         r.reference,
-                        format!("{} ({}{})", r.role, r.channel.map(|c| c.as_str()).unwrap_or("-"), r.language.as_deref().map(|l| format!(", {l}")).unwrap_or_default()),
+                        format!(
+                            "{} ({}{})",
+                            r.role,
+                            r.channel.map(|c| c.as_str()).unwrap_or("-"),
+                            r.language
+                                .as_deref()
+                                .map(|l| format!(", {l}"))
+                                .unwrap_or_default()
+                        ),
                         r.template,
                         first
                     )?;
@@ -248,15 +264,19 @@ pub async fn run<S: Storage>(
         let horizon = opts.until.map_or(now, |u| now.min(u));
         loop {
             let fired = rt.fire_batch(horizon, opts.batch).await?;
-            summary.fired += fired;
-            if fired > 0 {
-                tracing::debug!(fired, "batch committed");
+            summary.fired += fired.steps;
+            if fired.claimed > 0 {
+                tracing::debug!(
+                    claimed = fired.claimed,
+                    steps = fired.steps,
+                    "batch committed"
+                );
             }
             if wake.stopping() {
                 summary.stopped_by_signal = true;
                 return Ok(summary);
             }
-            if fired < opts.batch as usize {
+            if fired.claimed < opts.batch as usize {
                 break;
             }
         }

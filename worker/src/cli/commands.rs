@@ -266,7 +266,10 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
 
 async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<ExitCode> {
     if !db.exists() {
-        bail!("no database at {}: run `carepath run` or `carepath enroll` first, or pass --db", db.display());
+        bail!(
+            "no database at {}: run `carepath run` or `carepath enroll` first, or pass --db",
+            db.display()
+        );
     }
     let store = SqliteStore::open(db).await?;
     let catalog = Catalog::from_store(&store).await?;
@@ -296,7 +299,14 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
                 let sensitive = version
                     .and_then(|v| v.checked.pathway.fields.get(k))
                     .is_none_or(|f| f.sensitive);
-                (k.clone(), if sensitive { json!("(sensitive)") } else { v.clone() })
+                (
+                    k.clone(),
+                    if sensitive {
+                        json!("(sensitive)")
+                    } else {
+                        v.clone()
+                    },
+                )
             })
             .collect();
         let history = store.history(inst.id).await?;
@@ -339,11 +349,17 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&json!({"ref": reference, "instances": report, "refused_events": refused}))?
+            serde_json::to_string_pretty(
+                &json!({"ref": reference, "instances": report, "refused_events": refused})
+            )?
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
     for r in &report {
         writeln!(
             out,
@@ -353,7 +369,11 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
             s(&r["instance_id"]),
             s(&r["status"]),
             s(&r["state"]),
-            if r["owner"].is_null() { "-".into() } else { s(&r["owner"]) }
+            if r["owner"].is_null() {
+                "-".into()
+            } else {
+                s(&r["owner"])
+            }
         )?;
         writeln!(out, "  fields: {}", r["fields"])?;
         writeln!(out, "  history:")?;
@@ -366,10 +386,21 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
                 out,
                 "    {}  {}{}  [{}]{}",
                 s(&h["at"]),
-                if h["from"].is_null() { String::new() } else { format!("{} → ", s(&h["from"])) },
+                if h["from"].is_null() {
+                    String::new()
+                } else {
+                    format!("{} → ", s(&h["from"]))
+                },
                 s(&h["to"]),
-                h["cause"]["name"].as_str().or(h["cause"]["key"].as_str()).unwrap_or("enrolled"),
-                if notes.is_empty() { String::new() } else { format!("  {notes}") }
+                h["cause"]["name"]
+                    .as_str()
+                    .or(h["cause"]["key"].as_str())
+                    .unwrap_or("enrolled"),
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {notes}")
+                }
             )?;
         }
         writeln!(out, "  upcoming timers:")?;
@@ -387,14 +418,25 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
                 s(&n["channel"]),
                 s(&n["template"]),
                 s(&n["status"]),
-                if n["error"].is_null() { String::new() } else { format!(" — {}", s(&n["error"])) }
+                if n["error"].is_null() {
+                    String::new()
+                } else {
+                    format!(" — {}", s(&n["error"]))
+                }
             )?;
         }
     }
     if !refused.is_empty() {
         writeln!(out, "refused events:")?;
         for e in &refused {
-            writeln!(out, "  {} ({}): {}: {}", s(&e["event"]), s(&e["key"]), s(&e["code"]), s(&e["reason"]))?;
+            writeln!(
+                out,
+                "  {} ({}): {}: {}",
+                s(&e["event"]),
+                s(&e["key"]),
+                s(&e["code"]),
+                s(&e["reason"])
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -462,12 +504,18 @@ struct CohortFamily {
     events: Vec<ScriptedEvent>,
 }
 
-async fn demo(dir: &Path, pathways: &Path, cohort_path: &Path, seconds: f64) -> anyhow::Result<ExitCode> {
+async fn demo(
+    dir: &Path,
+    pathways: &Path,
+    cohort_path: &Path,
+    seconds: f64,
+) -> anyhow::Result<ExitCode> {
     init_logging();
     let cohort: Cohort = {
         let text = std::fs::read_to_string(cohort_path)
             .with_context(|| format!("cannot read {}", cohort_path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a cohort file", cohort_path.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a cohort file", cohort_path.display()))?
     };
     let tz = carepath_engine::time::zone("Europe/Copenhagen")?;
     let parse = |text: &str, from: Timestamp| -> anyhow::Result<Timestamp> {
@@ -500,7 +548,11 @@ async fn demo(dir: &Path, pathways: &Path, cohort_path: &Path, seconds: f64) -> 
         end.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d"),
         (factor / 3600.0).round()
     );
-    let rt = Arc::new(Runtime::new(store, catalog, clock.clone() as Arc<dyn Clock>));
+    let rt = Arc::new(Runtime::new(
+        store,
+        catalog,
+        clock.clone() as Arc<dyn Clock>,
+    ));
     let mut script: Vec<(Timestamp, EventRequest)> = Vec::new();
     for (n, f) in cohort.families.iter().enumerate() {
         let enrolled_at = match &f.family.enrolled_at {
@@ -568,7 +620,12 @@ async fn demo(dir: &Path, pathways: &Path, cohort_path: &Path, seconds: f64) -> 
                         })
                         .await
                     {
-                        Ok(e) => println!("{local}  ● {:<8} enrolled on {} → {}", f.reference, req.pathway.unwrap_or_default(), e.state),
+                        Ok(e) => println!(
+                            "{local}  ● {:<8} enrolled on {} → {}",
+                            f.reference,
+                            req.pathway.unwrap_or_default(),
+                            e.state
+                        ),
                         Err(e) => println!("{local}  ! {:<8} enrolment refused: {e}", f.reference),
                     }
                 } else {

@@ -464,10 +464,7 @@ pub trait Storage: Send + Sync + 'static {
     fn outbox(&self, filter: &OutboxFilter) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
 
     /// Contacts by id.
-    fn contacts(
-        &self,
-        ids: &[i64],
-    ) -> impl Future<Output = Result<BTreeMap<i64, Contact>>> + Send;
+    fn contacts(&self, ids: &[i64]) -> impl Future<Output = Result<BTreeMap<i64, Contact>>> + Send;
 
     /// Marks outbox rows as handed over (the local sink) and logs it.
     fn mark_sent(&self, ids: &[i64], now: Timestamp) -> impl Future<Output = Result<()>> + Send;

@@ -173,7 +173,8 @@ pub fn content_hash(source: &PathwaySource) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-const INSTANCE_COLUMNS: &str = "id, ref, pathway, pathway_version_id, body, roles, parent_id, created_at, updated_at";
+const INSTANCE_COLUMNS: &str =
+    "id, ref, pathway, pathway_version_id, body, roles, parent_id, created_at, updated_at";
 
 fn instance_row(r: &SqliteRow) -> Result<InstanceRow> {
     let id: i64 = r.try_get("id")?;
@@ -333,11 +334,12 @@ impl Storage for SqliteStore {
     ) -> Result<Stored> {
         let hash = content_hash(source);
         let mut tx = self.begin().await?;
-        let existing = sqlx::query("SELECT id, hash FROM pathway_versions WHERE pathway = ? AND version = ?")
-            .bind(pathway)
-            .bind(i64::from(version))
-            .fetch_optional(&mut *tx.tx)
-            .await?;
+        let existing =
+            sqlx::query("SELECT id, hash FROM pathway_versions WHERE pathway = ? AND version = ?")
+                .bind(pathway)
+                .bind(i64::from(version))
+                .fetch_optional(&mut *tx.tx)
+                .await?;
         if let Some(row) = existing {
             let stored: String = row.try_get("hash")?;
             if stored != hash {
@@ -423,19 +425,21 @@ impl Storage for SqliteStore {
     }
 
     async fn timers(&self, instance_id: i64) -> Result<Vec<DueTimer>> {
-        sqlx::query("SELECT instance_id, key, due FROM timers WHERE instance_id = ? ORDER BY due, key")
-            .bind(instance_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(DueTimer {
-                    instance_id: r.try_get("instance_id")?,
-                    key: r.try_get("key")?,
-                    due: ts(r.try_get("due")?, "timer")?,
-                })
+        sqlx::query(
+            "SELECT instance_id, key, due FROM timers WHERE instance_id = ? ORDER BY due, key",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DueTimer {
+                instance_id: r.try_get("instance_id")?,
+                key: r.try_get("key")?,
+                due: ts(r.try_get("due")?, "timer")?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn events(&self, reference: &str) -> Result<Vec<EventRecord>> {
@@ -480,17 +484,25 @@ impl Storage for SqliteStore {
         }
         let mut tx = self.begin().await?;
         for chunk in ids.chunks(MAX_BINDS / 3) {
-            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET status = 'sent', attempts = attempts + 1, updated_at = ");
-            q.push_bind(ms(now)).push(" WHERE status = 'queued' AND id IN (");
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, updated_at = ",
+            );
+            q.push_bind(ms(now))
+                .push(" WHERE status = 'queued' AND id IN (");
             let mut s = q.separated(", ");
             for id in chunk {
                 s.push_bind(id);
             }
             q.push(")");
             q.build().execute(&mut *tx.tx).await?;
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox_log (outbox_id, at, status, detail) ");
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox_log (outbox_id, at, status, detail) ",
+            );
             q.push_values(chunk, |mut b, id| {
-                b.push_bind(id).push_bind(ms(now)).push("'sent'").push("'local sink'");
+                b.push_bind(id)
+                    .push_bind(ms(now))
+                    .push("'sent'")
+                    .push("'local sink'");
             });
             q.build().execute(&mut *tx.tx).await?;
         }

@@ -1,0 +1,477 @@
+//! The `carepath` binary as operators run it: the worker as its own process, killed with
+//! SIGKILL in the middle of a burst, stopped with SIGTERM, woken by another process; and the
+//! enroll/event/status/simulate commands.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use carepath_worker::catalog::Catalog;
+use carepath_worker::clock::{Clock, VirtualClock};
+use carepath_worker::runtime::{EnrolRequest, Runtime};
+use carepath_worker::store::{Contact, OutboxFilter, SqliteStore, Storage};
+
+use super::fixtures::{chain, write_pathway};
+use super::support::{carepath, root, stdout};
+
+const T0: &str = "2027-03-01T08:00:00Z";
+
+fn coordinator() -> BTreeMap<String, Contact> {
+    BTreeMap::from([(
+        "coordinator".to_string(),
+        Contact {
+            name: "Koordinator".into(),
+            email: Some("k@example.dk".into()),
+            phone: None,
+            language: "da".into(),
+            channel: None,
+        },
+    )])
+}
+
+/// Starts `carepath run` and waits until it says it is running; returns the child and a
+/// channel with the rest of its log lines.
+fn start_worker(
+    db: &Path,
+    pathways: &Path,
+    clock: &str,
+    extra: &[&str],
+) -> (Child, mpsc::Receiver<String>) {
+    let mut child = carepath()
+        .args(["run", "--db"])
+        .arg(db)
+        .arg("--pathways")
+        .arg(pathways)
+        .args(["--clock", clock])
+        .args(extra)
+        .env("CAREPATH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn carepath run");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("worker starting") => return (child, rx),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the worker did not start: {e}");
+            }
+        }
+    }
+}
+
+/// Waits for a child to exit, up to `limit`.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+async fn history_rows(db: &Path) -> usize {
+    let store = SqliteStore::open(db).await.expect("open");
+    let mut n = 0;
+    for i in store.all_instances().await.expect("instances") {
+        n += store.history(i.id).await.expect("history").len();
+    }
+    store.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_at_random_points_loses_and_repeats_nothing() {
+    const FAMILIES: usize = 1500;
+    const STEPS: usize = 5;
+    let dir = tempfile::tempdir().expect("tmp");
+    let pathways = dir.path().join("pathways");
+    write_pathway(&pathways, &chain(STEPS), &["entered", "counted"]);
+    let db = dir.path().join("crash.db");
+    let t0: Timestamp = T0.parse().expect("t0");
+    {
+        let store = SqliteStore::open(&db).await.expect("open");
+        let (catalog, _) = Catalog::sync(&store, std::slice::from_ref(&pathways), t0)
+            .await
+            .expect("load");
+        let rt = Runtime::new(
+            store,
+            catalog,
+            Arc::new(VirtualClock::new(t0)) as Arc<dyn Clock>,
+        );
+        for i in 0..FAMILIES {
+            rt.enrol(&EnrolRequest {
+                reference: format!("FAM-{i:04}"),
+                pathway: "chain".into(),
+                fields: Default::default(),
+                contacts: coordinator(),
+            })
+            .await
+            .expect("enrol");
+        }
+        rt.store().close().await;
+    }
+    let total = FAMILIES * (STEPS + 1);
+    let clock = "fixed:2027-04-01T00:00:00Z";
+    let mut kills = 0;
+    let mut mid_burst = 0;
+    let mut rng = fastrand::Rng::with_seed(20271124);
+    while kills < 20 || (kills < 200 && mid_burst < 20) {
+        let before = history_rows(&db).await;
+        if before == total {
+            break;
+        }
+        let (mut child, _log) =
+            start_worker(&db, &pathways, clock, &["--until-idle", "--batch", "5"]);
+        std::thread::sleep(Duration::from_millis(rng.u64(0..60)));
+        if child.try_wait().expect("wait").is_some() {
+            continue; // it finished before the kill
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        kills += 1;
+        let after = history_rows(&db).await;
+        if after > before && after < total {
+            mid_burst += 1;
+        }
+    }
+    eprintln!("{kills} SIGKILLs, {mid_burst} of them mid-burst");
+    assert!(kills >= 20, "only {kills} kills");
+    assert!(
+        mid_burst >= 5,
+        "only {mid_burst} of {kills} kills landed mid-burst"
+    );
+    let (mut child, _log) = start_worker(&db, &pathways, clock, &["--until-idle"]);
+    let status = wait_exit(&mut child, Duration::from_secs(120)).expect("the last run finishes");
+    assert!(status.success(), "{status:?}");
+
+    let store = SqliteStore::open(&db).await.expect("open");
+    let instances = store.all_instances().await.expect("instances");
+    assert_eq!(instances.len(), FAMILIES);
+    let expected_path: Vec<String> = (0..=STEPS).map(|i| format!("s{i}")).collect();
+    let mut keys = BTreeSet::new();
+    for inst in &instances {
+        assert_eq!(
+            inst.instance.state,
+            format!("s{STEPS}"),
+            "{}",
+            inst.reference
+        );
+        let history = store.history(inst.id).await.expect("history");
+        let seqs: Vec<u64> = history.iter().map(|h| h.seq).collect();
+        assert_eq!(
+            seqs,
+            (0..=STEPS as u64).collect::<Vec<_>>(),
+            "{}",
+            inst.reference
+        );
+        let path: Vec<String> = history.iter().map(|h| h.to.clone()).collect();
+        assert_eq!(path, expected_path, "{}", inst.reference);
+        for (d, h) in history.iter().enumerate() {
+            assert_eq!(
+                h.at,
+                t0 + jiff::SignedDuration::from_hours(24 * d as i64),
+                "each step at its due time, however late the worker got to it"
+            );
+        }
+        let notices = store
+            .outbox(&OutboxFilter {
+                instance_id: Some(inst.id),
+                ..Default::default()
+            })
+            .await
+            .expect("outbox");
+        assert_eq!(notices.len(), STEPS + 1, "{}: {notices:?}", inst.reference);
+        for n in notices {
+            assert!(keys.insert(n.key.clone()), "duplicate outbox key {}", n.key);
+        }
+        assert!(store.timers(inst.id).await.expect("timers").is_empty());
+    }
+    assert_eq!(
+        store.next_due().await.expect("next"),
+        None,
+        "no timer left behind"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_worker_cleanly_and_another_process_wakes_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pathways = dir.path().join("pathways");
+    write_pathway(&pathways, &chain(2), &["entered", "counted"]);
+    let db = dir.path().join("wake.db");
+    // A worker on a standing clock with nothing to do sleeps until woken.
+    let (mut worker, _log) = start_worker(&db, &pathways, "fixed:2027-04-01T00:00:00Z", &[]);
+    let family = dir.path().join("family.json");
+    std::fs::write(
+        &family,
+        json!({"ref": "FAM-1", "pathway": "chain", "contacts": coordinator()}).to_string(),
+    )
+    .expect("write family");
+    let out = carepath()
+        .args(["enroll"])
+        .arg(&family)
+        .arg("--db")
+        .arg(&db)
+        .arg("--pathways")
+        .arg(&pathways)
+        .args(["--clock", &format!("fixed:{T0}")])
+        .output()
+        .expect("enroll");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("enrolled FAM-1 on chain"),
+        "{}",
+        stdout(&out)
+    );
+    // The enrolment's timers are all due by the worker's clock: woken, it runs them at once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let store = SqliteStore::open(&db).await.expect("open");
+        let done = store.instances_by_ref("FAM-1").await.expect("read")[0]
+            .instance
+            .state
+            == "s2";
+        store.close().await;
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker was not woken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGTERM: the worker finishes and exits 0.
+    // SAFETY: kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let status = wait_exit(&mut worker, Duration::from_secs(30)).expect("stops");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn enroll_event_and_status_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("cli.db");
+    let base = |args: &[&str]| {
+        let mut c = carepath();
+        c.args(args)
+            .arg("--db")
+            .arg(&db)
+            .args(["--clock", "fixed:2027-01-11T08:00:00Z"]);
+        c
+    };
+    let out = base(&["enroll", "examples/families/standard-track.json"])
+        .output()
+        .expect("enroll");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event = |key: &str, name: &str, payload: &str| {
+        base(&[
+            "event",
+            "FAM-0001",
+            name,
+            "--payload",
+            payload,
+            "--key",
+            key,
+        ])
+        .output()
+        .expect("event")
+    };
+    let first = event("exam-1", "first_exam_done", r#"{"care_level": 2}"#);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout(&first).contains("awaiting_first_exam → pregnancy"),
+        "{}",
+        stdout(&first)
+    );
+    let again = event("exam-1", "first_exam_done", r#"{"care_level": 2}"#);
+    assert!(again.status.success());
+    assert!(
+        stdout(&again).contains("key seen before"),
+        "{}",
+        stdout(&again)
+    );
+    let wrong = event("exam-2", "first_exam_done", r#"{"care_level": "high"}"#);
+    assert_eq!(wrong.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("event-not-allowed") || err.contains("bad-payload"),
+        "{err}"
+    );
+
+    let status = carepath()
+        .args(["status", "FAM-0001", "--format", "json", "--db"])
+        .arg(&db)
+        .output()
+        .expect("status");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let text = stdout(&status);
+    assert!(
+        !text.contains("0101901234"),
+        "a CPR number in status: {text}"
+    );
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let inst = &v["instances"][0];
+    assert_eq!(inst["state"], "pregnancy");
+    assert_eq!(inst["owner"], "midwife");
+    assert_eq!(inst["fields"]["cpr"], "(sensitive)");
+    assert_eq!(inst["history"].as_array().map(Vec::len), Some(2));
+    assert!(
+        inst["notices"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["template"] == "pregnancy_referral")),
+        "{inst}"
+    );
+    assert!(
+        !inst["upcoming_timers"]
+            .as_array()
+            .expect("timers")
+            .is_empty()
+    );
+    assert_eq!(v["refused_events"].as_array().map(Vec::len), Some(1));
+
+    let missing = carepath()
+        .args(["status", "FAM-9999", "--db"])
+        .arg(&db)
+        .output()
+        .expect("status");
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn simulate_prints_the_timeline_on_virtual_time() {
+    let out = carepath()
+        .args([
+            "simulate",
+            "pathways/standard-track",
+            "--family",
+            "examples/families/standard-track.json",
+            "--event-script",
+            "examples/families/standard-track.events.json",
+            "--until",
+            "P9M",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(!text.contains("0101901234"), "a CPR number in the timeline");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["time_zone"], "Europe/Copenhagen");
+    let entries = v["entries"].as_array().expect("entries");
+    let find = |pred: &dyn Fn(&Value) -> bool| entries.iter().find(|e| pred(e)).cloned();
+    let birth = find(&|e| e["kind"] == "transition" && e["to"] == "newborn").expect("birth");
+    assert_eq!(birth["at"], "2027-08-06 14:00 Fri");
+    assert_eq!(birth["from"], "pregnancy");
+    let handoff = find(&|e| e["kind"] == "notice" && e["template"] == "birth_notice")
+        .expect("handoff notice");
+    assert_eq!(handoff["to"], "health_visitor");
+    assert_eq!(handoff["channel"], "email");
+    assert!(
+        handoff["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("FAM-0001"))
+    );
+    let reminder = find(&|e| e["kind"] == "notice" && e["template"] == "appointment_reminder")
+        .expect("appointment reminder");
+    assert_eq!(reminder["to"], "family");
+    assert_eq!(reminder["channel"], "sms");
+    assert_eq!(reminder["language"], "ar");
+    assert_eq!(
+        reminder["at"], "2027-02-13 09:30 Sat",
+        "two days before the scan"
+    );
+    assert_eq!(reminder["address"], "+45••••••56", "addresses are masked");
+    let refused = find(&|e| e["kind"] == "rejected").expect("the duplicate visit is refused");
+    assert_eq!(refused["code"], "event-not-allowed");
+
+    let text = carepath()
+        .args([
+            "simulate",
+            "pathways/standard-track",
+            "--family",
+            "examples/families/standard-track.json",
+            "--until",
+            "P1M",
+        ])
+        .output()
+        .expect("simulate");
+    assert!(stdout(&text).contains("Family FAM-0001 (times in Europe/Copenhagen)"));
+}
+
+#[test]
+fn simulate_names_what_is_wrong_in_its_input() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let family = dir.path().join("family.json");
+    std::fs::write(&family, "{\"ref\": \"FAM-1\",\n \"feilds\": {}}").expect("write");
+    let out = carepath()
+        .args(["simulate", "pathways/standard-track", "--family"])
+        .arg(&family)
+        .output()
+        .expect("simulate");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("family.json") && err.contains("line 2") && err.contains("feilds"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &family,
+        json!({"ref": "FAM-1", "enrolled_at": "2027-01-11T09:00", "fields": {"due_date": "soon"}})
+            .to_string(),
+    )
+    .expect("write");
+    let out = carepath()
+        .args(["simulate", "pathways/standard-track", "--family"])
+        .arg(&family)
+        .output()
+        .expect("simulate");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("due_date"), "{err}");
+    let _ = root();
+}
