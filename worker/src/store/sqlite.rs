@@ -274,7 +274,13 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-async fn select_instances<'e, E>(e: E, ids: &[i64]) -> Result<Vec<InstanceRow>>
+/// Rows whose `id` is in `ids`: `select` is the statement up to `WHERE`.
+async fn select_by_ids<'e, E, T>(
+    e: E,
+    select: &str,
+    ids: &[i64],
+    row: impl Fn(&SqliteRow) -> Result<T>,
+) -> Result<Vec<T>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
@@ -282,32 +288,33 @@ where
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ({}) ORDER BY id",
+        "{select} WHERE id IN ({}) ORDER BY id",
         placeholders(ids.len())
     );
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(id);
     }
-    q.fetch_all(e).await?.iter().map(instance_row).collect()
+    q.fetch_all(e).await?.iter().map(row).collect()
+}
+
+async fn select_instances<'e, E>(e: E, ids: &[i64]) -> Result<Vec<InstanceRow>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let select = format!("SELECT {INSTANCE_COLUMNS} FROM instances");
+    select_by_ids(e, &select, ids, instance_row).await
 }
 
 async fn select_contacts<'e, E>(e: E, ids: &[i64]) -> Result<BTreeMap<i64, Contact>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    if ids.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let sql = format!(
-        "SELECT id, name, email, phone, language, channel FROM contacts WHERE id IN ({})",
-        placeholders(ids.len())
-    );
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(id);
-    }
-    q.fetch_all(e).await?.iter().map(contact_row).collect()
+    let select = "SELECT id, name, email, phone, language, channel FROM contacts";
+    Ok(select_by_ids(e, select, ids, contact_row)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 impl Storage for SqliteStore {
