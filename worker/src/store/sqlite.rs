@@ -192,6 +192,14 @@ fn instance_row(r: &SqliteRow) -> Result<InstanceRow> {
     })
 }
 
+fn timer_row(r: &SqliteRow) -> Result<DueTimer> {
+    Ok(DueTimer {
+        instance_id: r.try_get("instance_id")?,
+        key: r.try_get("key")?,
+        due: ts(r.try_get("due")?, "timer")?,
+    })
+}
+
 fn contact_row(r: &SqliteRow) -> Result<(i64, Contact)> {
     Ok((
         r.try_get("id")?,
@@ -439,13 +447,7 @@ impl Storage for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(DueTimer {
-                instance_id: r.try_get("instance_id")?,
-                key: r.try_get("key")?,
-                due: ts(r.try_get("due")?, "timer")?,
-            })
-        })
+        .map(timer_row)
         .collect()
     }
 
@@ -533,13 +535,7 @@ impl Tx for SqliteTx {
         .fetch_all(&mut *self.tx)
         .await?
         .iter()
-        .map(|r| {
-            Ok(DueTimer {
-                instance_id: r.try_get("instance_id")?,
-                key: r.try_get("key")?,
-                due: ts(r.try_get("due")?, "timer")?,
-            })
-        })
+        .map(timer_row)
         .collect()
     }
 
