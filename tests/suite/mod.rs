@@ -1,4 +1,5 @@
 mod cli;
+mod delivery;
 mod diagnostics;
 mod fixtures;
 mod notices;

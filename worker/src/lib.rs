@@ -8,6 +8,8 @@
 //!   simulation and the demo;
 //! - [`catalog`]: the pathway versions a database knows, checked and with compiled templates;
 //! - [`runtime`]: enrolment, events and timers applied exactly once, in batches;
+//! - [`delivery`]: queued notices out through their channels, retried, held, dead-lettered;
+//! - [`lateness`]: how late timers fire, kept in a fixed-size histogram;
 //! - [`worker`]: the loop that sleeps until the next due time and wakes when work arrives;
 //! - [`simulate`]: a family's whole pathway on the real runtime and virtual time;
 //! - [`cli`]: the `carepath` command line.
@@ -21,6 +23,8 @@
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod delivery;
+pub mod lateness;
 pub mod load;
 pub mod runtime;
 pub mod simulate;

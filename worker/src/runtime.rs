@@ -14,13 +14,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use carepath_engine::pathway::{Channel, Sector};
 use carepath_engine::step::{ArmedTimer, Effects, Enrolment, Input, Instance, Status};
 use carepath_engine::{StepError, start, step};
+use carepath_notifier::channel::{mask_email, mask_phone};
 
 use crate::catalog::{Catalog, Version};
 use crate::clock::Clock;
@@ -155,12 +156,14 @@ pub struct EventResult {
 }
 
 /// What one timer batch did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fired {
     /// Due timers claimed.
     pub claimed: usize,
     /// Steps taken: the claimed timers, and timers their steps armed that were due too.
     pub steps: usize,
+    /// When the claimed timers were due, for measuring how late they fired.
+    pub due: Vec<Timestamp>,
 }
 
 /// The runtime over one store.
@@ -367,6 +370,7 @@ impl<S: Storage> Runtime<S> {
         Ok(Fired {
             claimed: due.len(),
             steps,
+            due: due.iter().map(|t| t.due).collect(),
         })
     }
 }
@@ -480,33 +484,6 @@ pub fn check_phone(phone: &str) -> Result<(), String> {
             "phone {} is not a mobile number in international form, such as +4512345678",
             mask_phone(phone)
         ))
-    }
-}
-
-/// `+45 •••• ••78`: enough to recognise, not enough to use.
-pub fn mask_phone(phone: &str) -> String {
-    let n = phone.chars().count();
-    phone
-        .chars()
-        .enumerate()
-        .map(|(i, c)| {
-            if c.is_ascii_digit() && i >= 3 && i + 2 < n {
-                '•'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-/// `a•••@example.dk`.
-pub fn mask_email(email: &str) -> String {
-    match email.split_once('@') {
-        Some((user, domain)) => {
-            let first: String = user.chars().take(1).collect();
-            format!("{first}•••@{domain}")
-        }
-        None => "•••".into(),
     }
 }
 
@@ -909,6 +886,13 @@ impl<'c> Batch<'c> {
             )
             .await?;
         effects.history.notes.extend(notes);
+        let was_active = self
+            .working
+            .get(&id)
+            .is_some_and(|w| w.instance.status == Status::Active);
+        if was_active && effects.instance.status == Status::Finished {
+            self.cancel_family_notices(id, &effects.instance.state, now);
+        }
         for n in &effects.notices {
             let notice = render(version, &roles, n, &reference, now);
             self.changes.outbox.push((Target::Id(id), notice));
@@ -919,6 +903,23 @@ impl<'c> Batch<'c> {
             w.changed = true;
         }
         Ok(())
+    }
+
+    /// A life event ended the pathway (the pregnancy ended, the family moved, the child
+    /// grew out of it): every family notice of the instance not yet sent is skipped, with the
+    /// reason — those from earlier steps of this batch here, older ones by the store.
+    /// Professionals' notices still go: they need to know.
+    fn cancel_family_notices(&mut self, id: i64, state: &str, now: Timestamp) {
+        let reason = format!(
+            "not sent: the pathway ended in \"{state}\" at {now} before the notice went out"
+        );
+        for (target, notice) in &mut self.changes.outbox {
+            if *target == Target::Id(id) && notice.family && notice.status == NoticeStatus::Queued {
+                notice.status = NoticeStatus::Skipped;
+                notice.error = Some(reason.clone());
+            }
+        }
+        self.changes.cancel_family_notices.push((id, reason));
     }
 
     /// Starts the family on other pathways; returns what happened, in words, for the
@@ -1172,11 +1173,6 @@ fn render(
     notice
 }
 
-/// How late a timer fired, for reports.
-pub fn lateness(due: Timestamp, fired: Timestamp) -> SignedDuration {
-    fired.duration_since(due)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1213,9 +1209,7 @@ mod tests {
     }
 
     #[test]
-    fn masks_keep_personal_data_out() {
-        assert_eq!(mask_phone("+4512345678"), "+45••••••78");
-        assert_eq!(mask_email("anne@example.dk"), "a•••@example.dk");
+    fn phone_numbers_need_a_country_code() {
         assert!(check_phone("12345678").is_err());
         assert!(check_phone("+45 12 34 56 78").is_ok());
     }

@@ -16,10 +16,9 @@ use carepath_engine::step::Cause;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, VirtualClock};
-use crate::runtime::{
-    EnrolError, EnrolRequest, EventRequest, Runtime, RuntimeError, mask_email, mask_phone,
-};
+use crate::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime, RuntimeError};
 use crate::store::{Contact, OutboxFilter, SqliteStore, Storage, StoreError};
+use carepath_notifier::channel::{mask_email, mask_phone};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]

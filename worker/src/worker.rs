@@ -1,5 +1,5 @@
-//! The worker loop: fire what is due, hand queued notices to the sink, then sleep until the
-//! next timer is due — or until new work arrives, or a signal asks it to stop.
+//! The worker loop: fire what is due, deliver queued notices, then sleep until the next timer
+//! or notice is due — or until new work arrives, or a signal asks it to stop.
 //!
 //! There is no polling interval. Inside one process, whoever adds work calls
 //! [`Wake::notify`]; across processes (`carepath event` from a shell while `carepath run`
@@ -9,7 +9,6 @@
 //! process exits 0. A SIGKILL loses nothing either: an uncommitted batch simply never
 //! happened, and is found due again on restart.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +18,10 @@ use jiff::Timestamp;
 use tokio::net::UnixDatagram;
 use tokio::sync::Notify;
 
+use crate::delivery::{self, Notifier};
+use crate::lateness::Lateness;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::store::{NoticeStatus, OutboxFilter, OutboxRow, Storage};
+use crate::store::Storage;
 
 /// The longest the loop sleeps without being woken: a safety net against a lost wake-up,
 /// not a polling interval.
@@ -50,10 +51,14 @@ impl Default for Options {
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Timers fired.
+    /// Timer steps taken.
     pub fired: usize,
-    /// Notices handed to the sink.
+    /// How late the claimed timers fired: due time to the commit that fired them.
+    pub lateness: Lateness,
+    /// Notices their channels accepted.
     pub delivered: usize,
+    /// Notices that became dead letters.
+    pub dead: usize,
     /// Whether a signal stopped it.
     pub stopped_by_signal: bool,
 }
@@ -140,122 +145,11 @@ pub fn wake_other(db: &Path) {
     }
 }
 
-/// Where delivered notices go until real channels are configured: a JSON-lines file, the
-/// console, or both.
-#[derive(Clone, Debug, Default)]
-pub struct Sink {
-    /// Appended to this file, one JSON object a line.
-    pub file: Option<PathBuf>,
-    /// Printed as they go out.
-    pub console: Console,
-}
-
-/// How the sink prints.
-#[derive(Clone, Debug, Default)]
-pub enum Console {
-    /// Not at all.
-    #[default]
-    Off,
-    /// JSON lines.
-    Json,
-    /// One readable line each, times in this zone.
-    Pretty(jiff::tz::TimeZone),
-}
-
-impl Sink {
-    fn write(&mut self, rows: &[OutboxRow]) -> std::io::Result<()> {
-        if let Some(path) = &self.file {
-            let mut text = String::new();
-            for r in rows {
-                text.push_str(&serde_json::to_string(r).unwrap_or_default());
-                text.push('\n');
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?
-                .write_all(text.as_bytes())?;
-        }
-        let mut out = std::io::stdout().lock();
-        for r in rows {
-            match &self.console {
-                Console::Off => {}
-                Console::Json => writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())?,
-                Console::Pretty(tz) => {
-                    let at = r
-                        .not_before
-                        .to_zoned_datetime(tz.clone())
-                        .strftime("%Y-%m-%d %H:%M");
-                    let first = r
-                        .subject
-                        .clone()
-                        .or_else(|| {
-                            r.body
-                                .as_deref()
-                                .and_then(|b| b.lines().next())
-                                .map(str::to_string)
-                        })
-                        .unwrap_or_default();
-                    writeln!(
-                        out,
-                        "{at}  ✉ {:<8} to {:<15} {:<26} {}",
-                        r.reference,
-                        format!(
-                            "{} ({}{})",
-                            r.role,
-                            r.channel.map(|c| c.as_str()).unwrap_or("-"),
-                            r.language
-                                .as_deref()
-                                .map(|l| format!(", {l}"))
-                                .unwrap_or_default()
-                        ),
-                        r.template,
-                        first
-                    )?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Hands queued notices whose time has come to the sink, and marks them sent.
-pub async fn deliver<S: Storage>(
-    store: &S,
-    sink: &mut Sink,
-    now: Timestamp,
-) -> Result<usize, RuntimeError> {
-    let mut total = 0;
-    loop {
-        let rows: Vec<OutboxRow> = store
-            .outbox(&OutboxFilter {
-                status: Some(NoticeStatus::Queued),
-                instance_id: None,
-                limit: Some(1000),
-            })
-            .await?
-            .into_iter()
-            .filter(|r| r.not_before <= now)
-            .collect();
-        if rows.is_empty() {
-            return Ok(total);
-        }
-        if let Err(e) = sink.write(&rows) {
-            // The rows stay queued: nothing is lost, the next round tries again.
-            tracing::warn!("local sink: {e}");
-            return Ok(total);
-        }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        store.mark_sent(&ids, now).await?;
-        total += rows.len();
-    }
-}
-
 /// Runs the loop until told to stop (or, with the options, until idle or a moment passes).
 pub async fn run<S: Storage>(
     rt: &Runtime<S>,
     wake: &Wake,
-    mut sink: Option<Sink>,
+    notifier: Option<&Notifier>,
     opts: &Options,
 ) -> Result<Summary, RuntimeError> {
     let mut summary = Summary::default();
@@ -264,6 +158,10 @@ pub async fn run<S: Storage>(
         let horizon = opts.until.map_or(now, |u| now.min(u));
         loop {
             let fired = rt.fire_batch(horizon, opts.batch).await?;
+            let committed = rt.clock().now();
+            for due in &fired.due {
+                summary.lateness.record(*due, committed);
+            }
             summary.fired += fired.steps;
             if fired.claimed > 0 {
                 tracing::debug!(
@@ -280,13 +178,21 @@ pub async fn run<S: Storage>(
                 break;
             }
         }
-        if let Some(sink) = sink.as_mut() {
-            summary.delivered += deliver(rt.store(), sink, horizon).await?;
+        if let Some(n) = notifier {
+            let d = n.deliver(rt.store(), horizon).await?;
+            summary.delivered += d.sent;
+            summary.dead += d.dead;
         }
         if opts.until.is_some_and(|u| now >= u) {
             return Ok(summary);
         }
-        let next = rt.store().next_due().await?;
+        let mut next = rt.store().next_due().await?;
+        if notifier.is_some() {
+            // A notice held for quiet hours or waiting for a retry wakes the loop too.
+            if let Some(n) = delivery::next_notice(rt.store()).await? {
+                next = Some(next.map_or(n, |t| t.min(n)));
+            }
+        }
         if opts.until_idle && next.is_none_or(|n| n > now) {
             return Ok(summary);
         }

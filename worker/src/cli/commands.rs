@@ -1,7 +1,7 @@
 //! The commands that use the database: run, enroll, event, status, outbox, simulate, demo.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,12 +13,17 @@ use serde_json::{Value, json};
 
 use crate::catalog::Catalog;
 use crate::clock::{self, Clock, ScaledClock};
+use crate::delivery::Notifier;
+use crate::lateness::Lateness;
 use crate::runtime::{EnrolRequest, EventRequest, Runtime};
 use crate::simulate::{self, Family, ScriptedEvent};
-use crate::store::{NoticeStatus, OutboxFilter, Outcome, SqliteStore, Storage};
-use crate::worker::{self, Console, Options, Sink, Wake};
+use crate::store::{NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage};
+use crate::worker::{self, Options, Wake};
+use carepath_engine::pathway::Channel;
+use carepath_notifier::NotifierConfig;
+use carepath_notifier::file::{Console as FileConsole, FileConfig};
 
-use super::{Command, DbArgs, Format};
+use super::{Command, DbArgs, Format, OutboxAction};
 
 /// Runs a database command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -27,8 +32,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db,
             batch,
             until_idle,
+            config,
             sink,
-        } => run_worker(&db, batch, until_idle, sink).await,
+        } => run_worker(&db, batch, until_idle, config, sink).await,
         Command::Enroll {
             family,
             pathway,
@@ -65,7 +71,24 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db,
             format,
         } => status(&db, &reference, format).await,
-        Command::Outbox { status, db, format } => outbox(&db, status.as_deref(), format).await,
+        Command::Outbox {
+            action: None,
+            status,
+            db,
+            format,
+        } => outbox(&db, status.as_deref(), format).await,
+        Command::Outbox {
+            action: Some(action),
+            db,
+            format,
+            ..
+        } => outbox_action(&db, action, format).await,
+        Command::Optout {
+            address,
+            channel,
+            undo,
+            db,
+        } => optout(&db, &address, channel.as_deref(), undo).await,
         Command::Simulate {
             pathway,
             family,
@@ -132,11 +155,45 @@ fn init_logging() {
         .try_init();
 }
 
+/// Reads the notifier's configuration; `sink` adds a [file] section for channels without a
+/// transport.
+fn notifier_config(
+    config: Option<&Path>,
+    sink: Option<PathBuf>,
+) -> anyhow::Result<Option<NotifierConfig>> {
+    let mut parsed = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+            let c: NotifierConfig =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some(c)
+        }
+        None => None,
+    };
+    if let Some(sink) = sink {
+        let file = if sink.as_os_str() == "-" {
+            FileConfig {
+                path: None,
+                console: FileConsole::Json,
+            }
+        } else {
+            FileConfig {
+                path: Some(sink),
+                console: FileConsole::Off,
+            }
+        };
+        parsed.get_or_insert_with(NotifierConfig::default).file = Some(file);
+    }
+    Ok(parsed)
+}
+
 async fn run_worker(
     db: &DbArgs,
     batch: u32,
     until_idle: bool,
-    sink: Option<std::path::PathBuf>,
+    config: Option<PathBuf>,
+    sink: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     init_logging();
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
@@ -146,27 +203,23 @@ async fn run_worker(
         pathways = ?catalog.pathway_ids(),
         "worker starting"
     );
+    let notifier = match notifier_config(config.as_deref(), sink)? {
+        Some(c) => Some(Notifier::new(&c)?),
+        None => {
+            tracing::warn!(
+                "no channels configured (--config or --sink): notices stay queued until a worker with channels runs"
+            );
+            None
+        }
+    };
     let rt = Runtime::new(store, catalog, clock);
     let wake = Wake::new();
     wake.stop_on_signals()?;
     wake.listen(&db.db);
-    let sink = sink.map(|p| {
-        if p.as_os_str() == "-" {
-            Sink {
-                file: None,
-                console: Console::Json,
-            }
-        } else {
-            Sink {
-                file: Some(p),
-                console: Console::Off,
-            }
-        }
-    });
     let summary = worker::run(
         &rt,
         &wake,
-        sink,
+        notifier.as_ref(),
         &Options {
             batch: batch.max(1),
             until_idle,
@@ -174,9 +227,18 @@ async fn run_worker(
         },
     )
     .await?;
+    let late = |q| {
+        summary
+            .lateness
+            .quantile(q)
+            .map_or_else(|| "-".to_string(), Lateness::show)
+    };
     tracing::info!(
         fired = summary.fired,
         delivered = summary.delivered,
+        dead = summary.dead,
+        lateness_p50 = late(0.5),
+        lateness_p99 = late(0.99),
         "worker stopped"
     );
     rt.store().close().await;
@@ -483,6 +545,122 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
+async fn outbox_action(
+    db: &Path,
+    action: OutboxAction,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    if !db.exists() {
+        bail!("no database at {}: pass --db", db.display());
+    }
+    let store = SqliteStore::open(db).await?;
+    let code = match action {
+        OutboxAction::Retry { id } => match store.requeue(id, Timestamp::now()).await? {
+            Requeue::Queued => {
+                println!("notice #{id} is queued again; a running worker sends it at once");
+                worker::wake_other(db);
+                ExitCode::SUCCESS
+            }
+            Requeue::NotRetryable(status) => {
+                eprintln!(
+                    "notice #{id} is {}: only dead or skipped notices can be retried",
+                    status.as_str()
+                );
+                ExitCode::from(1)
+            }
+            Requeue::Missing => {
+                eprintln!("there is no notice #{id}: see `carepath outbox`");
+                ExitCode::from(1)
+            }
+        },
+        OutboxAction::Show { id } => {
+            let row = store
+                .outbox(&OutboxFilter::default())
+                .await?
+                .into_iter()
+                .find(|r| r.id == id);
+            let Some(row) = row else {
+                eprintln!("there is no notice #{id}: see `carepath outbox`");
+                store.close().await;
+                return Ok(ExitCode::from(1));
+            };
+            let log = store.outbox_log(id).await?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"notice": row, "provenance": log})
+                    )?
+                ),
+                Format::Text => {
+                    println!(
+                        "#{} {} to {} by {} ({}), template {} [{}], {} attempt{}",
+                        row.id,
+                        row.reference,
+                        row.role,
+                        row.channel.map(|c| c.as_str()).unwrap_or("-"),
+                        row.address
+                            .as_deref()
+                            .map(carepath_notifier::channel::mask)
+                            .unwrap_or_default(),
+                        row.template,
+                        row.status.as_str(),
+                        row.attempts,
+                        if row.attempts == 1 { "" } else { "s" }
+                    );
+                    if let Some(subject) = &row.subject {
+                        println!("Subject: {subject}");
+                    }
+                    println!("\n{}\n", row.body.as_deref().unwrap_or("(no text)"));
+                    for e in log {
+                        println!(
+                            "{}  {:<15} {}",
+                            e.at,
+                            e.status,
+                            e.detail.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    store.close().await;
+    Ok(code)
+}
+
+async fn optout(
+    db: &Path,
+    address: &str,
+    channel: Option<&str>,
+    undo: bool,
+) -> anyhow::Result<ExitCode> {
+    let channel = match channel {
+        Some("sms") => Channel::Sms,
+        Some("email") => Channel::Email,
+        Some(other) => bail!("unknown channel {other:?}: use sms or email"),
+        None if address.contains('@') => Channel::Email,
+        None => Channel::Sms,
+    };
+    let key = Notifier::opt_out_key(address);
+    if key.len() < 4 {
+        bail!("{address:?} is neither a phone number nor an email address");
+    }
+    let store = SqliteStore::open(db).await?;
+    let changed = store
+        .set_opt_out(&key, channel, !undo, "cli", Timestamp::now())
+        .await?;
+    store.close().await;
+    let shown = carepath_notifier::channel::mask(&key);
+    match (undo, changed) {
+        (false, true) => println!("{shown} opted out of {}", channel.as_str()),
+        (false, false) => println!("{shown} was already opted out of {}", channel.as_str()),
+        (true, true) => println!("{shown} opted back in to {}", channel.as_str()),
+        (true, false) => println!("{shown} was not opted out of {}", channel.as_str()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The demo cohort file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -654,13 +832,17 @@ async fn demo(
             }
         })
     };
+    let notifier = Notifier::new(&NotifierConfig {
+        file: Some(FileConfig {
+            path: Some(notices.clone()),
+            console: FileConsole::Pretty,
+        }),
+        ..NotifierConfig::default()
+    })?;
     let summary = worker::run(
         &rt,
         &wake,
-        Some(Sink {
-            file: Some(notices.clone()),
-            console: Console::Pretty(tz.clone()),
-        }),
+        Some(&notifier),
         &Options {
             batch: 1000,
             until_idle: false,

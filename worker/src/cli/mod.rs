@@ -54,7 +54,8 @@ pub enum Command {
     /// editors' completion.
     Schema,
     /// Run the worker: load and check the pathways (refusing to start if any fails), then
-    /// fire timers as they come due and hand notices to the sink, until SIGINT or SIGTERM.
+    /// fire timers as they come due and deliver notices through the configured channels,
+    /// until SIGINT or SIGTERM.
     Run {
         /// The database and the pathways.
         #[command(flatten)]
@@ -65,7 +66,12 @@ pub enum Command {
         /// Stop when nothing more is due.
         #[arg(long)]
         until_idle: bool,
-        /// Append delivered notices to this JSON-lines file (`-` for the console).
+        /// The notifier's configuration (TOML: [email], [sms], [file], [delivery],
+        /// [quiet_hours]). Without it and without --sink, notices stay queued.
+        #[arg(long, env = "CAREPATH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Deliver to this JSON-lines file (`-` for the console) every channel the
+        /// configuration gives no transport: a shorthand for a [file] section.
         #[arg(long)]
         sink: Option<PathBuf>,
     },
@@ -111,8 +117,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// List outbox notices.
+    /// List outbox notices; `outbox show ID` for one notice's text and provenance, `outbox
+    /// retry ID` to queue a dead or skipped notice again.
     Outbox {
+        /// Show or retry one notice.
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
         /// Only this status: queued, sent, skipped, dead.
         #[arg(long)]
         status: Option<String>,
@@ -122,6 +132,21 @@ pub enum Command {
         /// Output.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+    },
+    /// Opt a family's phone number or email address out of a channel (or back in, with
+    /// --undo). Their notices on it are then skipped, with the reason, not sent.
+    Optout {
+        /// The phone number (+45…) or email address.
+        address: String,
+        /// The channel: sms or email (default: sms for a phone number, email for an address).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Opt back in.
+        #[arg(long)]
+        undo: bool,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
     },
     /// Run one family through a pathway on virtual time, on the real runtime and a temporary
     /// SQLite file, and print the timeline: every transition and notice, in local time.
@@ -156,6 +181,21 @@ pub enum Command {
         /// Real seconds the demo takes.
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+    },
+}
+
+/// What to do with one outbox notice.
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Print the notice, its text and its provenance: every status it went through.
+    Show {
+        /// The notice's id (the # in the list).
+        id: i64,
+    },
+    /// Queue a dead or skipped notice again, with a fresh set of attempts.
+    Retry {
+        /// The notice's id.
+        id: i64,
     },
 }
 

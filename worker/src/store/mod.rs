@@ -357,6 +357,74 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
     /// Created at.
     pub created_at: Timestamp,
+    /// The recipient's name, when a contact plays the role.
+    pub recipient: Option<String>,
+}
+
+/// One line of an outbox row's provenance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutboxLogEntry {
+    /// When.
+    pub at: Timestamp,
+    /// The status it entered, or `attempt` for a failed try that will be retried.
+    pub status: String,
+    /// What the channel said, or why.
+    pub detail: Option<String>,
+}
+
+/// What became of one delivery attempt (or of the decision not to attempt).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The channel accepted it.
+    Sent {
+        /// The row.
+        id: i64,
+        /// The channel's receipt.
+        detail: String,
+    },
+    /// A transient failure: try again at `not_before`.
+    Retry {
+        /// The row.
+        id: i64,
+        /// The next attempt.
+        not_before: Timestamp,
+        /// What went wrong.
+        error: String,
+    },
+    /// A permanent failure, or the attempts are used up: a dead letter.
+    Dead {
+        /// The row.
+        id: i64,
+        /// Why.
+        error: String,
+    },
+    /// Not now: a family's quiet hours. Not an attempt.
+    Held {
+        /// The row.
+        id: i64,
+        /// When it may go.
+        until: Timestamp,
+        /// Why it waits.
+        reason: String,
+    },
+    /// Not at all, on purpose: the recipient opted out.
+    Skipped {
+        /// The row.
+        id: i64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What asking to retry a notice found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// It was dead or skipped and is queued again.
+    Queued,
+    /// It is not dead or skipped: nothing changed.
+    NotRetryable(NoticeStatus),
+    /// There is no such notice.
+    Missing,
 }
 
 /// An update of an existing instance, applied only if nobody moved it meanwhile.
@@ -391,6 +459,9 @@ pub struct Changes {
     pub outbox: Vec<(Target, NewNotice)>,
     /// Events recorded.
     pub events: Vec<(Option<Target>, EventRecord)>,
+    /// Instances whose pathway ended (a life event): their queued family notices from
+    /// earlier steps are skipped with the reason, before this batch's notices are written.
+    pub cancel_family_notices: Vec<(i64, String)>,
 }
 
 impl Changes {
@@ -404,6 +475,7 @@ impl Changes {
             && self.history.is_empty()
             && self.outbox.is_empty()
             && self.events.is_empty()
+            && self.cancel_family_notices.is_empty()
     }
 }
 
@@ -414,6 +486,8 @@ pub struct OutboxFilter {
     pub status: Option<NoticeStatus>,
     /// Only this instance.
     pub instance_id: Option<i64>,
+    /// Only rows whose `not_before` has come by this moment.
+    pub due_by: Option<Timestamp>,
     /// At most this many, oldest first.
     pub limit: Option<u32>,
 }
@@ -466,8 +540,43 @@ pub trait Storage: Send + Sync + 'static {
     /// Contacts by id.
     fn contacts(&self, ids: &[i64]) -> impl Future<Output = Result<BTreeMap<i64, Contact>>> + Send;
 
-    /// Marks outbox rows as handed over (the local sink) and logs it.
-    fn mark_sent(&self, ids: &[i64], now: Timestamp) -> impl Future<Output = Result<()>> + Send;
+    /// An outbox row's provenance, oldest first.
+    fn outbox_log(
+        &self,
+        outbox_id: i64,
+    ) -> impl Future<Output = Result<Vec<OutboxLogEntry>>> + Send;
+
+    /// Records what delivery did with each row, and logs it, in one transaction. Sent, Retry
+    /// and Dead count as attempts.
+    fn record_deliveries(
+        &self,
+        deliveries: &[Delivery],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Queues a dead or skipped notice again, with a fresh set of attempts.
+    fn requeue(
+        &self,
+        outbox_id: i64,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Requeue>> + Send;
+
+    /// Opts an address out of a channel (`opted_out`), or back in. Returns whether anything
+    /// changed.
+    fn set_opt_out(
+        &self,
+        address: &str,
+        channel: Channel,
+        opted_out: bool,
+        source: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Which of these (normalised address, channel) pairs are opted out.
+    fn opted_out(
+        &self,
+        addresses: &[(String, Channel)],
+    ) -> impl Future<Output = Result<Vec<(String, Channel)>>> + Send;
 }
 
 /// A write transaction. Dropped without [`Tx::commit`], it rolls back.

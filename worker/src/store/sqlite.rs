@@ -23,8 +23,9 @@ use carepath_engine::pathway::Channel;
 use carepath_engine::step::History;
 
 use super::{
-    Changes, Contact, ContactRef, DueTimer, EventRecord, InstanceRow, NoticeStatus, OutboxFilter,
-    OutboxRow, Outcome, Result, Storage, StoreError, Stored, StoredPathway, Target, Tx,
+    Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord, InstanceRow, NoticeStatus,
+    OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, Requeue, Result, Storage, StoreError, Stored,
+    StoredPathway, Target, Tx,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -274,6 +275,7 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
         attempts: r.try_get::<i64, _>("attempts")? as u32,
         last_error: r.try_get("last_error")?,
         created_at: ts(r.try_get("created_at")?, &what)?,
+        recipient: r.try_get("recipient")?,
     })
 }
 
@@ -299,7 +301,9 @@ where
         "{select} WHERE id IN ({}) ORDER BY id",
         placeholders(ids.len())
     );
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    // Statements whose text varies with the batch are not cached: a prepared multi-row
+    // statement is large, and a cache of a hundred of them per connection held hundreds of MiB.
+    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
     for id in ids {
         q = q.bind(id);
     }
@@ -463,8 +467,12 @@ impl Storage for SqliteStore {
 
     async fn outbox(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT o.*, i.ref FROM outbox o JOIN instances i ON i.id = o.instance_id WHERE 1 = 1",
+            "SELECT o.*, i.ref, c.name AS recipient FROM outbox o JOIN instances i ON i.id = o.instance_id \
+             LEFT JOIN contacts c ON c.id = o.contact_id WHERE 1 = 1",
         );
+        if let Some(at) = filter.due_by {
+            q.push(" AND o.not_before <= ").push_bind(ms(at));
+        }
         if let Some(s) = filter.status {
             q.push(" AND o.status = ").push_bind(s.as_str());
         }
@@ -487,35 +495,165 @@ impl Storage for SqliteStore {
         select_contacts(&self.pool, ids).await
     }
 
-    async fn mark_sent(&self, ids: &[i64], now: Timestamp) -> Result<()> {
-        if ids.is_empty() {
+    async fn outbox_log(&self, outbox_id: i64) -> Result<Vec<OutboxLogEntry>> {
+        let what = format!("outbox log of row {outbox_id}");
+        sqlx::query("SELECT at, status, detail FROM outbox_log WHERE outbox_id = ? ORDER BY rowid")
+            .bind(outbox_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(OutboxLogEntry {
+                    at: ts(r.try_get("at")?, &what)?,
+                    status: r.try_get("status")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_deliveries(&self, deliveries: &[Delivery], now: Timestamp) -> Result<()> {
+        if deliveries.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for chunk in ids.chunks(MAX_BINDS / 3) {
+        for chunk in deliveries.chunks(MAX_BINDS / 6) {
+            // (id, status, not_before, attempted, detail)
+            let rows: Vec<(i64, &str, Option<i64>, i64, &str)> = chunk
+                .iter()
+                .map(|d| match d {
+                    Delivery::Sent { id, detail } => (*id, "sent", None, 1, detail.as_str()),
+                    Delivery::Retry {
+                        id,
+                        not_before,
+                        error,
+                    } => (*id, "queued", Some(ms(*not_before)), 1, error.as_str()),
+                    Delivery::Dead { id, error } => (*id, "dead", None, 1, error.as_str()),
+                    Delivery::Held { id, until, reason } => {
+                        (*id, "queued", Some(ms(*until)), 0, reason.as_str())
+                    }
+                    Delivery::Skipped { id, reason } => (*id, "skipped", None, 0, reason.as_str()),
+                })
+                .collect();
             let mut q = QueryBuilder::<Sqlite>::new(
-                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, updated_at = ",
+                "WITH v(id, status, not_before, attempted, detail) AS (",
             );
-            q.push_bind(ms(now))
-                .push(" WHERE status = 'queued' AND id IN (");
-            let mut s = q.separated(", ");
-            for id in chunk {
-                s.push_bind(id);
-            }
-            q.push(")");
-            q.build().execute(&mut *tx.tx).await?;
-            let mut q = QueryBuilder::<Sqlite>::new(
+            q.push_values(
+                &rows,
+                |mut b, (id, status, not_before, attempted, detail)| {
+                    b.push_bind(id)
+                        .push_bind(*status)
+                        .push_bind(*not_before)
+                        .push_bind(*attempted)
+                        .push_bind(*detail);
+                },
+            );
+            q.push(") UPDATE outbox SET status = v.status, not_before = coalesce(v.not_before, outbox.not_before), \
+                    attempts = outbox.attempts + v.attempted, \
+                    last_error = CASE WHEN v.status = 'sent' THEN outbox.last_error ELSE v.detail END, \
+                    updated_at = ");
+            q.push_bind(ms(now));
+            q.push(" FROM v WHERE outbox.id = v.id");
+            q.build().persistent(false).execute(&mut *tx.tx).await?;
+            let mut log = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox_log (outbox_id, at, status, detail) ",
             );
-            q.push_values(chunk, |mut b, id| {
-                b.push_bind(id)
-                    .push_bind(ms(now))
-                    .push("'sent'")
-                    .push("'local sink'");
-            });
-            q.build().execute(&mut *tx.tx).await?;
+            log.push_values(
+                chunk.iter().zip(&rows),
+                |mut b, (d, (id, status, _, _, detail))| {
+                    let shown = match d {
+                        Delivery::Retry { .. } => "attempt failed",
+                        Delivery::Held { .. } => "held",
+                        _ => status,
+                    };
+                    b.push_bind(id)
+                        .push_bind(ms(now))
+                        .push_bind(shown)
+                        .push_bind(*detail);
+                },
+            );
+            log.build().persistent(false).execute(&mut *tx.tx).await?;
         }
         tx.commit().await
+    }
+
+    async fn requeue(&self, outbox_id: i64, now: Timestamp) -> Result<Requeue> {
+        let mut tx = self.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE id = ?")
+            .bind(outbox_id)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        let Some(status) = status else {
+            return Ok(Requeue::Missing);
+        };
+        let status = NoticeStatus::parse(&status).unwrap_or(NoticeStatus::Queued);
+        if !matches!(status, NoticeStatus::Dead | NoticeStatus::Skipped) {
+            return Ok(Requeue::NotRetryable(status));
+        }
+        sqlx::query(
+            "UPDATE outbox SET status = 'queued', attempts = 0, not_before = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(outbox_id)
+        .execute(&mut *tx.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox_log (outbox_id, at, status, detail) VALUES (?, ?, 'queued', 'retry requested by an operator')",
+        )
+        .bind(outbox_id)
+        .bind(ms(now))
+        .execute(&mut *tx.tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Requeue::Queued)
+    }
+
+    async fn set_opt_out(
+        &self,
+        address: &str,
+        channel: Channel,
+        opted_out: bool,
+        source: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let done = if opted_out {
+            sqlx::query(
+                "INSERT INTO opt_outs (address, channel, at, source) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(address)
+            .bind(channel.as_str())
+            .bind(ms(now))
+            .bind(source)
+            .execute(&self.pool)
+            .await?
+        } else {
+            sqlx::query("DELETE FROM opt_outs WHERE address = ? AND channel = ?")
+                .bind(address)
+                .bind(channel.as_str())
+                .execute(&self.pool)
+                .await?
+        };
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn opted_out(&self, addresses: &[(String, Channel)]) -> Result<Vec<(String, Channel)>> {
+        let mut out = Vec::new();
+        for chunk in addresses.chunks(MAX_BINDS / 2) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT address, channel FROM opt_outs WHERE (address, channel) IN (",
+            );
+            q.push_values(chunk, |mut b, (a, c)| {
+                b.push_bind(a).push_bind(c.as_str());
+            });
+            q.push(")");
+            for r in q.build().persistent(false).fetch_all(&self.pool).await? {
+                if let Some(c) = channel(r.try_get("channel")?) {
+                    out.push((r.try_get("address")?, c));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -575,7 +713,7 @@ impl Tx for SqliteTx {
                 "SELECT * FROM events WHERE idempotency_key IN ({})",
                 placeholders(chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
             for k in chunk {
                 q = q.bind(k);
             }
@@ -662,7 +800,12 @@ impl Tx for SqliteTx {
                 ") UPDATE instances SET state = v.state, owner = v.owner, status = v.status, seq = v.seq, \
                  body = v.body, updated_at = v.updated_at FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
             );
-            let done = q.build().execute(&mut *conn).await?.rows_affected();
+            let done = q
+                .build()
+                .persistent(false)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
             if done != chunk.len() as u64 {
                 // Name one instance that moved: find it by its seq.
                 let moved = chunk.first().map(|u| u.id).unwrap_or_default();
@@ -677,7 +820,7 @@ impl Tx for SqliteTx {
                 b.push_bind(id).push_bind(key);
             });
             q.push(")");
-            q.build().execute(&mut *conn).await?;
+            q.build().persistent(false).execute(&mut *conn).await?;
         }
         for chunk in changes.timers_added.chunks(MAX_BINDS / 4) {
             let mut q =
@@ -688,7 +831,7 @@ impl Tx for SqliteTx {
                     .push_bind(ms(timer.due))
                     .push_bind(to_json(&timer.purpose));
             });
-            q.build().execute(&mut *conn).await?;
+            q.build().persistent(false).execute(&mut *conn).await?;
         }
         for chunk in changes.history.chunks(MAX_BINDS / 7) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -703,7 +846,27 @@ impl Tx for SqliteTx {
                     .push_bind(to_json(&h.cause))
                     .push_bind(to_json(&h.notes));
             });
-            q.build().execute(&mut *conn).await?;
+            q.build().persistent(false).execute(&mut *conn).await?;
+        }
+        for (id, reason) in &changes.cancel_family_notices {
+            let family_queued =
+                "FROM outbox WHERE instance_id = ? AND family = 1 AND status = 'queued'";
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO outbox_log (outbox_id, at, status, detail) SELECT id, ?, 'skipped', ? {family_queued}"
+            )))
+            .bind(ms(now))
+            .bind(reason)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE outbox SET status = 'skipped', last_error = ?, updated_at = ? WHERE id IN (SELECT id {family_queued})"
+            )))
+            .bind(reason)
+            .bind(ms(now))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
         }
         for chunk in changes.outbox.chunks(MAX_BINDS / 18) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -732,7 +895,7 @@ impl Tx for SqliteTx {
                     .push_bind(ms(now));
             });
             q.push(" RETURNING id, status, last_error");
-            let rows = q.build().fetch_all(&mut *conn).await?;
+            let rows = q.build().persistent(false).fetch_all(&mut *conn).await?;
             let mut log = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox_log (outbox_id, at, status, detail) ",
             );
@@ -751,7 +914,7 @@ impl Tx for SqliteTx {
                         .push_bind(status)
                         .push_bind(error);
                 });
-                log.build().execute(&mut *conn).await?;
+                log.build().persistent(false).execute(&mut *conn).await?;
             }
         }
         for chunk in changes.events.chunks(MAX_BINDS / 12) {
@@ -771,7 +934,7 @@ impl Tx for SqliteTx {
                     .push_bind(&e.reason)
                     .push_bind(e.seq.map(|s| s as i64));
             });
-            q.build().execute(&mut *conn).await?;
+            q.build().persistent(false).execute(&mut *conn).await?;
         }
         Ok(instance_ids)
     }

@@ -1,0 +1,157 @@
+//! Email over SMTP with lettre: pooled connections, plain, STARTTLS or implicit TLS, optional
+//! authentication. The notice key becomes the Message-ID, so a retried notice that did arrive
+//! the first time can be recognised as the same message.
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message as Email};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{Message, Receipt, SendError, mask};
+use crate::config::{ConfigError, secret};
+
+/// The Message-ID for a notice key: the key with every character a msg-id may not hold
+/// (RFC 5322 dot-atom text) turned into a dot, so the id stays the same on every retry.
+pub fn message_id(key: &str) -> String {
+    let id: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    format!("<{}@carepath>", id.trim_matches('.'))
+}
+
+/// How the connection to the SMTP server is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// No TLS: only for a relay on the same machine or network.
+    None,
+    /// Upgrade with STARTTLS (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// `[email]` in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The SMTP server.
+    pub host: String,
+    /// Its port (default: 587 for STARTTLS, 465 for TLS, 25 without).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// How the connection is protected.
+    #[serde(default)]
+    pub security: Security,
+    /// The user to log in as, if the server wants a login.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The environment variable holding the password (never the password itself).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The sender, e.g. `Forløbskoordinering <noreply@kommune.dk>`.
+    pub from: String,
+    /// Open connections kept for reuse.
+    #[serde(default = "default_pool")]
+    pub pool: u32,
+    /// Seconds before a conversation with the server is given up (and retried later).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_pool() -> u32 {
+    4
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+/// The email channel.
+#[derive(Clone)]
+pub struct EmailChannel {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl std::fmt::Debug for EmailChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailChannel")
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+impl EmailChannel {
+    /// Builds the channel; reads the password from its environment variable.
+    pub fn new(config: &EmailConfig) -> Result<Self, ConfigError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| ConfigError::Invalid {
+            key: format!("email.{what}"),
+            reason: e.to_string(),
+        };
+        let from: Mailbox = config.from.parse().map_err(|e| bad("from", &e))?;
+        let tls = || TlsParameters::new(config.host.clone()).map_err(|e| bad("host", &e));
+        let (tls, port) = match config.security {
+            Security::None => (Tls::None, 25),
+            Security::Starttls => (Tls::Required(tls()?), 587),
+            Security::Tls => (Tls::Wrapper(tls()?), 465),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .port(config.port.unwrap_or(port))
+            .tls(tls)
+            .timeout(Some(Duration::from_secs(config.timeout_secs.max(1))))
+            .pool_config(PoolConfig::new().max_size(config.pool.max(1)));
+        if let Some(user) = &config.username {
+            let password = match &config.password_env {
+                Some(var) => secret(var, "email.password_env")?,
+                None => String::new(),
+            };
+            builder = builder.credentials(Credentials::new(user.clone(), password));
+        }
+        Ok(EmailChannel {
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    /// Sends one email.
+    pub async fn send(&self, m: &Message) -> Result<Receipt, SendError> {
+        let to = m
+            .to
+            .parse()
+            .map_err(|e| SendError::Permanent(format!("bad email address {}: {e}", mask(&m.to))))?;
+        let email = Email::builder()
+            .message_id(Some(message_id(&m.key)))
+            .from(self.from.clone())
+            .to(Mailbox::new(m.name.clone(), to))
+            .subject(m.subject.clone().unwrap_or_default())
+            .header(ContentType::TEXT_PLAIN)
+            .body(m.body.clone())
+            .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
+        match self.transport.send(email).await {
+            Ok(r) => Ok(Receipt {
+                detail: format!(
+                    "smtp {}: {}",
+                    r.code(),
+                    r.message().collect::<Vec<_>>().join(" ")
+                ),
+            }),
+            Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("smtp: {e}"))),
+            // Transient replies (4xx), timeouts, refused connections, TLS hiccups: later.
+            Err(e) => Err(SendError::Transient(format!("smtp: {e}"))),
+        }
+    }
+}

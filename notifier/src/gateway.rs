@@ -1,0 +1,255 @@
+//! SMS over HTTP gateways: GatewayAPI, CPSMS, and a generic JSON webhook.
+//!
+//! Each adapter is one request shape (domain.md, "SMS gateways"). What they share: the phone
+//! number is checked before anything is sent, the notice key travels with the request so a
+//! gateway that deduplicates can, and the HTTP status decides between retry and dead letter:
+//! 408, 425, 429 and 5xx are worth retrying, other 4xx are not.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::channel::{Message, Receipt, SendError, mask};
+use crate::config::{ConfigError, secret};
+
+/// Which gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gateway {
+    /// GatewayAPI: `POST /rest/mtsms`, `Authorization: Token …`.
+    Gatewayapi,
+    /// CPSMS: `POST /v2/send`, basic authentication.
+    Cpsms,
+    /// Any service taking `{"key","to","message","language","sender"}` as JSON.
+    Webhook,
+}
+
+impl Gateway {
+    /// The gateway's name, as messages spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gateway::Gatewayapi => "GatewayAPI",
+            Gateway::Cpsms => "CPSMS",
+            Gateway::Webhook => "SMS webhook",
+        }
+    }
+}
+
+/// `[sms]` in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    /// Which gateway.
+    pub gateway: Gateway,
+    /// The gateway's base URL (for a webhook: the whole URL).
+    pub url: String,
+    /// The environment variable holding the API token (CPSMS: the API key).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// CPSMS: the account's user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The sender name shown on the phone (at most 11 characters).
+    pub sender: String,
+    /// Seconds before a request is given up (and retried later).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// `carepath validate` warns when a family SMS template is longer than this.
+    #[serde(default = "default_segments")]
+    pub max_segments: usize,
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+fn default_segments() -> usize {
+    3
+}
+
+/// The SMS channel.
+#[derive(Clone, Debug)]
+pub struct SmsChannel {
+    gateway: Gateway,
+    url: String,
+    token: Option<String>,
+    username: Option<String>,
+    sender: String,
+    client: reqwest::Client,
+}
+
+impl SmsChannel {
+    /// Builds the channel; reads the token from its environment variable.
+    pub fn new(config: &SmsConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: format!("sms.{key}"),
+            reason,
+        };
+        if reqwest::Url::parse(&config.url).is_err() {
+            return Err(invalid("url", format!("{:?} is not a URL", config.url)));
+        }
+        if config.sender.is_empty() || config.sender.chars().count() > 11 {
+            return Err(invalid("sender", "give 1 to 11 characters".into()));
+        }
+        let token = match &config.token_env {
+            Some(var) => Some(secret(var, "sms.token_env")?),
+            None => None,
+        };
+        match config.gateway {
+            Gateway::Gatewayapi if token.is_none() => {
+                return Err(invalid("token_env", "GatewayAPI needs a token".into()));
+            }
+            Gateway::Cpsms if token.is_none() || config.username.is_none() => {
+                return Err(invalid(
+                    "username",
+                    "CPSMS needs a username and token_env".into(),
+                ));
+            }
+            _ => {}
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.timeout_secs.max(1)))
+            .build()
+            .map_err(|e| invalid("url", e.to_string()))?;
+        Ok(SmsChannel {
+            gateway: config.gateway,
+            url: config.url.trim_end_matches('/').to_string(),
+            token,
+            username: config.username.clone(),
+            sender: config.sender.clone(),
+            client,
+        })
+    }
+
+    /// Sends one SMS.
+    pub async fn send(&self, m: &Message) -> Result<Receipt, SendError> {
+        let msisdn = msisdn(&m.to)?;
+        let request = match self.gateway {
+            Gateway::Gatewayapi => self
+                .client
+                .post(format!("{}/rest/mtsms", self.url))
+                .header(
+                    "Authorization",
+                    format!("Token {}", self.token.as_deref().unwrap_or_default()),
+                )
+                .json(&json!({
+                    "sender": self.sender,
+                    "message": m.body,
+                    "recipients": [{"msisdn": msisdn}],
+                    "userref": m.key,
+                })),
+            Gateway::Cpsms => self
+                .client
+                .post(format!("{}/v2/send", self.url))
+                .basic_auth(
+                    self.username.as_deref().unwrap_or_default(),
+                    self.token.as_deref(),
+                )
+                .json(&json!({
+                    "to": msisdn.to_string(),
+                    "message": m.body,
+                    "from": self.sender,
+                    "reference": m.key,
+                })),
+            Gateway::Webhook => {
+                let mut r = self
+                    .client
+                    .post(&self.url)
+                    .header("Idempotency-Key", &m.key)
+                    .json(&json!({
+                        "key": m.key,
+                        "to": m.to,
+                        "message": m.body,
+                        "language": m.language,
+                        "sender": self.sender,
+                    }));
+                if let Some(token) = &self.token {
+                    r = r.bearer_auth(token);
+                }
+                r
+            }
+        };
+        let response = request.send().await.map_err(|e| {
+            // Timeouts and refused connections: the gateway may be back later.
+            SendError::Transient(format!(
+                "{} unreachable: {}",
+                self.gateway.name(),
+                e.without_url()
+            ))
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(Receipt {
+                detail: receipt(self.gateway, status, &text),
+            });
+        }
+        let reason = format!(
+            "{} answered {status} for {}: {}",
+            self.gateway.name(),
+            mask(&m.to),
+            text.chars().take(200).collect::<String>()
+        );
+        if retry_worth(status) {
+            Err(SendError::Transient(reason))
+        } else {
+            Err(SendError::Permanent(reason))
+        }
+    }
+}
+
+fn retry_worth(status: StatusCode) -> bool {
+    status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_EARLY | StatusCode::TOO_MANY_REQUESTS
+        )
+}
+
+fn receipt(gateway: Gateway, status: StatusCode, text: &str) -> String {
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    match gateway {
+        Gateway::Gatewayapi => match body.get("ids") {
+            Some(ids) => format!("gatewayapi {status}, ids {ids}"),
+            None => format!("gatewayapi {status}"),
+        },
+        Gateway::Cpsms => format!("cpsms {status}"),
+        Gateway::Webhook => format!("webhook {status}"),
+    }
+}
+
+/// A phone number as gateways want it: country code and number, digits only. A number
+/// without a country code is refused: guessing +45 could text a stranger abroad.
+pub fn msisdn(phone: &str) -> Result<u64, SendError> {
+    let bad = || SendError::Permanent(format!("invalid phone number {}", mask(phone)));
+    let rest = phone.trim().strip_prefix('+').ok_or_else(bad)?;
+    let digits: String = rest.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    digits.parse().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_become_msisdns_or_are_refused() {
+        assert_eq!(msisdn("+45 20 12 34 56"), Ok(4520123456));
+        assert!(msisdn("20123456").is_err(), "no country code");
+        assert!(msisdn("+45 2012 345X").is_err());
+        let e = msisdn("+45 2012 345X").expect_err("not digits").to_string();
+        assert!(!e.contains("2012"), "the number is masked: {e}");
+    }
+
+    #[test]
+    fn statuses_worth_a_retry() {
+        assert!(retry_worth(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(retry_worth(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!retry_worth(StatusCode::UNAUTHORIZED));
+        assert!(!retry_worth(StatusCode::BAD_REQUEST));
+    }
+}

@@ -1,0 +1,579 @@
+//! Delivery end to end on the real standard track: a handoff email reaches a real SMTP server
+//! on loopback (aiosmtpd); a family's appointment reminder waits for quiet hours and reaches a
+//! GatewayAPI double in the family's language; failures are retried, dead-lettered and
+//! retried again by hand; opt-outs and life events skip what must not go.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use carepath_engine::pathway::Channel;
+use carepath_notifier::NotifierConfig;
+use carepath_notifier::email::{EmailConfig, Security};
+use carepath_notifier::gateway::{Gateway, SmsConfig};
+use carepath_notifier::retry::RetryPolicy;
+use carepath_worker::catalog::Catalog;
+use carepath_worker::clock::{Clock, VirtualClock};
+use carepath_worker::delivery::Notifier;
+use carepath_worker::runtime::{EnrolRequest, EventRequest, Runtime};
+use carepath_worker::store::{
+    Contact, NoticeStatus, OutboxFilter, OutboxRow, Requeue, SqliteStore, Storage,
+};
+
+use super::support::root;
+
+/// Local time in Copenhagen.
+fn local(s: &str) -> Timestamp {
+    format!("{s}[Europe/Copenhagen]")
+        .parse::<jiff::ZonedDateTime>()
+        .expect("local time")
+        .timestamp()
+}
+
+fn contact(name: &str, email: Option<&str>, phone: Option<&str>, language: &str) -> Contact {
+    Contact {
+        name: name.into(),
+        email: email.map(str::to_string),
+        phone: phone.map(str::to_string),
+        language: language.into(),
+        channel: None,
+    }
+}
+
+async fn runtime(dir: &Path) -> (Runtime<SqliteStore>, Arc<VirtualClock>) {
+    let start = local("2027-01-11T08:00");
+    let store = SqliteStore::open(&dir.join("carepath.db"))
+        .await
+        .expect("open");
+    let (catalog, _) = Catalog::sync(&store, &[root().join("pathways/standard-track")], start)
+        .await
+        .expect("load");
+    let clock = Arc::new(VirtualClock::new(start));
+    (
+        Runtime::new(store, catalog, clock.clone() as Arc<dyn Clock>),
+        clock,
+    )
+}
+
+/// Enrols a family whose midwife is `midwife` and whose phone is `phone`, language `lang`.
+async fn enrol(rt: &Runtime<SqliteStore>, reference: &str, midwife: &str, lang: &str) {
+    let contacts: BTreeMap<String, Contact> = [
+        (
+            "gp",
+            contact("Lægehuset", Some("laege@example.dk"), None, "da"),
+        ),
+        (
+            "midwife",
+            contact("Jordemodercentret", Some(midwife), None, "da"),
+        ),
+        (
+            "coordinator",
+            contact("Koordinator", Some("koordinator@example.dk"), None, "da"),
+        ),
+        (
+            "health_visitor",
+            contact("Sundhedsplejen", Some("sp@example.dk"), None, "da"),
+        ),
+        (
+            "team_lead",
+            contact("Leder", Some("leder@example.dk"), None, "da"),
+        ),
+        (
+            "family",
+            contact("Amal", None, Some(phone(reference)), lang),
+        ),
+    ]
+    .into_iter()
+    .map(|(r, c)| (r.to_string(), c))
+    .collect();
+    let fields = json!({"due_date": "2027-08-20"});
+    rt.enrol(&EnrolRequest {
+        reference: reference.into(),
+        pathway: "standard-track".into(),
+        fields: fields.as_object().expect("object").clone(),
+        contacts,
+    })
+    .await
+    .expect("enrol");
+}
+
+/// Each family its own number; FAM-MOVE's differs from the opted-out one.
+fn phone(reference: &str) -> &'static str {
+    if reference == "FAM-MOVE" {
+        "+4530123456"
+    } else {
+        "+4520123456"
+    }
+}
+
+async fn event(rt: &Runtime<SqliteStore>, reference: &str, name: &str, payload: Value) {
+    let r = rt
+        .apply_events(&[EventRequest {
+            key: format!("{reference}:{name}"),
+            reference: reference.into(),
+            pathway: None,
+            event: name.into(),
+            payload,
+        }])
+        .await
+        .expect("event");
+    assert!(
+        r[0].transition.is_some() || r[0].record.code.is_none(),
+        "{r:?}"
+    );
+}
+
+async fn rows(rt: &Runtime<SqliteStore>, template: &str) -> Vec<OutboxRow> {
+    rt.store()
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|r| r.template == template)
+        .collect()
+}
+
+/// aiosmtpd on a free loopback port, writing what it receives to `out`.
+struct SmtpServer {
+    child: Child,
+    port: u16,
+}
+
+impl SmtpServer {
+    fn start(out: &Path) -> SmtpServer {
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/fixtures/smtp_sink.py"))
+            .arg(port.to_string())
+            .arg(out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd; .ci/run installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "aiosmtpd did not start: is it installed?"
+        );
+        SmtpServer { child, port }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn email_config(port: u16) -> EmailConfig {
+    EmailConfig {
+        host: "127.0.0.1".into(),
+        port: Some(port),
+        security: Security::None,
+        username: None,
+        password_env: None,
+        from: "Forløbskoordinering <noreply@carepath.example.dk>".into(),
+        pool: 2,
+        timeout_secs: 5,
+    }
+}
+
+fn received(out: &Path) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(out)
+        .expect("out dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).expect("read")).expect("json"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_handoff_email_arrives_at_a_real_smtp_server_and_a_refused_one_is_dead() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("mail");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let smtp = SmtpServer::start(&out);
+    let (rt, clock) = runtime(dir.path()).await;
+    enrol(&rt, "FAM-1", "jordemoder@hvidovre.example.dk", "da").await;
+    enrol(&rt, "FAM-2", "reject@herlev.example.dk", "da").await;
+    clock.advance_to(local("2027-01-12T09:00"));
+    event(&rt, "FAM-1", "first_exam_done", json!({"care_level": 2})).await;
+    event(&rt, "FAM-2", "first_exam_done", json!({"care_level": 2})).await;
+
+    let notifier = Notifier::new(&NotifierConfig {
+        email: Some(email_config(smtp.port)),
+        ..NotifierConfig::default()
+    })
+    .expect("notifier");
+    let now = clock.now();
+    let done = notifier.deliver(rt.store(), now).await.expect("deliver");
+    assert!(done.sent >= 1 && done.dead >= 1, "{done:?}");
+
+    let referrals = rows(&rt, "pregnancy_referral").await;
+    let sent = referrals
+        .iter()
+        .find(|r| r.reference == "FAM-1")
+        .expect("FAM-1");
+    assert_eq!(sent.status, NoticeStatus::Sent);
+    let mail = received(&out);
+    let got = mail
+        .iter()
+        .find(|m| m["rcpt_tos"] == json!(["jordemoder@hvidovre.example.dk"]))
+        .expect("the midwife's email arrived");
+    assert_eq!(
+        got["to"],
+        "Jordemodercentret <jordemoder@hvidovre.example.dk>"
+    );
+    assert_eq!(
+        got["subject"].as_str(),
+        sent.subject.as_deref(),
+        "the subject as rendered and stored"
+    );
+    assert_eq!(got["subject"], "Ny henvisning til svangreomsorg (FAM-1)");
+    let body = got["body"].as_str().expect("body");
+    assert!(body.contains("Kære Jordemodercentret"), "{body}");
+    assert!(body.contains("Familien FAM-1 er henvist"), "{body}");
+    assert!(
+        got["message_id"]
+            .as_str()
+            .is_some_and(|id| id.contains(&sent.key.replace(':', "."))),
+        "the notice key is the Message-ID: {got}"
+    );
+    assert!(!body.contains("0101901234") && !body.contains("2027-08-20"));
+
+    let refused = referrals
+        .iter()
+        .find(|r| r.reference == "FAM-2")
+        .expect("FAM-2");
+    assert_eq!(refused.status, NoticeStatus::Dead, "a 550 is permanent");
+    assert!(
+        refused
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("550")),
+        "{:?}",
+        refused.last_error
+    );
+    let log = rt.store().outbox_log(refused.id).await.expect("log");
+    let steps: Vec<&str> = log.iter().map(|e| e.status.as_str()).collect();
+    assert_eq!(steps, ["queued", "dead"]);
+
+    // The server goes away: the next notice is retried later, not lost.
+    drop(smtp);
+    event(&rt, "FAM-1", "referral_accepted", json!({})).await;
+    clock.advance_to(local("2027-01-12T09:05"));
+    enrol(&rt, "FAM-3", "jordemoder@hvidovre.example.dk", "da").await;
+    event(&rt, "FAM-3", "first_exam_done", json!({"care_level": 1})).await;
+    let done = notifier
+        .deliver(rt.store(), clock.now())
+        .await
+        .expect("deliver");
+    assert_eq!((done.sent, done.retried), (0, 1), "{done:?}");
+    let waiting = rows(&rt, "pregnancy_referral").await;
+    let waiting = waiting
+        .iter()
+        .find(|r| r.reference == "FAM-3")
+        .expect("FAM-3");
+    assert_eq!(
+        (waiting.status, waiting.attempts),
+        (NoticeStatus::Queued, 1)
+    );
+    assert!(waiting.not_before > clock.now(), "retried after a backoff");
+}
+
+async fn gateway(server: &MockServer) -> SmsConfig {
+    // SAFETY of the environment: each test names its own variable.
+    unsafe { std::env::set_var("CAREPATH_TEST_GATEWAYAPI_TOKEN", "test-token") };
+    SmsConfig {
+        gateway: Gateway::Gatewayapi,
+        url: server.uri(),
+        token_env: Some("CAREPATH_TEST_GATEWAYAPI_TOKEN".into()),
+        username: None,
+        sender: "Kommunen".into(),
+        timeout_secs: 5,
+        max_segments: 3,
+    }
+}
+
+/// Books a scan for Monday 15 February 2027 at 09:30: the family's reminders are due
+/// Saturday 13 February 09:30 (two days before) and Monday 06:30 (three hours before).
+async fn book_scan(rt: &Runtime<SqliteStore>, clock: &VirtualClock, reference: &str) {
+    clock.advance_to(local("2027-01-12T09:00"));
+    event(rt, reference, "first_exam_done", json!({"care_level": 2})).await;
+    event(rt, reference, "referral_accepted", json!({})).await;
+    event(
+        rt,
+        reference,
+        "appointment_booked",
+        json!({"appointment_id": "scan-1", "at": "2027-02-15T09:30:00+01:00", "place": "Hvidovre Hospital"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_family_reminder_waits_for_quiet_hours_and_reaches_the_gateway_in_arabic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/rest/mtsms"))
+        .and(header("Authorization", "Token test-token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [421]})))
+        .mount(&server)
+        .await;
+    let (rt, clock) = runtime(dir.path()).await;
+    enrol(&rt, "FAM-AR", "jordemoder@example.dk", "ar").await;
+    book_scan(&rt, &clock, "FAM-AR").await;
+    let notifier = Notifier::new(&NotifierConfig {
+        sms: Some(gateway(&server).await),
+        ..NotifierConfig::default()
+    })
+    .expect("notifier");
+
+    // Saturday 09:30: the reminder is emitted, but a weekend morning before 10:00 is quiet.
+    let saturday = local("2027-02-13T09:30");
+    clock.advance_to(saturday);
+    rt.fire_due(saturday, 100).await.expect("fire");
+    let done = notifier
+        .deliver(rt.store(), saturday)
+        .await
+        .expect("deliver");
+    assert_eq!((done.sent, done.held), (0, 1), "{done:?}");
+    assert!(
+        server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let held = rows(&rt, "appointment_reminder").await;
+    assert_eq!(held[0].not_before, local("2027-02-13T10:00"));
+
+    let ten = local("2027-02-13T10:00");
+    clock.advance_to(ten);
+    let done = notifier.deliver(rt.store(), ten).await.expect("deliver");
+    assert_eq!(done.sent, 1, "{done:?}");
+    let requests = server.received_requests().await.unwrap_or_default();
+    assert_eq!(requests.len(), 1);
+    let body: Value = serde_json::from_slice(&requests[0].body).expect("json");
+    assert_eq!(body["recipients"], json!([{"msisdn": 4520123456u64}]));
+    assert_eq!(body["sender"], "Kommunen");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.starts_with("تذكير"), "in Arabic: {message}");
+    assert!(message.contains("Hvidovre Hospital"), "{message}");
+    let sent = rows(&rt, "appointment_reminder").await;
+    assert_eq!(body["userref"].as_str(), Some(sent[0].key.as_str()));
+    assert_eq!(sent[0].status, NoticeStatus::Sent);
+    let log = rt.store().outbox_log(sent[0].id).await.expect("log");
+    let steps: Vec<&str> = log.iter().map(|e| e.status.as_str()).collect();
+    assert_eq!(steps, ["queued", "held", "sent"]);
+    assert!(log[2].detail.as_deref().is_some_and(|d| d.contains("421")));
+}
+
+#[tokio::test]
+async fn failures_are_retried_then_dead_lettered_and_retried_by_hand() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("maintenance"))
+        .mount(&server)
+        .await;
+    let (rt, clock) = runtime(dir.path()).await;
+    enrol(&rt, "FAM-R", "jordemoder@example.dk", "da").await;
+    book_scan(&rt, &clock, "FAM-R").await;
+    let mut config = NotifierConfig {
+        sms: Some(gateway(&server).await),
+        delivery: RetryPolicy {
+            max_attempts: 3,
+            backoff_secs: 60,
+            backoff_max_secs: 600,
+        },
+        ..NotifierConfig::default()
+    };
+    config.quiet_hours.weekends.from = jiff::civil::Time::constant(9, 0, 0, 0);
+    let notifier = Notifier::new(&config).expect("notifier");
+    let mut now = local("2027-02-13T09:30");
+    clock.advance_to(now);
+    rt.fire_due(now, 100).await.expect("fire");
+    for attempt in 1..=3 {
+        let done = notifier.deliver(rt.store(), now).await.expect("deliver");
+        let row = rows(&rt, "appointment_reminder").await.remove(0);
+        assert_eq!(row.attempts, attempt);
+        if attempt < 3 {
+            assert_eq!((done.retried, row.status), (1, NoticeStatus::Queued));
+            let wait = row.not_before.duration_since(now);
+            let full = 60 * (1 << (attempt - 1));
+            assert!(
+                wait.as_secs() >= full / 2 && wait.as_secs() <= full,
+                "backoff with jitter: {wait:?} for attempt {attempt}"
+            );
+            // Nothing goes before its time.
+            let early = notifier.deliver(rt.store(), now).await.expect("deliver");
+            assert_eq!(early, Default::default());
+            now = row.not_before;
+            clock.advance_to(now);
+        } else {
+            assert_eq!((done.dead, row.status), (1, NoticeStatus::Dead));
+            let error = row.last_error.unwrap_or_default();
+            assert!(
+                error.contains("gave up after 3 attempts") && error.contains("503"),
+                "{error}"
+            );
+            assert!(!error.contains("20123456"), "the number is masked: {error}");
+        }
+    }
+    assert_eq!(
+        server.received_requests().await.unwrap_or_default().len(),
+        3
+    );
+
+    // The gateway is fixed; an operator retries the dead letter.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [7]})))
+        .mount(&server)
+        .await;
+    let id = rows(&rt, "appointment_reminder").await[0].id;
+    assert_eq!(
+        rt.store().requeue(id, now).await.expect("requeue"),
+        Requeue::Queued
+    );
+    let done = notifier.deliver(rt.store(), now).await.expect("deliver");
+    assert_eq!(done.sent, 1);
+    let steps: Vec<String> = rt
+        .store()
+        .outbox_log(id)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "queued",
+            "attempt failed",
+            "attempt failed",
+            "dead",
+            "queued",
+            "sent"
+        ]
+    );
+
+    // A 400 is not worth retrying.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad sender"))
+        .mount(&server)
+        .await;
+    let monday = local("2027-02-15T08:00");
+    clock.advance_to(monday);
+    rt.fire_due(monday, 100).await.expect("fire");
+    let done = notifier.deliver(rt.store(), monday).await.expect("deliver");
+    assert_eq!(done.dead, 1, "{done:?}");
+}
+
+#[tokio::test]
+async fn opted_out_families_and_ended_pathways_get_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [1]})))
+        .mount(&server)
+        .await;
+    let (rt, clock) = runtime(dir.path()).await;
+    enrol(&rt, "FAM-OUT", "jordemoder@example.dk", "da").await;
+    enrol(&rt, "FAM-MOVE", "jordemoder@example.dk", "da").await;
+    book_scan(&rt, &clock, "FAM-OUT").await;
+    book_scan(&rt, &clock, "FAM-MOVE").await;
+    let notifier = Notifier::new(&NotifierConfig {
+        sms: Some(gateway(&server).await),
+        ..NotifierConfig::default()
+    })
+    .expect("notifier");
+    rt.store()
+        .set_opt_out("+4520123456", Channel::Sms, true, "cli", clock.now())
+        .await
+        .expect("opt out");
+
+    // Saturday 09:30: both reminders are emitted and held for quiet hours.
+    let saturday = local("2027-02-13T09:30");
+    clock.advance_to(saturday);
+    rt.fire_due(saturday, 100).await.expect("fire");
+    notifier
+        .deliver(rt.store(), saturday)
+        .await
+        .expect("deliver");
+    // FAM-MOVE moves away before 10:00: its held reminder must not go.
+    clock.advance_to(local("2027-02-13T09:45"));
+    event(&rt, "FAM-MOVE", "moved_away", json!({})).await;
+    let ten = local("2027-02-13T10:00");
+    clock.advance_to(ten);
+    let done = notifier.deliver(rt.store(), ten).await.expect("deliver");
+    assert_eq!(done.sent, 0, "{done:?}");
+
+    let reminders = rows(&rt, "appointment_reminder").await;
+    let of = |reference: &str| {
+        reminders
+            .iter()
+            .find(|r| r.reference == reference)
+            .expect("row")
+    };
+    let out = of("FAM-OUT");
+    assert_eq!(out.status, NoticeStatus::Skipped);
+    assert_eq!(
+        out.last_error.as_deref(),
+        Some("the family opted out of sms")
+    );
+    let moved = of("FAM-MOVE");
+    assert_eq!(moved.status, NoticeStatus::Skipped);
+    assert!(
+        moved
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("ended in \"moved\"")),
+        "{:?}",
+        moved.last_error
+    );
+    assert!(
+        server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    // The professionals' notice that the family moved is not cancelled: with no email
+    // channel configured here it is a dead letter that says so, waiting for a retry.
+    let told = rows(&rt, "family_moved").await;
+    assert!(!told.is_empty());
+    for r in &told {
+        assert!(!r.family && r.status == NoticeStatus::Dead, "{r:?}");
+        assert!(
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no email channel is configured"))
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Delivery: queued notices out through their channels, each attempt recorded.
+//!
+//! At least once: a notice is marked sent only after its channel accepted it, so a crash in
+//! between sends it again; its key travels with it (Message-ID, the gateways' references) so
+//! the far end can recognise the repeat. A transient failure is retried with exponential
+//! backoff and jitter; a permanent one, or the last allowed attempt, makes a dead letter that
+//! `carepath outbox --status dead` shows and `carepath outbox retry ID` queues again. A
+//! family's notice waits for its quiet hours and is skipped, with the reason, when the family
+//! opted out of the channel. Nothing is dropped without a row saying why.
+
+use futures::StreamExt;
+use jiff::Timestamp;
+
+use carepath_engine::pathway::Channel;
+use carepath_notifier::channel::mask;
+use carepath_notifier::quiet::QuietHours;
+use carepath_notifier::retry::RetryPolicy;
+use carepath_notifier::{Channels, ConfigError, Message, NotifierConfig, SendError};
+
+use crate::store::{Delivery, NoticeStatus, OutboxFilter, OutboxRow, Storage, StoreError};
+
+/// Notices sent concurrently: enough to keep pooled SMTP connections and a gateway busy.
+const CONCURRENCY: usize = 16;
+
+/// Rows read per round.
+const BATCH: u32 = 200;
+
+/// The configured channels with their retry policy and quiet hours.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    channels: Channels,
+    retry: RetryPolicy,
+    quiet: QuietHours,
+}
+
+/// What one delivery pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Accepted by their channel.
+    pub sent: usize,
+    /// Failed for now; to be retried.
+    pub retried: usize,
+    /// Dead letters.
+    pub dead: usize,
+    /// Waiting for a family's quiet hours to end.
+    pub held: usize,
+    /// Not sent: the recipient opted out.
+    pub skipped: usize,
+}
+
+impl Notifier {
+    /// Builds the channels of `config`.
+    pub fn new(config: &NotifierConfig) -> Result<Self, ConfigError> {
+        Ok(Notifier {
+            channels: Channels::new(config)?,
+            retry: config.delivery.clone(),
+            quiet: config.quiet_hours.clone(),
+        })
+    }
+
+    /// Normalises an address the way opt-outs are keyed: an email in lower case, a phone
+    /// number as `+` and digits.
+    pub fn opt_out_key(address: &str) -> String {
+        if address.contains('@') {
+            address.trim().to_lowercase()
+        } else {
+            address
+                .chars()
+                .filter(|c| c.is_ascii_digit() || *c == '+')
+                .collect()
+        }
+    }
+
+    /// Delivers every queued notice whose time has come by `now`.
+    pub async fn deliver<S: Storage>(
+        &self,
+        store: &S,
+        now: Timestamp,
+    ) -> Result<Delivered, StoreError> {
+        let mut total = Delivered::default();
+        loop {
+            let rows = store
+                .outbox(&OutboxFilter {
+                    status: Some(NoticeStatus::Queued),
+                    due_by: Some(now),
+                    limit: Some(BATCH),
+                    ..OutboxFilter::default()
+                })
+                .await?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let outcomes = self.round(store, &rows, now).await?;
+            for o in &outcomes {
+                match o {
+                    Delivery::Sent { .. } => total.sent += 1,
+                    Delivery::Retry { .. } => total.retried += 1,
+                    Delivery::Dead { .. } => total.dead += 1,
+                    Delivery::Held { .. } => total.held += 1,
+                    Delivery::Skipped { .. } => total.skipped += 1,
+                }
+            }
+            store.record_deliveries(&outcomes, now).await?;
+            if rows.len() < BATCH as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn round<S: Storage>(
+        &self,
+        store: &S,
+        rows: &[OutboxRow],
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let family: Vec<(String, Channel)> = rows
+            .iter()
+            .filter(|r| r.family)
+            .filter_map(|r| Some((Self::opt_out_key(r.address.as_deref()?), r.channel?)))
+            .collect();
+        let opted_out = store.opted_out(&family).await?;
+        let quiet_until = self.quiet.next_allowed(now).unwrap_or(now);
+
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut to_send: Vec<(&OutboxRow, Message)> = Vec::new();
+        for r in rows {
+            let (Some(channel), Some(address), Some(body)) = (r.channel, &r.address, &r.body)
+            else {
+                outcomes.push(Delivery::Dead {
+                    id: r.id,
+                    error: "nothing to send: the notice has no channel, address or text".into(),
+                });
+                continue;
+            };
+            if r.family {
+                let key = (Self::opt_out_key(address), channel);
+                if opted_out.contains(&key) {
+                    outcomes.push(Delivery::Skipped {
+                        id: r.id,
+                        reason: format!("the family opted out of {}", channel.as_str()),
+                    });
+                    continue;
+                }
+                if quiet_until > now {
+                    outcomes.push(Delivery::Held {
+                        id: r.id,
+                        until: quiet_until,
+                        reason: format!("quiet hours: a family notice waits until {quiet_until}"),
+                    });
+                    continue;
+                }
+            }
+            to_send.push((
+                r,
+                Message {
+                    key: r.key.clone(),
+                    channel,
+                    to: address.clone(),
+                    name: r.recipient.clone(),
+                    subject: r.subject.clone(),
+                    body: body.clone(),
+                    language: r.language.clone(),
+                    reference: r.reference.clone(),
+                    role: r.role.clone(),
+                    template: r.template.clone(),
+                },
+            ));
+        }
+
+        // The file channel takes the whole round in one write; the others go concurrently.
+        let (to_file, to_wire): (Vec<_>, Vec<_>) = to_send
+            .into_iter()
+            .partition(|(_, m)| self.channels.to_file(m.channel));
+        if !to_file.is_empty() {
+            let messages: Vec<&Message> = to_file.iter().map(|(_, m)| m).collect();
+            let result = self.channels.send_to_file(&messages, now);
+            for (r, _) in &to_file {
+                outcomes.push(self.outcome(r, result.clone(), now));
+            }
+        }
+        let sent: Vec<Delivery> = futures::stream::iter(to_wire)
+            .map(|(r, m)| async move {
+                let result = self.channels.send(&m, now).await;
+                self.outcome(r, result, now)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        outcomes.extend(sent);
+        Ok(outcomes)
+    }
+
+    fn outcome(
+        &self,
+        r: &OutboxRow,
+        result: Result<carepath_notifier::Receipt, SendError>,
+        now: Timestamp,
+    ) -> Delivery {
+        let to = r.address.as_deref().map(mask).unwrap_or_default();
+        // A server's reply may quote the address: logs get the masked form.
+        let scrub = |text: &str| match r.address.as_deref() {
+            Some(a) if !a.is_empty() => text.replace(a, &mask(a)),
+            _ => text.to_string(),
+        };
+        match result {
+            Ok(receipt) => {
+                tracing::info!(notice = r.id, to = %to, template = %r.template, "sent");
+                Delivery::Sent {
+                    id: r.id,
+                    detail: scrub(&receipt.detail),
+                }
+            }
+            Err(e) => {
+                let attempt = r.attempts + 1;
+                let error = scrub(&e.to_string());
+                match (e.is_transient(), self.retry.next(attempt, fastrand::f64())) {
+                    (true, Some(wait)) => {
+                        let not_before = now
+                            .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default())
+                            .unwrap_or(now);
+                        tracing::warn!(notice = r.id, to = %to, attempt, %error, retry_at = %not_before, "send failed; will retry");
+                        Delivery::Retry {
+                            id: r.id,
+                            not_before,
+                            error,
+                        }
+                    }
+                    (transient, _) => {
+                        let error = if transient {
+                            format!("gave up after {attempt} attempts: {error}")
+                        } else {
+                            error
+                        };
+                        tracing::error!(notice = r.id, to = %to, %error, "dead letter: `carepath outbox retry {}` once fixed", r.id);
+                        Delivery::Dead { id: r.id, error }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When the earliest queued notice may go, for the worker's sleep.
+pub async fn next_notice<S: Storage>(store: &S) -> Result<Option<Timestamp>, StoreError> {
+    Ok(store
+        .outbox(&OutboxFilter {
+            status: Some(NoticeStatus::Queued),
+            limit: Some(1),
+            ..OutboxFilter::default()
+        })
+        .await?
+        .first()
+        .map(|r| r.not_before))
+}

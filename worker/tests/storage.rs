@@ -1,0 +1,782 @@
+//! The storage conformance suite: what every backend must do, whatever its SQL.
+//!
+//! Each property is one generic function over [`Storage`]; the `backend!` macro at the end
+//! runs every one of them against a backend. A new backend (PostgreSQL) adds one line there
+//! and must pass the same suite.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Map, json};
+
+use carepath_engine::pathway::Channel;
+use carepath_engine::step::{ArmedTimer, Cause, History, Instance, Purpose, Status};
+use carepath_engine::{PathwaySource, SourceFile};
+use carepath_worker::store::{
+    Changes, Contact, ContactRef, Delivery, EventRecord, InstanceUpdate, NewInstance, NewNotice,
+    NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage, StoreError, Stored, Target,
+    Tx,
+};
+
+fn t0() -> Timestamp {
+    "2027-03-01T09:00:00Z".parse().expect("timestamp")
+}
+
+fn minutes(n: i64) -> Timestamp {
+    t0() + SignedDuration::from_mins(n)
+}
+
+fn source(text: &str) -> PathwaySource {
+    PathwaySource {
+        pathway: SourceFile {
+            path: "p/pathway.json".into(),
+            text: text.into(),
+        },
+        templates: vec![SourceFile {
+            path: "p/templates/hello.da.email.hbs".into(),
+            text: "Subject: Hej\n\nHej {{recipient.name}}\n".into(),
+        }],
+    }
+}
+
+fn timer(key: &str, due: Timestamp) -> ArmedTimer {
+    ArmedTimer {
+        key: key.into(),
+        due,
+        purpose: Purpose::State { index: 0 },
+    }
+}
+
+fn instance(state: &str, seq: u64, timers: Vec<ArmedTimer>) -> Instance {
+    Instance {
+        state: state.into(),
+        owner: Some("midwife".into()),
+        fields: Map::new(),
+        status: Status::Active,
+        entered_at: t0(),
+        seq,
+        entered_seq: seq,
+        timers,
+        open_activities: Vec::new(),
+        appointments: BTreeMap::new(),
+    }
+}
+
+fn contact(name: &str) -> Contact {
+    Contact {
+        name: name.into(),
+        email: Some(format!("{}@example.dk", name.to_lowercase())),
+        phone: None,
+        language: "da".into(),
+        channel: None,
+    }
+}
+
+fn history(seq: u64, from: Option<&str>, to: &str) -> History {
+    History {
+        seq,
+        at: t0(),
+        from: from.map(str::to_string),
+        to: to.into(),
+        cause: if from.is_none() {
+            Cause::Enrolled
+        } else {
+            Cause::Event { name: "go".into() }
+        },
+        notes: vec![],
+    }
+}
+
+fn notice(key: &str, version: i64, contact: Option<ContactRef>, status: NoticeStatus) -> NewNotice {
+    NewNotice {
+        key: key.into(),
+        pathway_version_id: version,
+        template: "hello".into(),
+        role: "midwife".into(),
+        family: false,
+        contact,
+        channel: None,
+        address: Some("anne@example.dk".into()),
+        language: Some("da".into()),
+        subject: Some("Hej".into()),
+        body: Some("Hej Anne".into()),
+        status,
+        not_before: t0(),
+        error: None,
+    }
+}
+
+fn event(key: &str, reference: &str, outcome: Outcome) -> EventRecord {
+    EventRecord {
+        key: key.into(),
+        reference: reference.into(),
+        pathway: None,
+        instance_id: None,
+        name: "go".into(),
+        payload: json!({"n": 1}),
+        received_at: t0(),
+        outcome,
+        code: (outcome == Outcome::Rejected).then(|| "guard-false".into()),
+        reason: (outcome == Outcome::Rejected).then(|| "the guard is false".into()),
+        seq: (outcome == Outcome::Applied).then_some(2),
+    }
+}
+
+async fn version<S: Storage>(store: &S) -> i64 {
+    match store
+        .put_pathway(&source("{}"), "p", 1, t0())
+        .await
+        .expect("store pathway")
+    {
+        Stored::Added(id) | Stored::Unchanged(id) => id,
+    }
+}
+
+/// Enrols `reference` in one committed batch; returns the instance id.
+async fn enrol<S: Storage>(store: &S, reference: &str, timers: Vec<ArmedTimer>) -> i64 {
+    let version = version(store).await;
+    let mut tx = store.begin().await.expect("begin");
+    let ids = tx
+        .write(Changes {
+            now: t0(),
+            contacts: vec![contact("Anne")],
+            new_instances: vec![NewInstance {
+                reference: reference.into(),
+                pathway: "p".into(),
+                pathway_version_id: version,
+                instance: instance("waiting", 1, timers.clone()),
+                roles: [("midwife".to_string(), ContactRef::New(0))].into(),
+                parent: None,
+            }],
+            timers_added: timers.into_iter().map(|t| (Target::New(0), t)).collect(),
+            history: vec![(Target::New(0), history(1, None, "waiting"))],
+            ..Changes::default()
+        })
+        .await
+        .expect("write");
+    tx.commit().await.expect("commit");
+    ids[0]
+}
+
+// --- the properties ------------------------------------------------------------------------
+
+async fn pathway_versions_are_immutable<S: Storage>(store: &S) {
+    let first = store.put_pathway(&source("{\"a\":1}"), "p", 1, t0()).await;
+    let Ok(Stored::Added(id)) = first else {
+        panic!("first store: {first:?}")
+    };
+    let again = store
+        .put_pathway(&source("{\"a\":1}"), "p", 1, minutes(1))
+        .await;
+    assert!(
+        matches!(again, Ok(Stored::Unchanged(same)) if same == id),
+        "{again:?}"
+    );
+    let changed = store
+        .put_pathway(&source("{\"a\":2}"), "p", 1, minutes(2))
+        .await;
+    assert!(
+        matches!(changed, Err(StoreError::VersionChanged { ref pathway, version: 1 }) if pathway == "p"),
+        "{changed:?}"
+    );
+    let next = store
+        .put_pathway(&source("{\"a\":2}"), "p", 2, minutes(3))
+        .await;
+    assert!(matches!(next, Ok(Stored::Added(_))), "{next:?}");
+    let stored = store.pathways().await.expect("pathways");
+    let versions: Vec<(u32, &str)> = stored
+        .iter()
+        .map(|p| (p.version, p.source.pathway.text.as_str()))
+        .collect();
+    assert_eq!(versions, [(1, "{\"a\":1}"), (2, "{\"a\":2}")]);
+    assert_eq!(stored[0].source, source("{\"a\":1}"));
+    assert_eq!(stored[0].loaded_at, t0());
+}
+
+async fn a_batch_round_trips<S: Storage>(store: &S) {
+    let version = version(store).await;
+    let mut tx = store.begin().await.expect("begin");
+    let mut child = instance("child", 1, vec![timer("c/1/0", minutes(30))]);
+    child.fields.insert("due_date".into(), json!("2027-08-20"));
+    let ids = tx
+        .write(Changes {
+            now: t0(),
+            contacts: vec![contact("Anne"), contact("Bo")],
+            new_instances: vec![
+                NewInstance {
+                    reference: "FAM-1".into(),
+                    pathway: "p".into(),
+                    pathway_version_id: version,
+                    instance: instance("waiting", 1, vec![timer("w/1/0", minutes(10))]),
+                    roles: [("midwife".to_string(), ContactRef::New(0))].into(),
+                    parent: None,
+                },
+                NewInstance {
+                    reference: "FAM-1".into(),
+                    pathway: "q".into(),
+                    pathway_version_id: version,
+                    instance: child.clone(),
+                    roles: [("midwife".to_string(), ContactRef::New(1))].into(),
+                    parent: Some(Target::New(0)),
+                },
+            ],
+            timers_added: vec![
+                (Target::New(0), timer("w/1/0", minutes(10))),
+                (Target::New(1), timer("c/1/0", minutes(30))),
+            ],
+            history: vec![
+                (Target::New(0), history(1, None, "waiting")),
+                (Target::New(1), history(1, None, "child")),
+            ],
+            outbox: vec![(
+                Target::New(0),
+                notice(
+                    "1:hello:midwife",
+                    version,
+                    Some(ContactRef::New(0)),
+                    NoticeStatus::Queued,
+                ),
+            )],
+            events: vec![(
+                Some(Target::New(0)),
+                event("k-1", "FAM-1", Outcome::Applied),
+            )],
+            ..Changes::default()
+        })
+        .await
+        .expect("write");
+    tx.commit().await.expect("commit");
+    assert_eq!(ids.len(), 2);
+    let (parent, child_id) = (ids[0], ids[1]);
+
+    let rows = store.instances_by_ref("FAM-1").await.expect("by ref");
+    assert_eq!(
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [parent, child_id]
+    );
+    assert_eq!(rows[1].parent_id, Some(parent));
+    assert_eq!(rows[1].pathway, "q");
+    assert_eq!(
+        rows[1].instance, child,
+        "the engine's instance comes back as written"
+    );
+    assert_eq!(rows[0].pathway_version_id, version);
+    let contacts = store
+        .contacts(&[rows[0].roles["midwife"], rows[1].roles["midwife"]])
+        .await
+        .expect("contacts");
+    let names: Vec<&str> = contacts.values().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["Anne", "Bo"]);
+
+    let timers = store.timers(child_id).await.expect("timers");
+    assert_eq!(timers.len(), 1);
+    assert_eq!(
+        (timers[0].key.as_str(), timers[0].due),
+        ("c/1/0", minutes(30))
+    );
+    assert_eq!(store.next_due().await.expect("next due"), Some(minutes(10)));
+    let h = store.history(child_id).await.expect("history");
+    assert_eq!(h, [history(1, None, "child")]);
+
+    let outbox = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].key, format!("{parent}:1:hello:midwife"));
+    assert_eq!(outbox[0].reference, "FAM-1");
+    assert_eq!(outbox[0].status, NoticeStatus::Queued);
+    assert_eq!(outbox[0].body.as_deref(), Some("Hej Anne"));
+
+    let events = store.events("FAM-1").await.expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].instance_id, Some(parent));
+    assert_eq!(events[0].payload, json!({"n": 1}));
+    let mut tx = store.begin().await.expect("begin");
+    let seen = tx
+        .events_by_key(&["k-1".into(), "k-2".into()])
+        .await
+        .expect("by key");
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["k-1"]);
+}
+
+async fn an_uncommitted_transaction_leaves_nothing<S: Storage>(store: &S) {
+    let version = version(store).await;
+    {
+        let mut tx = store.begin().await.expect("begin");
+        tx.write(Changes {
+            now: t0(),
+            new_instances: vec![NewInstance {
+                reference: "FAM-GONE".into(),
+                pathway: "p".into(),
+                pathway_version_id: version,
+                instance: instance("waiting", 1, vec![]),
+                roles: BTreeMap::new(),
+                parent: None,
+            }],
+            ..Changes::default()
+        })
+        .await
+        .expect("write");
+        // Dropped: a crash before the commit.
+    }
+    assert!(
+        store
+            .instances_by_ref("FAM-GONE")
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(store.all_instances().await.expect("read").is_empty());
+}
+
+async fn due_timers_come_in_due_order_up_to_now<S: Storage>(store: &S) {
+    let a = enrol(
+        store,
+        "FAM-A",
+        vec![timer("b", minutes(20)), timer("a", minutes(20))],
+    )
+    .await;
+    let b = enrol(
+        store,
+        "FAM-B",
+        vec![timer("x", minutes(5)), timer("y", minutes(90))],
+    )
+    .await;
+    assert_eq!(store.next_due().await.expect("next"), Some(minutes(5)));
+    let mut tx = store.begin().await.expect("begin");
+    let due = tx.due_timers(minutes(20), 10).await.expect("due");
+    let got: Vec<(i64, &str)> = due
+        .iter()
+        .map(|t| (t.instance_id, t.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(b, "x"), (a, "a"), (a, "b")],
+        "due, then instance, then key"
+    );
+    let limited = tx.due_timers(minutes(20), 2).await.expect("due");
+    assert_eq!(limited.len(), 2);
+    assert!(tx.due_timers(minutes(4), 10).await.expect("due").is_empty());
+    // Removing a timer by key leaves the instance's others.
+    tx.write(Changes {
+        now: minutes(20),
+        timers_removed: vec![(b, "x".into())],
+        ..Changes::default()
+    })
+    .await
+    .expect("remove");
+    tx.commit().await.expect("commit");
+    let left: Vec<String> = store
+        .timers(b)
+        .await
+        .expect("timers")
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert_eq!(left, ["y"]);
+    assert_eq!(store.next_due().await.expect("next"), Some(minutes(20)));
+}
+
+async fn a_stale_update_conflicts_and_writes_nothing<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-C", vec![timer("t", minutes(5))]).await;
+    let update = |expected_seq| InstanceUpdate {
+        id,
+        expected_seq,
+        instance: instance("next", 2, vec![]),
+    };
+    let mut tx = store.begin().await.expect("begin");
+    let stale = tx
+        .write(Changes {
+            now: minutes(1),
+            updates: vec![update(7)],
+            timers_removed: vec![(id, "t".into())],
+            history: vec![(Target::Id(id), history(2, Some("waiting"), "next"))],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict(i)) if i == id),
+        "{stale:?}"
+    );
+    drop(tx);
+    let row = &store.instances_by_ref("FAM-C").await.expect("read")[0];
+    assert_eq!(
+        (row.instance.state.as_str(), row.instance.seq),
+        ("waiting", 1)
+    );
+    assert_eq!(store.timers(id).await.expect("timers").len(), 1);
+    assert_eq!(store.history(id).await.expect("history").len(), 1);
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.write(Changes {
+        now: minutes(1),
+        updates: vec![update(1)],
+        timers_removed: vec![(id, "t".into())],
+        history: vec![(Target::Id(id), history(2, Some("waiting"), "next"))],
+        ..Changes::default()
+    })
+    .await
+    .expect("current seq");
+    tx.commit().await.expect("commit");
+    let row = &store.instances_by_ref("FAM-C").await.expect("read")[0];
+    assert_eq!((row.instance.state.as_str(), row.instance.seq), ("next", 2));
+    assert_eq!(row.updated_at, minutes(1));
+    assert!(store.timers(id).await.expect("timers").is_empty());
+}
+
+async fn keys_are_written_once<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-D", vec![]).await;
+    let version = version(store).await;
+    let write = |changes: Changes| async move {
+        let mut tx = store.begin().await.expect("begin");
+        tx.write(changes).await?;
+        tx.commit().await
+    };
+    let with_event = || Changes {
+        now: t0(),
+        events: vec![(
+            Some(Target::Id(id)),
+            event("same-key", "FAM-D", Outcome::Rejected),
+        )],
+        ..Changes::default()
+    };
+    write(with_event()).await.expect("first event");
+    assert!(
+        write(with_event()).await.is_err(),
+        "an idempotency key is stored once"
+    );
+    let with_notice = || Changes {
+        now: t0(),
+        outbox: vec![(
+            Target::Id(id),
+            notice("2:hello:midwife", version, None, NoticeStatus::Queued),
+        )],
+        ..Changes::default()
+    };
+    write(with_notice()).await.expect("first notice");
+    assert!(
+        write(with_notice()).await.is_err(),
+        "a notice key is written once"
+    );
+    assert_eq!(store.events("FAM-D").await.expect("events").len(), 1);
+    assert_eq!(
+        store
+            .outbox(&OutboxFilter::default())
+            .await
+            .expect("outbox")
+            .len(),
+        1
+    );
+}
+
+async fn a_finished_instance_frees_the_reference<S: Storage>(store: &S) {
+    let first = enrol(store, "FAM-E", vec![]).await;
+    let mut tx = store.begin().await.expect("begin");
+    assert_eq!(tx.active_instances("FAM-E").await.expect("active").len(), 1);
+    drop(tx);
+    // A second active instance of the same pathway is refused by the store itself.
+    let version = version(store).await;
+    let mut tx = store.begin().await.expect("begin");
+    let twice = tx
+        .write(Changes {
+            now: t0(),
+            new_instances: vec![NewInstance {
+                reference: "FAM-E".into(),
+                pathway: "p".into(),
+                pathway_version_id: version,
+                instance: instance("waiting", 1, vec![]),
+                roles: BTreeMap::new(),
+                parent: None,
+            }],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        twice.is_err(),
+        "two active instances of one pathway for one family"
+    );
+    drop(tx);
+
+    let mut done = instance("closed", 2, vec![]);
+    done.status = Status::Finished;
+    let mut tx = store.begin().await.expect("begin");
+    tx.write(Changes {
+        now: minutes(1),
+        updates: vec![InstanceUpdate {
+            id: first,
+            expected_seq: 1,
+            instance: done,
+        }],
+        ..Changes::default()
+    })
+    .await
+    .expect("finish");
+    assert!(
+        tx.active_instances("FAM-E")
+            .await
+            .expect("active")
+            .is_empty()
+    );
+    tx.commit().await.expect("commit");
+    let again = enrol(store, "FAM-E", vec![]).await;
+    assert_ne!(again, first);
+    assert_eq!(
+        store.instances_by_ref("FAM-E").await.expect("read").len(),
+        2
+    );
+}
+
+async fn deliveries_are_recorded_with_their_provenance<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-F", vec![]).await;
+    let version = version(store).await;
+    let mut tx = store.begin().await.expect("begin");
+    let mut late = notice("2:b:midwife", version, None, NoticeStatus::Queued);
+    late.not_before = minutes(60);
+    let mut dead = notice("3:c:midwife", version, None, NoticeStatus::Dead);
+    dead.error = Some("nobody plays the role".into());
+    tx.write(Changes {
+        now: t0(),
+        outbox: vec![
+            (Target::Id(id), late),
+            (
+                Target::Id(id),
+                notice("1:a:midwife", version, None, NoticeStatus::Queued),
+            ),
+            (Target::Id(id), dead),
+        ],
+        ..Changes::default()
+    })
+    .await
+    .expect("write");
+    tx.commit().await.expect("commit");
+    let all = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    let keys: Vec<&str> = all
+        .iter()
+        .map(|r| r.key.rsplit(':').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(keys, ["a", "c", "b"], "oldest not_before first");
+    let (a, c, b) = (all[0].id, all[1].id, all[2].id);
+    let due = OutboxFilter {
+        status: Some(NoticeStatus::Queued),
+        due_by: Some(minutes(1)),
+        ..OutboxFilter::default()
+    };
+    let ids: Vec<i64> = store
+        .outbox(&due)
+        .await
+        .expect("due")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [a], "only what is due by then");
+
+    store
+        .record_deliveries(
+            &[
+                Delivery::Retry {
+                    id: a,
+                    not_before: minutes(5),
+                    error: "smtp: 451 busy".into(),
+                },
+                Delivery::Held {
+                    id: b,
+                    until: minutes(90),
+                    reason: "quiet hours".into(),
+                },
+            ],
+            minutes(1),
+        )
+        .await
+        .expect("record");
+    store
+        .record_deliveries(
+            &[Delivery::Sent {
+                id: a,
+                detail: "smtp 250".into(),
+            }],
+            minutes(5),
+        )
+        .await
+        .expect("record");
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    let row = |id| rows.iter().find(|r| r.id == id).expect("row");
+    assert_eq!((row(a).status, row(a).attempts), (NoticeStatus::Sent, 2));
+    assert_eq!(
+        row(a).last_error.as_deref(),
+        Some("smtp: 451 busy"),
+        "the last failure stays visible"
+    );
+    assert_eq!(
+        (row(b).status, row(b).attempts, row(b).not_before),
+        (NoticeStatus::Queued, 0, minutes(90))
+    );
+    let log: Vec<String> = store
+        .outbox_log(a)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(log, ["queued", "attempt failed", "sent"]);
+
+    assert_eq!(
+        store.requeue(a, minutes(6)).await.expect("requeue"),
+        Requeue::NotRetryable(NoticeStatus::Sent)
+    );
+    assert_eq!(
+        store.requeue(c, minutes(6)).await.expect("requeue"),
+        Requeue::Queued
+    );
+    assert_eq!(
+        store.requeue(9999, minutes(6)).await.expect("requeue"),
+        Requeue::Missing
+    );
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    let c_row = rows.iter().find(|r| r.id == c).expect("row");
+    assert_eq!(
+        (c_row.status, c_row.attempts, c_row.not_before),
+        (NoticeStatus::Queued, 0, minutes(6))
+    );
+    let log = store.outbox_log(c).await.expect("log");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].detail.as_deref(), Some("nobody plays the role"));
+}
+
+async fn opt_outs_are_kept_per_address_and_channel<S: Storage>(store: &S) {
+    assert!(
+        store
+            .set_opt_out("+4520123456", Channel::Sms, true, "cli", t0())
+            .await
+            .expect("opt out")
+    );
+    assert!(
+        !store
+            .set_opt_out("+4520123456", Channel::Sms, true, "sms STOP", t0())
+            .await
+            .expect("again")
+    );
+    let asked = vec![
+        ("+4520123456".to_string(), Channel::Sms),
+        ("+4520123456".to_string(), Channel::Email),
+        ("+4599999999".to_string(), Channel::Sms),
+    ];
+    assert_eq!(
+        store.opted_out(&asked).await.expect("read"),
+        [("+4520123456".to_string(), Channel::Sms)]
+    );
+    assert!(
+        store
+            .set_opt_out("+4520123456", Channel::Sms, false, "cli", t0())
+            .await
+            .expect("opt in")
+    );
+    assert!(store.opted_out(&asked).await.expect("read").is_empty());
+}
+
+async fn a_life_event_skips_the_familys_queued_notices<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-G", vec![]).await;
+    let version = version(store).await;
+    let mut to_family = notice("1:reminder:family", version, None, NoticeStatus::Queued);
+    to_family.family = true;
+    let mut tx = store.begin().await.expect("begin");
+    tx.write(Changes {
+        now: t0(),
+        outbox: vec![
+            (Target::Id(id), to_family.clone()),
+            (
+                Target::Id(id),
+                notice("1:handoff:midwife", version, None, NoticeStatus::Queued),
+            ),
+        ],
+        ..Changes::default()
+    })
+    .await
+    .expect("write");
+    tx.commit().await.expect("commit");
+    let mut later = to_family;
+    later.key = "2:goodbye:family".into();
+    let mut tx = store.begin().await.expect("begin");
+    tx.write(Changes {
+        now: minutes(1),
+        cancel_family_notices: vec![(id, "the family moved away".into())],
+        outbox: vec![(Target::Id(id), later)],
+        ..Changes::default()
+    })
+    .await
+    .expect("write");
+    tx.commit().await.expect("commit");
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    let status: Vec<(&str, NoticeStatus)> = rows
+        .iter()
+        .map(|r| (r.key.split_once(':').map_or("", |k| k.1), r.status))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("1:reminder:family", NoticeStatus::Skipped),
+            ("1:handoff:midwife", NoticeStatus::Queued),
+            ("2:goodbye:family", NoticeStatus::Queued),
+        ]
+    );
+    let skipped = rows
+        .iter()
+        .find(|r| r.status == NoticeStatus::Skipped)
+        .expect("skipped");
+    assert_eq!(skipped.last_error.as_deref(), Some("the family moved away"));
+    let log = store.outbox_log(skipped.id).await.expect("log");
+    assert_eq!(log.last().map(|e| e.status.as_str()), Some("skipped"));
+}
+
+/// Runs every property against one backend. `$open` is an async expression giving a fresh,
+/// empty store and whatever keeps it alive.
+macro_rules! backend {
+    ($name:ident, $open:expr) => {
+        mod $name {
+            use super::*;
+
+            macro_rules! property {
+                ($p:ident) => {
+                    #[tokio::test]
+                    async fn $p() {
+                        let (store, _keep) = $open.await;
+                        super::$p(&store).await;
+                    }
+                };
+            }
+
+            property!(pathway_versions_are_immutable);
+            property!(a_batch_round_trips);
+            property!(an_uncommitted_transaction_leaves_nothing);
+            property!(due_timers_come_in_due_order_up_to_now);
+            property!(a_stale_update_conflicts_and_writes_nothing);
+            property!(keys_are_written_once);
+            property!(a_finished_instance_frees_the_reference);
+            property!(deliveries_are_recorded_with_their_provenance);
+            property!(opt_outs_are_kept_per_address_and_channel);
+            property!(a_life_event_skips_the_familys_queued_notices);
+        }
+    };
+}
+
+async fn sqlite_file() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("carepath.db"))
+        .await
+        .expect("open");
+    (store, dir)
+}
+
+backend!(sqlite, sqlite_file());
