@@ -577,3 +577,28 @@ async fn opted_out_families_and_ended_pathways_get_nothing() {
         );
     }
 }
+
+#[test]
+fn the_example_configuration_parses_and_names_its_secrets() {
+    let text = std::fs::read_to_string(root().join("examples/carepath.toml")).expect("read");
+    let config: NotifierConfig = toml::from_str(&text).expect("examples/carepath.toml parses");
+    assert_eq!(
+        config.sms.as_ref().map(|s| s.gateway),
+        Some(Gateway::Gatewayapi)
+    );
+    assert_eq!(
+        config.quiet_hours,
+        carepath_notifier::quiet::QuietHours::default()
+    );
+    assert_eq!(config.delivery, RetryPolicy::default());
+    // The password is read from the environment when the channels are built.
+    let missing = carepath_notifier::Channels::new(&NotifierConfig {
+        sms: None,
+        ..config
+    })
+    .expect_err("CAREPATH_SMTP_PASSWORD is not set in tests");
+    assert!(
+        missing.to_string().contains("CAREPATH_SMTP_PASSWORD"),
+        "{missing}"
+    );
+}
