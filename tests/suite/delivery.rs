@@ -304,6 +304,11 @@ async fn a_handoff_email_arrives_at_a_real_smtp_server_and_a_refused_one_is_dead
     assert!(waiting.not_before > clock.now(), "retried after a backoff");
 }
 
+/// What the gateway double received.
+async fn requests(server: &MockServer) -> Vec<wiremock::Request> {
+    server.received_requests().await.unwrap_or_default()
+}
+
 async fn gateway(server: &MockServer) -> SmsConfig {
     // SAFETY of the environment: each test names its own variable.
     unsafe { std::env::set_var("CAREPATH_TEST_GATEWAYAPI_TOKEN", "test-token") };
@@ -361,13 +366,7 @@ async fn a_family_reminder_waits_for_quiet_hours_and_reaches_the_gateway_in_arab
         .await
         .expect("deliver");
     assert_eq!((done.sent, done.held), (0, 1), "{done:?}");
-    assert!(
-        server
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .is_empty()
-    );
+    assert_eq!(requests(&server).await.len(), 0);
     let held = rows(&rt, "appointment_reminder").await;
     assert_eq!(held[0].not_before, local("2027-02-13T10:00"));
 
@@ -375,9 +374,9 @@ async fn a_family_reminder_waits_for_quiet_hours_and_reaches_the_gateway_in_arab
     clock.advance_to(ten);
     let done = notifier.deliver(rt.store(), ten).await.expect("deliver");
     assert_eq!(done.sent, 1, "{done:?}");
-    let requests = server.received_requests().await.unwrap_or_default();
-    assert_eq!(requests.len(), 1);
-    let body: Value = serde_json::from_slice(&requests[0].body).expect("json");
+    let got = requests(&server).await;
+    assert_eq!(got.len(), 1);
+    let body: Value = serde_json::from_slice(&got[0].body).expect("json");
     assert_eq!(body["recipients"], json!([{"msisdn": 4520123456u64}]));
     assert_eq!(body["sender"], "Kommunen");
     let message = body["message"].as_str().expect("message");
@@ -444,10 +443,7 @@ async fn failures_are_retried_then_dead_lettered_and_retried_by_hand() {
             assert!(!error.contains("20123456"), "the number is masked: {error}");
         }
     }
-    assert_eq!(
-        server.received_requests().await.unwrap_or_default().len(),
-        3
-    );
+    assert_eq!(requests(&server).await.len(), 3);
 
     // The gateway is fixed; an operator retries the dead letter.
     server.reset().await;
@@ -557,13 +553,7 @@ async fn opted_out_families_and_ended_pathways_get_nothing() {
         "{:?}",
         moved.last_error
     );
-    assert!(
-        server
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .is_empty()
-    );
+    assert_eq!(requests(&server).await.len(), 0);
     // The professionals' notice that the family moved is not cancelled: with no email
     // channel configured here it is a dead letter that says so, waiting for a retry.
     let told = rows(&rt, "family_moved").await;

@@ -470,21 +470,17 @@ fn channel_list(channels: &[Channel]) -> String {
         .join(" or ")
 }
 
-/// A mobile number in international form: `+` and 8 to 15 digits.
+/// A mobile number in international form: `+` and 8 to 15 digits, checked at enrolment by
+/// the same rule the SMS gateways apply at sending.
 pub fn check_phone(phone: &str) -> Result<(), String> {
-    let digits: String = phone.chars().filter(|c| !c.is_whitespace()).collect();
-    let ok = digits.starts_with('+')
-        && digits.len() >= 9
-        && digits.len() <= 16
-        && digits[1..].chars().all(|c| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "phone {} is not a mobile number in international form, such as +4512345678",
-            mask_phone(phone)
-        ))
-    }
+    carepath_notifier::gateway::msisdn(phone)
+        .map(|_| ())
+        .map_err(|_| {
+            format!(
+                "phone {} is not a mobile number in international form, such as +4512345678",
+                mask_phone(phone)
+            )
+        })
 }
 
 /// The channel and address a contact is reached by, in the order the role allows, the

@@ -132,6 +132,13 @@ async fn version<S: Storage>(store: &S) -> i64 {
     }
 }
 
+/// Writes `changes` in one committed transaction.
+async fn commit<S: Storage>(store: &S, changes: Changes) {
+    let mut tx = store.begin().await.expect("begin");
+    tx.write(changes).await.expect("write");
+    tx.commit().await.expect("commit");
+}
+
 /// Enrols `reference` in one committed batch; returns the instance id.
 async fn enrol<S: Storage>(store: &S, reference: &str, timers: Vec<ArmedTimer>) -> i64 {
     let version = version(store).await;
@@ -408,17 +415,17 @@ async fn a_stale_update_conflicts_and_writes_nothing<S: Storage>(store: &S) {
     assert_eq!(store.timers(id).await.expect("timers").len(), 1);
     assert_eq!(store.history(id).await.expect("history").len(), 1);
 
-    let mut tx = store.begin().await.expect("begin");
-    tx.write(Changes {
-        now: minutes(1),
-        updates: vec![update(1)],
-        timers_removed: vec![(id, "t".into())],
-        history: vec![(Target::Id(id), history(2, Some("waiting"), "next"))],
-        ..Changes::default()
-    })
-    .await
-    .expect("current seq");
-    tx.commit().await.expect("commit");
+    commit(
+        store,
+        Changes {
+            now: minutes(1),
+            updates: vec![update(1)],
+            timers_removed: vec![(id, "t".into())],
+            history: vec![(Target::Id(id), history(2, Some("waiting"), "next"))],
+            ..Changes::default()
+        },
+    )
+    .await;
     let row = &store.instances_by_ref("FAM-C").await.expect("read")[0];
     assert_eq!((row.instance.state.as_str(), row.instance.seq), ("next", 2));
     assert_eq!(row.updated_at, minutes(1));
@@ -530,26 +537,26 @@ async fn a_finished_instance_frees_the_reference<S: Storage>(store: &S) {
 async fn deliveries_are_recorded_with_their_provenance<S: Storage>(store: &S) {
     let id = enrol(store, "FAM-F", vec![]).await;
     let version = version(store).await;
-    let mut tx = store.begin().await.expect("begin");
     let mut late = notice("2:b:midwife", version, None, NoticeStatus::Queued);
     late.not_before = minutes(60);
     let mut dead = notice("3:c:midwife", version, None, NoticeStatus::Dead);
     dead.error = Some("nobody plays the role".into());
-    tx.write(Changes {
-        now: t0(),
-        outbox: vec![
-            (Target::Id(id), late),
-            (
-                Target::Id(id),
-                notice("1:a:midwife", version, None, NoticeStatus::Queued),
-            ),
-            (Target::Id(id), dead),
-        ],
-        ..Changes::default()
-    })
-    .await
-    .expect("write");
-    tx.commit().await.expect("commit");
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            outbox: vec![
+                (Target::Id(id), late),
+                (
+                    Target::Id(id),
+                    notice("1:a:midwife", version, None, NoticeStatus::Queued),
+                ),
+                (Target::Id(id), dead),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
     let all = store
         .outbox(&OutboxFilter::default())
         .await
@@ -688,33 +695,33 @@ async fn a_life_event_skips_the_familys_queued_notices<S: Storage>(store: &S) {
     let version = version(store).await;
     let mut to_family = notice("1:reminder:family", version, None, NoticeStatus::Queued);
     to_family.family = true;
-    let mut tx = store.begin().await.expect("begin");
-    tx.write(Changes {
-        now: t0(),
-        outbox: vec![
-            (Target::Id(id), to_family.clone()),
-            (
-                Target::Id(id),
-                notice("1:handoff:midwife", version, None, NoticeStatus::Queued),
-            ),
-        ],
-        ..Changes::default()
-    })
-    .await
-    .expect("write");
-    tx.commit().await.expect("commit");
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            outbox: vec![
+                (Target::Id(id), to_family.clone()),
+                (
+                    Target::Id(id),
+                    notice("1:handoff:midwife", version, None, NoticeStatus::Queued),
+                ),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
     let mut later = to_family;
     later.key = "2:goodbye:family".into();
-    let mut tx = store.begin().await.expect("begin");
-    tx.write(Changes {
-        now: minutes(1),
-        cancel_family_notices: vec![(id, "the family moved away".into())],
-        outbox: vec![(Target::Id(id), later)],
-        ..Changes::default()
-    })
-    .await
-    .expect("write");
-    tx.commit().await.expect("commit");
+    commit(
+        store,
+        Changes {
+            now: minutes(1),
+            cancel_family_notices: vec![(id, "the family moved away".into())],
+            outbox: vec![(Target::Id(id), later)],
+            ..Changes::default()
+        },
+    )
+    .await;
     let rows = store
         .outbox(&OutboxFilter::default())
         .await
