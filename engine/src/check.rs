@@ -103,7 +103,11 @@ pub fn check(sources: &[PathwaySource]) -> Report {
     for (source, d) in sources.iter().zip(&decoded) {
         let mut diagnostics = d.diagnostics.clone();
         let mut templates = Vec::new();
-        for file in &source.templates {
+        let (html, text): (Vec<_>, Vec<_>) = source
+            .templates
+            .iter()
+            .partition(|f| template::html_file_name(&f.path).is_some());
+        for file in text {
             match template::read(&file.path, &file.text) {
                 Ok(t) => templates.push(t),
                 Err(problem) => {
@@ -119,6 +123,7 @@ pub fn check(sources: &[PathwaySource]) -> Report {
                 }
             }
         }
+        attach_html(&mut templates, &html, &mut diagnostics);
         let mut expressions = HashMap::new();
         if let Some(p) = &d.pathway {
             let mut cx = Checker {
@@ -174,6 +179,49 @@ pub fn check(sources: &[PathwaySource]) -> Report {
         }
     }
     report
+}
+
+/// Puts each HTML body beside its email template; an HTML body without one is an error,
+/// since every email needs a text body for the clients that show no HTML.
+fn attach_html(templates: &mut [TemplateFile], html: &[&SourceFile], out: &mut Vec<Diagnostic>) {
+    for file in html {
+        let Some((name, language)) = template::html_file_name(&file.path) else {
+            continue;
+        };
+        let sibling = templates
+            .iter_mut()
+            .find(|t| t.channel == Channel::Email && t.name == name && t.language == language);
+        match sibling {
+            Some(t) if t.html.is_none() => {
+                t.html = Some(template::HtmlBody {
+                    body: file.text.clone(),
+                    path: file.path.clone(),
+                });
+            }
+            Some(_) => out.push(at_template(
+                &file.path,
+                &file.text,
+                Code::DuplicateName,
+                &format!("a second HTML body for template \"{name}\" in \"{language}\""),
+                1,
+                1,
+                None,
+            )),
+            None => out.push(at_template(
+                &file.path,
+                &file.text,
+                Code::TemplateError,
+                &format!(
+                    "HTML body without its text template: there is no {name}.{language}.email.hbs"
+                ),
+                1,
+                1,
+                Some(format!(
+                    "an email needs a text body; write templates/{name}.{language}.email.hbs with the subject and the plain text"
+                )),
+            )),
+        }
+    }
 }
 
 fn at_template(
@@ -829,69 +877,84 @@ impl Checker<'_, '_> {
                 self.out.push(d);
                 continue;
             };
-            let uses = match t.uses() {
-                Ok(u) => u,
-                Err(problem) => {
+            self.template_part(t, &t.path, &src.text, t.uses(), &sites);
+            if let (Some(html), Some(uses)) = (&t.html, t.html_uses()) {
+                self.template_part(t, &html.path, &html.body, uses, &sites);
+            }
+        }
+    }
+
+    /// Checks one file of a template (the text file, or its HTML body): it compiles, its
+    /// helpers exist, it holds no sensitive field, and its variables exist where it is used.
+    fn template_part(
+        &mut self,
+        t: &TemplateFile,
+        path: &str,
+        text: &str,
+        uses: Result<Vec<template::Use>, template::TemplateProblem>,
+        sites: &[(Context, String)],
+    ) {
+        let uses = match uses {
+            Ok(u) => u,
+            Err(problem) => {
+                let d = at_template(
+                    path,
+                    text,
+                    Code::TemplateError,
+                    &problem.message,
+                    problem.line,
+                    problem.column,
+                    problem.hint,
+                );
+                self.out.push(d);
+                return;
+            }
+        };
+        let mut reported = HashSet::new();
+        for u in uses {
+            if u.helper {
+                if !template::HELPERS.contains(&u.name.as_str()) {
                     let d = at_template(
-                        &t.path,
-                        &src.text,
+                        path,
+                        text,
                         Code::TemplateError,
-                        &problem.message,
-                        problem.line,
-                        problem.column,
-                        problem.hint,
+                        &format!("unknown helper \"{}\"", u.name),
+                        u.line,
+                        u.column,
+                        Some(format!("helpers: {}", template::HELPERS.join(", "))),
                     );
                     self.out.push(d);
-                    continue;
                 }
-            };
-            let mut reported = HashSet::new();
-            for u in uses {
-                if u.helper {
-                    if !template::HELPERS.contains(&u.name.as_str()) {
-                        let d = at_template(
-                            &t.path,
-                            &src.text,
-                            Code::TemplateError,
-                            &format!("unknown helper \"{}\"", u.name),
-                            u.line,
-                            u.column,
-                            Some(format!("helpers: {}", template::HELPERS.join(", "))),
-                        );
-                        self.out.push(d);
-                    }
-                    continue;
-                }
-                if let Some(field) = u.name.strip_prefix("fields.")
-                    && self.p.fields.get(field).is_some_and(|f| f.sensitive)
-                {
-                    let code = match t.channel {
-                        Channel::Sms => Code::SensitiveInSms,
-                        Channel::Email => Code::SensitiveInEmail,
-                    };
-                    let d = at_template(&t.path, &src.text, code, &format!("sensitive field \"{field}\" in an {} template", t.channel.as_str()), u.line, u.column, Some("a notice may hold time, place and a rebooking number; never sensitive data. Remove the field".into()));
+                continue;
+            }
+            if let Some(field) = u.name.strip_prefix("fields.")
+                && self.p.fields.get(field).is_some_and(|f| f.sensitive)
+            {
+                let code = match t.channel {
+                    Channel::Sms => Code::SensitiveInSms,
+                    Channel::Email => Code::SensitiveInEmail,
+                };
+                let d = at_template(path, text, code, &format!("sensitive field \"{field}\" in an {} template", t.channel.as_str()), u.line, u.column, Some("a notice may hold time, place and a rebooking number; never sensitive data. Remove the field".into()));
+                self.out.push(d);
+                continue;
+            }
+            for (context, site) in sites {
+                if !self.variable_allowed(&u.name, *context) && reported.insert(u.name.clone()) {
+                    let d = at_template(
+                        path,
+                        text,
+                        Code::TemplateUnknownVariable,
+                        &format!(
+                            "unknown variable \"{}\" in {} (used at {site} in {})",
+                            u.name,
+                            context.describe(),
+                            self.at.file
+                        ),
+                        u.line,
+                        u.column,
+                        Some(self.variables_hint(*context)),
+                    );
                     self.out.push(d);
-                    continue;
-                }
-                for (context, site) in &sites {
-                    if !self.variable_allowed(&u.name, *context) && reported.insert(u.name.clone())
-                    {
-                        let d = at_template(
-                            &t.path,
-                            &src.text,
-                            Code::TemplateUnknownVariable,
-                            &format!(
-                                "unknown variable \"{}\" in {} (used at {site} in {})",
-                                u.name,
-                                context.describe(),
-                                self.at.file
-                            ),
-                            u.line,
-                            u.column,
-                            Some(self.variables_hint(*context)),
-                        );
-                        self.out.push(d);
-                    }
                 }
             }
         }

@@ -118,6 +118,8 @@ codes! {
         "A non-terminal state that only an event can leave: a family may wait forever.";
     UnusedTemplate = "unused-template", Warning,
         "A template file that no notice uses.";
+    SmsSegments = "sms-segments", Warning,
+        "An SMS template that, with sample values, needs more segments than configured (`carepath validate`, from the notifier).";
 }
 
 impl std::fmt::Display for Code {

@@ -2,6 +2,8 @@
 //!
 //! A template is `templates/NAME.LANG.CHANNEL.hbs` (`birth_notice.da.email.hbs`): Handlebars
 //! text. An email template starts with a `Subject: ...` line, then a blank line, then the body.
+//! An email may also have an HTML body, `NAME.LANG.email.html.hbs`, beside its text template:
+//! sent as the alternative part, with every value HTML-escaped.
 //! Rendering is the notifier's; the engine only parses, to check names, variables and helpers.
 
 use handlebars::template::{Parameter, Template as Ast, TemplateElement};
@@ -36,6 +38,26 @@ pub struct TemplateFile {
     pub path: String,
     /// The 1-based line where the body starts in the file.
     pub body_line: usize,
+    /// For email: the HTML alternative of the body, from `NAME.LANG.email.html.hbs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<HtmlBody>,
+}
+
+/// The HTML body of an email template: a file of its own, the whole file a template.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HtmlBody {
+    /// The template text.
+    pub body: String,
+    /// The file it came from.
+    pub path: String,
+}
+
+/// The HTML body file's name and language when `path` names one (`NAME.LANG.email.html.hbs`).
+pub fn html_file_name(path: &str) -> Option<(String, String)> {
+    let file_name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    let stem = file_name.strip_suffix(".email.html.hbs")?;
+    let (name, language) = stem.rsplit_once('.')?;
+    Some((name.to_string(), language.to_string()))
 }
 
 /// Why a template file was refused.
@@ -124,6 +146,7 @@ pub fn read(path: &str, text: &str) -> Result<TemplateFile, TemplateProblem> {
         body,
         path: path.to_string(),
         body_line,
+        html: None,
     })
 }
 
@@ -151,6 +174,17 @@ impl TemplateFile {
         let ast = compile(&self.body, self.body_line, 1)?;
         walk(&ast, self.body_line, 1, &mut out);
         Ok(out)
+    }
+
+    /// The variables and helpers the HTML body uses (positions in its own file), if there is
+    /// one.
+    pub fn html_uses(&self) -> Option<Result<Vec<Use>, TemplateProblem>> {
+        let html = self.html.as_ref()?;
+        Some(compile(&html.body, 1, 1).map(|ast| {
+            let mut out = Vec::new();
+            walk(&ast, 1, 1, &mut out);
+            out
+        }))
     }
 }
 

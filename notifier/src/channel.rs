@@ -25,6 +25,9 @@ pub struct Message {
     pub subject: Option<String>,
     /// The text.
     pub body: String,
+    /// For email: the HTML alternative of the text, when the template has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
     /// The language it is written in.
     pub language: Option<String>,
     /// The family's reference: never a CPR number, safe for logs.

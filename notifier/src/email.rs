@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, Message as Email};
+use lettre::message::{Mailbox, Message as Email, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -133,14 +133,20 @@ impl EmailChannel {
             .to
             .parse()
             .map_err(|e| SendError::Permanent(format!("bad email address {}: {e}", mask(&m.to))))?;
-        let email = Email::builder()
+        let builder = Email::builder()
             .message_id(Some(message_id(&m.key)))
             .from(self.from.clone())
             .to(Mailbox::new(m.name.clone(), to))
-            .subject(m.subject.clone().unwrap_or_default())
-            .header(ContentType::TEXT_PLAIN)
-            .body(m.body.clone())
-            .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
+            .subject(m.subject.clone().unwrap_or_default());
+        let email = match &m.html {
+            // Clients show the last part they can: the HTML, else the text.
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+                m.body.clone(),
+                html.clone(),
+            )),
+            None => builder.header(ContentType::TEXT_PLAIN).body(m.body.clone()),
+        }
+        .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
         match self.transport.send(email).await {
             Ok(r) => Ok(Receipt {
                 detail: format!(

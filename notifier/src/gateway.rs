@@ -66,7 +66,7 @@ fn default_timeout() -> u64 {
 }
 
 fn default_segments() -> usize {
-    3
+    crate::sms::DEFAULT_MAX_SEGMENTS
 }
 
 /// The SMS channel.

@@ -51,11 +51,15 @@ pub struct Rendered {
     pub subject: Option<String>,
     /// The text.
     pub body: String,
+    /// The HTML alternative, for an email template with an HTML body.
+    pub html: Option<String>,
 }
 
 /// The compiled templates of one pathway version.
 pub struct Renderer {
     registry: Handlebars<'static>,
+    /// HTML bodies, in a registry of their own because there every value is HTML-escaped.
+    html: Handlebars<'static>,
     templates: Vec<(String, Channel, String)>,
     default_language: String,
     time_zone: String,
@@ -68,32 +72,41 @@ fn key(name: &str, channel: Channel, language: &str) -> String {
 impl Renderer {
     /// Compiles every template of a checked pathway.
     pub fn new(p: &CheckedPathway) -> Result<Self, RenderError> {
-        let mut registry = Handlebars::new();
-        registry.set_strict_mode(true);
-        // Notices are plain text: nothing is HTML-escaped.
-        registry.register_escape_fn(handlebars::no_escape);
-        for name in ["date", "time", "datetime"] {
-            registry.register_helper(name, Box::new(DateHelper(name)));
-        }
+        let registry = |escape: bool| {
+            let mut r = Handlebars::new();
+            r.set_strict_mode(true);
+            if !escape {
+                r.register_escape_fn(handlebars::no_escape);
+            }
+            for name in ["date", "time", "datetime"] {
+                r.register_helper(name, Box::new(DateHelper(name)));
+            }
+            r
+        };
+        // Text notices are plain text: nothing is escaped. HTML bodies escape every value.
+        let (mut text, mut html) = (registry(false), registry(true));
         let mut templates = Vec::new();
         for t in &p.templates {
-            let compile = |text: &str, k: String, registry: &mut Handlebars<'static>| {
-                registry
-                    .register_template_string(&k, text)
+            let compile = |r: &mut Handlebars<'static>, k: &str, body: &str, path: &str| {
+                r.register_template_string(k, body)
                     .map_err(|e| RenderError::Compile {
-                        path: t.path.clone(),
+                        path: path.to_string(),
                         source: Box::new(e),
                     })
             };
             let k = key(&t.name, t.channel, &t.language);
-            compile(&t.body, k.clone(), &mut registry)?;
+            compile(&mut text, &k, &t.body, &t.path)?;
             if let Some(subject) = &t.subject {
-                compile(subject, format!("{k}.subject"), &mut registry)?;
+                compile(&mut text, &format!("{k}.subject"), subject, &t.path)?;
+            }
+            if let Some(h) = &t.html {
+                compile(&mut html, &k, &h.body, &h.path)?;
             }
             templates.push((t.name.clone(), t.channel, t.language.clone()));
         }
         Ok(Renderer {
-            registry,
+            registry: text,
+            html,
             templates,
             default_language: p.pathway.default_language.clone(),
             time_zone: p.pathway.time_zone.clone(),
@@ -132,22 +145,27 @@ impl Renderer {
             );
         }
         let k = key(template, channel, language);
-        let render = |k: &str| {
-            self.registry
-                .render(k, &data)
-                .map_err(|e| RenderError::Render {
-                    template: template.into(),
-                    source: Box::new(e),
-                })
+        let render_in = |registry: &Handlebars<'static>, k: &str| {
+            registry.render(k, &data).map_err(|e| RenderError::Render {
+                template: template.into(),
+                source: Box::new(e),
+            })
         };
+        let render = |k: &str| render_in(&self.registry, k);
         let subject = match channel {
             Channel::Email => Some(render(&format!("{k}.subject"))?),
             Channel::Sms => None,
+        };
+        let html = if self.html.has_template(&k) {
+            Some(render_in(&self.html, &k)?)
+        } else {
+            None
         };
         Ok(Rendered {
             language: language.to_string(),
             subject,
             body: render(&k)?,
+            html,
         })
     }
 }

@@ -174,3 +174,70 @@ fn schema_prints_the_committed_schema() {
     assert_eq!(v["title"], "carepath pathway");
     assert!(v["properties"]["states"].is_object());
 }
+
+#[test]
+fn validate_reports_sms_segments_and_warns_over_the_limit() {
+    let o = run(&["validate", "pathways/standard-track"]);
+    let out = stdout(&o);
+    // Arabic forces UCS-2 (70 units a message), so the reminder needs two segments; Danish
+    // fits one in GSM-7 even with the longest date of the year.
+    assert!(
+        out.contains("standard-track appointment_reminder.ar: 2 segments,")
+            && out.contains("UCS-2 units"),
+        "{out}"
+    );
+    assert!(
+        out.contains("standard-track appointment_reminder.da: 1 segment,"),
+        "{out}"
+    );
+
+    let o = run(&[
+        "validate",
+        "--max-segments",
+        "1",
+        "--format",
+        "json",
+        "pathways/standard-track",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "a warning does not refuse");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let warnings: Vec<&serde_json::Value> = v["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .filter(|d| d["code"] == "sms-segments")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{v:#}");
+    assert_eq!(
+        warnings[0]["file"],
+        "pathways/standard-track/templates/appointment_reminder.ar.sms.hbs"
+    );
+    let ar = v["sms"]
+        .as_array()
+        .expect("sms")
+        .iter()
+        .find(|e| e["language"] == "ar")
+        .expect("the Arabic reminder");
+    assert_eq!(
+        (ar["encoding"].as_str(), ar["segments"].as_u64()),
+        (Some("UCS-2"), Some(2))
+    );
+}
+
+#[test]
+fn validate_takes_the_segment_limit_from_the_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("carepath.toml");
+    std::fs::write(
+        &config,
+        "[sms]\ngateway = \"gatewayapi\"\nurl = \"http://127.0.0.1:9/rest/mtsms\"\ntoken_env = \"NONE\"\nsender = \"carepath\"\nmax_segments = 1\n",
+    )
+    .expect("write");
+    let config = config.to_string_lossy().into_owned();
+    let o = run(&["validate", "--config", &config, "pathways/standard-track"]);
+    assert!(
+        stdout(&o).contains("warning[sms-segments]") && stdout(&o).contains("1 warning"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -249,7 +249,7 @@ async fn a_handoff_email_arrives_at_a_real_smtp_server_and_a_refused_one_is_dead
     );
     assert_eq!(
         got["subject"].as_str(),
-        sent.subject.as_deref(),
+        sent.text.subject.as_deref(),
         "the subject as rendered and stored"
     );
     assert_eq!(got["subject"], "Ny henvisning til svangreomsorg (FAM-1)");
@@ -263,6 +263,24 @@ async fn a_handoff_email_arrives_at_a_real_smtp_server_and_a_refused_one_is_dead
         "the notice key is the Message-ID: {got}"
     );
     assert!(!body.contains("0101901234") && !body.contains("2027-08-20"));
+    // The template has an HTML body: the email is text with an HTML alternative.
+    assert!(
+        got["content_type"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("multipart/alternative")),
+        "{got}"
+    );
+    let html = got["html"].as_str().expect("an HTML part");
+    assert!(
+        html.contains("<p>Familien <strong>FAM-1</strong> er henvist"),
+        "{html}"
+    );
+    // SMTP carries lines ended by CRLF.
+    assert_eq!(
+        Some(html.replace("\r\n", "\n")),
+        sent.text.html.clone(),
+        "the HTML as rendered and stored"
+    );
 
     let refused = referrals
         .iter()

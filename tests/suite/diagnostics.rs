@@ -7,9 +7,17 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use carepath_engine::{Code, check};
+use carepath_engine::{Code, PathwaySource, Report};
+use carepath_notifier::sms;
 
 use super::support::{golden, read_folder, root, update};
+
+/// The checks as `carepath validate` runs them: the engine's, then the notifier's SMS sizes.
+fn check(sources: &[PathwaySource]) -> Report {
+    let mut report = carepath_engine::check(sources);
+    sms::check(&mut report, sms::DEFAULT_MAX_SEGMENTS);
+    report
+}
 
 fn fixtures() -> Vec<(String, PathBuf)> {
     let dir = root().join("tests/fixtures/invalid");
@@ -279,4 +287,76 @@ fn real_pathways_have_no_diagnostics() {
     let rendered: Vec<_> = report.diagnostics.iter().map(|d| d.render()).collect();
     assert!(rendered.is_empty(), "{}", rendered.join("\n"));
     assert_eq!(report.pathways.len(), sources.len());
+}
+
+#[test]
+fn html_bodies_are_checked_in_their_own_files() {
+    let mut source = read_folder(&root().join("pathways/standard-track"));
+    let html = |name: &str, text: &str| carepath_engine::SourceFile {
+        path: format!("templates/{name}"),
+        text: text.into(),
+    };
+    source.templates.extend([
+        // No text template beside it.
+        html("welcome.da.email.html.hbs", "<p>Hej</p>"),
+        // A second HTML body for one template.
+        html(
+            "pregnancy_referral.da.email.html.hbs",
+            "<p>{{instance.ref}}</p>",
+        ),
+        // Variables are checked like the text body's, at the HTML file's lines.
+        html(
+            "birth_notice.da.email.html.hbs",
+            "<p>Hej</p>\n<p>{{fields.cpr}} {{handoff.nope}} {{shout instance.ref}}</p>",
+        ),
+    ]);
+    let report = check(&[source]);
+    let found: Vec<(String, &str, usize, usize)> = report
+        .diagnostics
+        .iter()
+        .map(|d| (d.file.clone(), d.code.as_str(), d.line, d.column))
+        .collect();
+    let has = |file: &str, code: &str, line: usize| {
+        found
+            .iter()
+            .any(|(f, c, l, _)| f.ends_with(file) && *c == code && *l == line)
+    };
+    assert!(
+        has("welcome.da.email.html.hbs", "template-error", 1),
+        "{found:?}"
+    );
+    assert!(
+        has("pregnancy_referral.da.email.html.hbs", "duplicate-name", 1),
+        "{found:?}"
+    );
+    assert!(
+        has("birth_notice.da.email.html.hbs", "sensitive-in-email", 2),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            "birth_notice.da.email.html.hbs",
+            "template-unknown-variable",
+            2
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has("birth_notice.da.email.html.hbs", "template-error", 2),
+        "{found:?}"
+    );
+    let orphan = report
+        .diagnostics
+        .iter()
+        .find(|d| d.file.ends_with("welcome.da.email.html.hbs"))
+        .expect("the orphan");
+    assert!(
+        orphan.message.contains("there is no welcome.da.email.hbs"),
+        "{}",
+        orphan.message
+    );
+    assert!(
+        report.pathways.is_empty(),
+        "errors refuse the pathway whole"
+    );
 }

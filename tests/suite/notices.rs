@@ -96,7 +96,8 @@ fn a_standard_track_run_renders_every_notice() {
                     .render(&n.template, channel, lang, &data)
                     .unwrap_or_else(|e| panic!("{}: {e}", n.template));
                 assert!(
-                    !r.body.contains("0101901234"),
+                    !r.body.contains("0101901234")
+                        && !r.html.as_deref().unwrap_or("").contains("0101901234"),
                     "a CPR number in {}",
                     n.template
                 );
@@ -152,4 +153,49 @@ fn a_standard_track_run_renders_every_notice() {
         )
         .expect("tr");
     assert_eq!(tr.language, "da");
+}
+
+#[test]
+fn an_html_body_escapes_values_and_the_text_body_keeps_them() {
+    let sources =
+        carepath_worker::load::load(&[root().join("pathways/standard-track")]).expect("load");
+    let report = check(&sources);
+    let renderer = Renderer::new(&report.pathways[0]).expect("templates compile");
+    let data = json!({
+        "recipient": {"name": "Jordemødre <Syd> & Vest", "role": "midwife"},
+        "instance": {"ref": "FAM-0001"},
+        "handoff": {"from": "gp", "to": "midwife", "deadline": "2027-01-14T08:00:00Z"},
+    });
+    let r = renderer
+        .render(
+            "pregnancy_referral",
+            carepath_engine::pathway::Channel::Email,
+            "da",
+            &data,
+        )
+        .expect("render");
+    assert!(
+        r.body.contains("Kære Jordemødre <Syd> & Vest"),
+        "{}",
+        r.body
+    );
+    let html = r.html.expect("the template has an HTML body");
+    assert!(
+        html.contains("<p>Kære Jordemødre &lt;Syd&gt; &amp; Vest</p>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<strong>torsdag den 14. januar 2027 kl. 09.00</strong>"),
+        "{html}"
+    );
+    // A template without an HTML body is text only.
+    let r = renderer
+        .render(
+            "birth_notice",
+            carepath_engine::pathway::Channel::Email,
+            "da",
+            &data,
+        )
+        .expect("render");
+    assert_eq!(r.html, None);
 }

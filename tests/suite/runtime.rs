@@ -312,12 +312,13 @@ async fn an_early_birth_moves_every_birth_anchored_timer_and_says_so() {
     );
     assert!(
         birth
+            .text
             .subject
             .as_deref()
             .is_some_and(|s| s.contains("FAM-1"))
     );
     for n in &notices {
-        let text = format!("{:?}{:?}", n.subject, n.body);
+        let text = format!("{:?}{:?}", n.text.subject, n.text.body);
         assert!(!text.contains("0101901234"), "CPR in {}", n.template);
         assert!(!text.contains("2027-08-20"), "due date in {}", n.template);
     }

@@ -124,7 +124,7 @@ impl Notifier {
         let mut outcomes = Vec::with_capacity(rows.len());
         let mut to_send: Vec<(&OutboxRow, Message)> = Vec::new();
         for r in rows {
-            let (Some(channel), Some(address), Some(body)) = (r.channel, &r.address, &r.body)
+            let (Some(channel), Some(address), Some(body)) = (r.channel, &r.address, &r.text.body)
             else {
                 outcomes.push(Delivery::Dead {
                     id: r.id,
@@ -157,9 +157,10 @@ impl Notifier {
                     channel,
                     to: address.clone(),
                     name: r.recipient.clone(),
-                    subject: r.subject.clone(),
+                    subject: r.text.subject.clone(),
                     body: body.clone(),
-                    language: r.language.clone(),
+                    html: r.text.html.clone(),
+                    language: r.text.language.clone(),
                     reference: r.reference.clone(),
                     role: r.role.clone(),
                     template: r.template.clone(),

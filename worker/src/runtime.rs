@@ -27,7 +27,7 @@ use crate::catalog::{Catalog, Version};
 use crate::clock::Clock;
 use crate::store::{
     Changes, Contact, ContactRef, EventRecord, InstanceRow, InstanceUpdate, NewInstance, NewNotice,
-    NoticeStatus, Outcome, Storage, StoreError, Target, Tx,
+    NoticeStatus, NoticeText, Outcome, Storage, StoreError, Target, Tx,
 };
 
 /// How many times a batch is retried when another writer moved one of its instances.
@@ -1116,9 +1116,7 @@ fn render(
         contact: None,
         channel: None,
         address: None,
-        language: None,
-        subject: None,
-        body: None,
+        text: NoticeText::default(),
         status: NoticeStatus::Dead,
         not_before: now,
         error: None,
@@ -1159,9 +1157,12 @@ fn render(
         .render(&n.template, channel, &contact.language, &data)
     {
         Ok(r) => {
-            notice.language = Some(r.language);
-            notice.subject = r.subject;
-            notice.body = Some(r.body);
+            notice.text = NoticeText {
+                language: Some(r.language),
+                subject: r.subject,
+                body: Some(r.body),
+                html: r.html,
+            };
             notice.status = NoticeStatus::Queued;
         }
         Err(e) => notice.error = Some(e.to_string()),

@@ -428,9 +428,9 @@ pub async fn timeline<S: Storage>(
                             mask_phone(a)
                         }
                     }),
-                    language: r.language.clone(),
-                    subject: r.subject.clone(),
-                    body: r.body.clone(),
+                    language: r.text.language.clone(),
+                    subject: r.text.subject.clone(),
+                    body: r.text.body.clone(),
                     status: r.status.as_str().into(),
                     error: r.last_error.clone(),
                 },

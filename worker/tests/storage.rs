@@ -14,8 +14,8 @@ use carepath_engine::step::{ArmedTimer, Cause, History, Instance, Purpose, Statu
 use carepath_engine::{PathwaySource, SourceFile};
 use carepath_worker::store::{
     Changes, Contact, ContactRef, Delivery, EventRecord, InstanceUpdate, NewInstance, NewNotice,
-    NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage, StoreError, Stored, Target,
-    Tx,
+    NoticeStatus, NoticeText, OutboxFilter, Outcome, Requeue, SqliteStore, Storage, StoreError,
+    Stored, Target, Tx,
 };
 
 fn t0() -> Timestamp {
@@ -97,9 +97,12 @@ fn notice(key: &str, version: i64, contact: Option<ContactRef>, status: NoticeSt
         contact,
         channel: None,
         address: Some("anne@example.dk".into()),
-        language: Some("da".into()),
-        subject: Some("Hej".into()),
-        body: Some("Hej Anne".into()),
+        text: NoticeText {
+            language: Some("da".into()),
+            subject: Some("Hej".into()),
+            body: Some("Hej Anne".into()),
+            html: Some("<p>Hej Anne</p>".into()),
+        },
         status,
         not_before: t0(),
         error: None,
@@ -293,7 +296,8 @@ async fn a_batch_round_trips<S: Storage>(store: &S) {
     assert_eq!(outbox[0].key, format!("{parent}:1:hello:midwife"));
     assert_eq!(outbox[0].reference, "FAM-1");
     assert_eq!(outbox[0].status, NoticeStatus::Queued);
-    assert_eq!(outbox[0].body.as_deref(), Some("Hej Anne"));
+    assert_eq!(outbox[0].text.body.as_deref(), Some("Hej Anne"));
+    assert_eq!(outbox[0].text.html.as_deref(), Some("<p>Hej Anne</p>"));
 
     let events = store.events("FAM-1").await.expect("events");
     assert_eq!(events.len(), 1);

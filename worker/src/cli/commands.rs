@@ -157,7 +157,7 @@ fn init_logging() {
 
 /// Reads the notifier's configuration; `sink` adds a [file] section for channels without a
 /// transport.
-fn notifier_config(
+pub(super) fn notifier_config(
     config: Option<&Path>,
     sink: Option<PathBuf>,
 ) -> anyhow::Result<Option<NotifierConfig>> {
@@ -608,10 +608,16 @@ async fn outbox_action(
                         row.attempts,
                         if row.attempts == 1 { "" } else { "s" }
                     );
-                    if let Some(subject) = &row.subject {
+                    if let Some(subject) = &row.text.subject {
                         println!("Subject: {subject}");
                     }
-                    println!("\n{}\n", row.body.as_deref().unwrap_or("(no text)"));
+                    println!("\n{}\n", row.text.body.as_deref().unwrap_or("(no text)"));
+                    if let Some(html) = &row.text.html {
+                        println!(
+                            "(with an HTML alternative of {} characters: --format json shows it)\n",
+                            html.chars().count()
+                        );
+                    }
                     for e in log {
                         println!(
                             "{}  {:<15} {}",

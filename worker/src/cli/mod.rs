@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use carepath_engine::{Diagnostic, Report, diagnostic, graph};
+use carepath_notifier::sms;
 
 use crate::load;
 
@@ -40,6 +41,13 @@ pub enum Command {
         /// Output: text for people, json for tools.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Warn when an SMS template needs more segments than this (default: the
+        /// configuration's [sms] max_segments, else 3).
+        #[arg(long)]
+        max_segments: Option<usize>,
+        /// The notifier's configuration, for [sms] max_segments.
+        #[arg(long, env = "CAREPATH_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Draw a pathway's state graph: states grouped by the owner's sector, edges labelled
     /// with the event or timer (timers dashed).
@@ -248,10 +256,22 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Validate { paths, format } => {
+        Command::Validate {
+            paths,
+            format,
+            max_segments,
+            config,
+        } => {
             let sources = load::load(&paths)?;
-            let report = carepath_engine::check(&sources);
-            print_report(&mut out, &report, format, sources.len())?;
+            let max_segments = match max_segments {
+                Some(n) => n,
+                None => commands::notifier_config(config.as_deref(), None)?
+                    .and_then(|c| c.sms)
+                    .map_or(sms::DEFAULT_MAX_SEGMENTS, |s| s.max_segments),
+            };
+            let mut report = carepath_engine::check(&sources);
+            let estimates = sms::check(&mut report, max_segments);
+            print_report(&mut out, &report, &estimates, format, sources.len())?;
             Ok(if report.has_errors() {
                 ExitCode::from(1)
             } else {
@@ -305,18 +325,61 @@ pub fn schema_text() -> String {
 fn print_report(
     out: &mut impl Write,
     report: &Report,
+    estimates: &[(String, Vec<sms::Estimate>)],
     format: Format,
     pathways: usize,
 ) -> std::io::Result<()> {
+    let sized = || {
+        estimates.iter().flat_map(|(id, es)| {
+            es.iter().map(move |e| {
+                let size = e.size.as_ref().map_err(|why| why.as_str());
+                (id.as_str(), e, size)
+            })
+        })
+    };
     match format {
         Format::Json => {
-            let text = serde_json::to_string_pretty(&diagnostic::to_json(&report.diagnostics))
-                .unwrap_or_default();
+            let mut json = diagnostic::to_json(&report.diagnostics);
+            let sms: Vec<serde_json::Value> = sized()
+                .map(|(id, e, size)| match size {
+                    Ok(s) => serde_json::json!({
+                        "pathway": id, "template": e.template, "language": e.language,
+                        "file": e.path, "encoding": s.encoding.as_str(), "units": s.units,
+                        "segments": s.segments,
+                    }),
+                    Err(why) => serde_json::json!({
+                        "pathway": id, "template": e.template, "language": e.language,
+                        "file": e.path, "error": why,
+                    }),
+                })
+                .collect();
+            json["sms"] = serde_json::Value::Array(sms);
+            let text = serde_json::to_string_pretty(&json).unwrap_or_default();
             writeln!(out, "{text}")
         }
         Format::Text => {
             for d in &report.diagnostics {
                 writeln!(out, "{}", d.render())?;
+            }
+            if sized().next().is_some() {
+                writeln!(
+                    out,
+                    "SMS templates (sample values: the year's longest date, {} characters a text):",
+                    sms::SAMPLE_TEXT_CHARS
+                )?;
+                for (id, e, size) in sized() {
+                    let what = match size {
+                        Ok(s) => format!(
+                            "{} segment{}, {} {} units",
+                            s.segments,
+                            plural(s.segments),
+                            s.units,
+                            s.encoding.as_str()
+                        ),
+                        Err(why) => format!("not estimated: {why}"),
+                    };
+                    writeln!(out, "  {id} {}.{}: {what}", e.template, e.language)?;
+                }
             }
             let (errors, warnings) = report.counts();
             writeln!(

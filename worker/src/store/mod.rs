@@ -270,18 +270,29 @@ pub struct NewNotice {
     pub channel: Option<Channel>,
     /// The address on that channel.
     pub address: Option<String>,
-    /// The language rendered in.
-    pub language: Option<String>,
-    /// Email subject.
-    pub subject: Option<String>,
-    /// The text.
-    pub body: Option<String>,
+    /// The text, when it could be rendered.
+    pub text: NoticeText,
     /// `queued`, or `dead` when it cannot be sent (no contact, a render error).
     pub status: NoticeStatus,
     /// Not to be sent before.
     pub not_before: Timestamp,
     /// Why it is dead or skipped.
     pub error: Option<String>,
+}
+
+/// A notice's text, rendered once when it is emitted and kept, so what was sent can always be
+/// shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NoticeText {
+    /// The language it was rendered in.
+    pub language: Option<String>,
+    /// Email subject.
+    pub subject: Option<String>,
+    /// The text body.
+    pub body: Option<String>,
+    /// Email: the HTML alternative, when the template has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
 }
 
 /// Where an outbox row is in its life.
@@ -341,12 +352,9 @@ pub struct OutboxRow {
     pub channel: Option<Channel>,
     /// The address.
     pub address: Option<String>,
-    /// The language.
-    pub language: Option<String>,
-    /// Email subject.
-    pub subject: Option<String>,
-    /// The text.
-    pub body: Option<String>,
+    /// The text as rendered when the notice was emitted.
+    #[serde(flatten)]
+    pub text: NoticeText,
     /// Where it is.
     pub status: NoticeStatus,
     /// Not before.

@@ -24,8 +24,8 @@ use carepath_engine::step::History;
 
 use super::{
     Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord, InstanceRow, NoticeStatus,
-    OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, Requeue, Result, Storage, StoreError, Stored,
-    StoredPathway, Target, Tx,
+    NoticeText, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, Requeue, Result, Storage,
+    StoreError, Stored, StoredPathway, Target, Tx,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -264,9 +264,12 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
         family: r.try_get::<i64, _>("family")? != 0,
         channel: channel(r.try_get("channel")?),
         address: r.try_get("address")?,
-        language: r.try_get("language")?,
-        subject: r.try_get("subject")?,
-        body: r.try_get("body")?,
+        text: NoticeText {
+            language: r.try_get("language")?,
+            subject: r.try_get("subject")?,
+            body: r.try_get("body")?,
+            html: r.try_get("html")?,
+        },
         status: NoticeStatus::parse(&status).ok_or_else(|| StoreError::Data {
             what: what.clone(),
             reason: format!("unknown status {status:?}"),
@@ -868,10 +871,10 @@ impl Tx for SqliteTx {
             .execute(&mut *conn)
             .await?;
         }
-        for chunk in changes.outbox.chunks(MAX_BINDS / 18) {
+        for chunk in changes.outbox.chunks(MAX_BINDS / 19) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
-                 channel, address, language, subject, body, status, not_before, attempts, last_error, created_at, updated_at) ",
+                 channel, address, language, subject, body, html, status, not_before, attempts, last_error, created_at, updated_at) ",
             );
             q.push_values(chunk, |mut b, (t, n)| {
                 let id = target(*t);
@@ -884,9 +887,10 @@ impl Tx for SqliteTx {
                     .push_bind(n.contact.map(contact))
                     .push_bind(n.channel.map(Channel::as_str))
                     .push_bind(&n.address)
-                    .push_bind(&n.language)
-                    .push_bind(&n.subject)
-                    .push_bind(&n.body)
+                    .push_bind(&n.text.language)
+                    .push_bind(&n.text.subject)
+                    .push_bind(&n.text.body)
+                    .push_bind(&n.text.html)
                     .push_bind(n.status.as_str())
                     .push_bind(ms(n.not_before))
                     .push_bind(0i64)
