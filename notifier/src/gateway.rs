@@ -59,6 +59,10 @@ pub struct SmsConfig {
     /// `carepath validate` warns when a family SMS template is longer than this.
     #[serde(default = "default_segments")]
     pub max_segments: usize,
+    /// GatewayAPI: the environment variable holding the secret that signs inbound SMS
+    /// webhooks (`X-Gwapi-Signature`). Without it, `carepath run --listen` takes no inbound SMS.
+    #[serde(default)]
+    pub inbound_secret_env: Option<String>,
 }
 
 fn default_timeout() -> u64 {

@@ -338,6 +338,7 @@ async fn gateway(server: &MockServer) -> SmsConfig {
         sender: "Kommunen".into(),
         timeout_secs: 5,
         max_segments: 3,
+        inbound_secret_env: None,
     }
 }
 
@@ -609,4 +610,166 @@ fn the_example_configuration_parses_and_names_its_secrets() {
         missing.to_string().contains("CAREPATH_SMTP_PASSWORD"),
         "{missing}"
     );
+}
+
+/// Signs `claims` as GatewayAPI signs its webhooks: an HS256 JWT.
+fn gwapi_signature(claims: &Value, secret: &[u8]) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, Mac};
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("key");
+    mac.update(format!("{header}.{claims}").as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{header}.{claims}.{signature}")
+}
+
+#[tokio::test]
+async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
+    use carepath_worker::api;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [1]})))
+        .mount(&server)
+        .await;
+    let (rt, clock) = runtime(dir.path()).await;
+    enrol(&rt, "FAM-OUT", "jordemoder@example.dk", "da").await;
+    book_scan(&rt, &clock, "FAM-OUT").await;
+    let rt = Arc::new(rt);
+
+    let secret = "webhook-secret";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/inbound/sms/gatewayapi",
+        listener.local_addr().expect("addr")
+    );
+    let wake = carepath_worker::worker::Wake::new();
+    let serving = tokio::spawn(api::serve(
+        listener,
+        api::router(api::Api {
+            runtime: rt.clone(),
+            gatewayapi_secret: Some(secret.into()),
+        }),
+        wake.clone(),
+    ));
+    let http = reqwest::Client::new();
+    let post = |body: String, signature: Option<String>| {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = signature {
+            req = req.header("X-Gwapi-Signature", s);
+        }
+        req.send()
+    };
+    let stop = json!({"id": 1000001, "msisdn": 4520123456u64, "receiver": 1204, "message": "Stop", "senttime": 1802000000});
+    let opted_out = || async {
+        rt.store()
+            .opted_out(&[("+4520123456".to_string(), Channel::Sms)])
+            .await
+            .expect("read")
+    };
+
+    // Refused: no signature, a forged one, malformed JSON, no number. Nothing changes.
+    let r = post(stop.to_string(), None).await.expect("send");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "an RFC 9457 problem"
+    );
+    let problem: Value = r.json().await.expect("json");
+    assert_eq!(problem["code"], "unauthorized");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("X-Gwapi-Signature")),
+        "{problem}"
+    );
+    let forged = gwapi_signature(&json!({}), b"not-the-secret");
+    let r = post(stop.to_string(), Some(forged)).await.expect("send");
+    assert_eq!(r.status(), 401);
+    let signed = gwapi_signature(&json!({"iat": 1802000000}), secret.as_bytes());
+    let r = post("{\"msisdn\": ".into(), Some(signed.clone()))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 422);
+    let r = post(json!({"message": "STOP"}).to_string(), Some(signed.clone()))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.expect("json");
+    assert_eq!(problem["pointer"], "/msisdn");
+    assert!(
+        opted_out().await.is_empty(),
+        "a refused request changed state"
+    );
+
+    // A reply that is not a keyword changes nothing; STOP opts the number out.
+    let chat = json!({"id": 1000002, "msisdn": 4520123456u64, "message": "Hvad tid er det?", "senttime": 1802000000});
+    let r = post(chat.to_string(), Some(signed.clone()))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.expect("json")["action"], "ignored");
+    assert!(opted_out().await.is_empty());
+    let r = post(stop.to_string(), Some(signed.clone()))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"action": "opted-out", "changed": true})
+    );
+    assert_eq!(
+        opted_out().await,
+        vec![("+4520123456".to_string(), Channel::Sms)]
+    );
+    // GatewayAPI retries what it thinks failed: a repeat is harmless.
+    let r = post(stop.to_string(), Some(signed.clone()))
+        .await
+        .expect("send");
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"action": "opted-out", "changed": false})
+    );
+
+    // The family's reminder is then skipped, with the reason, not sent.
+    let notifier = Notifier::new(&NotifierConfig {
+        sms: Some(gateway(&server).await),
+        ..NotifierConfig::default()
+    })
+    .expect("notifier");
+    let monday = local("2027-02-15T08:00");
+    clock.advance_to(monday);
+    rt.fire_due(monday, 100).await.expect("fire");
+    let done = notifier.deliver(rt.store(), monday).await.expect("deliver");
+    let reminders = rows(&rt, "appointment_reminder").await;
+    assert!(!reminders.is_empty(), "{done:?}");
+    for r in &reminders {
+        assert_eq!(r.status, NoticeStatus::Skipped);
+        assert_eq!(r.last_error.as_deref(), Some("the family opted out of sms"));
+    }
+    assert!(
+        server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    // START opts back in.
+    let start =
+        json!({"id": 1000003, "msisdn": "4520123456", "message": "start", "senttime": 1802000100});
+    let r = post(start.to_string(), Some(signed)).await.expect("send");
+    assert_eq!(r.json::<Value>().await.expect("json")["action"], "opted-in");
+    assert!(opted_out().await.is_empty());
+
+    wake.stop();
+    serving.await.expect("join").expect("served");
 }

@@ -475,3 +475,59 @@ fn simulate_names_what_is_wrong_in_its_input() {
     assert!(err.contains("due_date"), "{err}");
     let _ = root();
 }
+
+#[tokio::test]
+async fn run_serves_the_http_api_and_stops_it_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pathways = dir.path().join("pathways");
+    write_pathway(&pathways, &chain(2), &["entered", "counted"]);
+    let db = dir.path().join("api.db");
+    let (mut worker, log) = start_worker(
+        &db,
+        &pathways,
+        "fixed:2027-04-01T00:00:00Z",
+        &["--listen", "127.0.0.1:0"],
+    );
+    let addr = loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the API starts");
+        if line.contains("HTTP API listening") {
+            let at = line.find("addr=").expect("addr") + 5;
+            break line[at..]
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .to_string();
+        }
+    };
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("text"), "ok\n");
+    let r = http
+        .get(format!("http://{addr}/v1/nothing-here"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // Without [sms] inbound_secret_env the webhook takes nothing.
+    let r = http
+        .post(format!("http://{addr}/v1/inbound/sms/gatewayapi"))
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 404);
+
+    // SAFETY: kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let status = wait_exit(&mut worker, Duration::from_secs(30)).expect("stops");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

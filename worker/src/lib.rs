@@ -12,6 +12,7 @@
 //! - [`lateness`]: how late timers fire, kept in a fixed-size histogram;
 //! - [`worker`]: the loop that sleeps until the next due time and wakes when work arrives;
 //! - [`simulate`]: a family's whole pathway on the real runtime and virtual time;
+//! - [`api`]: the HTTP API beside the worker (inbound SMS webhooks, health);
 //! - [`cli`]: the `carepath` command line.
 //!
 //! ```no_run
@@ -20,6 +21,7 @@
 //! assert!(!report.has_errors());
 //! ```
 
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

@@ -68,6 +68,7 @@ pub struct Summary {
 pub struct Wake {
     notify: Arc<Notify>,
     stop: Arc<AtomicBool>,
+    stopped: Arc<Notify>,
 }
 
 impl Wake {
@@ -85,6 +86,16 @@ impl Wake {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.notify.notify_one();
+        self.stopped.notify_waiters();
+    }
+
+    /// Resolves once [`Wake::stop`] is called: the HTTP server's graceful shutdown.
+    pub async fn stopped(&self) {
+        let stopped = self.stopped.notified();
+        if self.stopping() {
+            return;
+        }
+        stopped.await;
     }
 
     fn stopping(&self) -> bool {

@@ -11,6 +11,7 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::api;
 use crate::catalog::Catalog;
 use crate::clock::{self, Clock, ScaledClock};
 use crate::delivery::Notifier;
@@ -34,7 +35,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             until_idle,
             config,
             sink,
-        } => run_worker(&db, batch, until_idle, config, sink).await,
+            listen,
+        } => run_worker(&db, batch, until_idle, config, sink, listen).await,
         Command::Enroll {
             family,
             pathway,
@@ -149,9 +151,12 @@ async fn open(db: &DbArgs, now: Timestamp) -> anyhow::Result<(SqliteStore, Catal
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAREPATH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for people: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -194,6 +199,7 @@ async fn run_worker(
     until_idle: bool,
     config: Option<PathBuf>,
     sink: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     init_logging();
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
@@ -203,8 +209,9 @@ async fn run_worker(
         pathways = ?catalog.pathway_ids(),
         "worker starting"
     );
-    let notifier = match notifier_config(config.as_deref(), sink)? {
-        Some(c) => Some(Notifier::new(&c)?),
+    let config = notifier_config(config.as_deref(), sink)?;
+    let notifier = match &config {
+        Some(c) => Some(Notifier::new(c)?),
         None => {
             tracing::warn!(
                 "no channels configured (--config or --sink): notices stay queued until a worker with channels runs"
@@ -212,10 +219,35 @@ async fn run_worker(
             None
         }
     };
-    let rt = Runtime::new(store, catalog, clock);
+    let rt = Arc::new(Runtime::new(store, catalog, clock));
     let wake = Wake::new();
     wake.stop_on_signals()?;
     wake.listen(&db.db);
+    let server = match listen {
+        Some(addr) => {
+            let gatewayapi_secret = match config
+                .as_ref()
+                .and_then(|c| c.sms.as_ref())
+                .and_then(|s| s.inbound_secret_env.as_deref())
+            {
+                Some(var) => Some(carepath_notifier::config::secret(
+                    var,
+                    "sms.inbound_secret_env",
+                )?),
+                None => None,
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+            let router = api::router(api::Api {
+                runtime: rt.clone(),
+                gatewayapi_secret,
+            });
+            Some(tokio::spawn(api::serve(listener, router, wake.clone())))
+        }
+        None => None,
+    };
     let summary = worker::run(
         &rt,
         &wake,
@@ -227,6 +259,11 @@ async fn run_worker(
         },
     )
     .await?;
+    if let Some(server) = server {
+        // The worker stopped (a signal, or --until-idle): the server finishes what it has.
+        wake.stop();
+        server.await??;
+    }
     let late = |q| {
         summary
             .lateness

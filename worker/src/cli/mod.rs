@@ -82,6 +82,10 @@ pub enum Command {
         /// configuration gives no transport: a shorthand for a [file] section.
         #[arg(long)]
         sink: Option<PathBuf>,
+        /// Serve the HTTP API on this address (e.g. 127.0.0.1:8080): health, and the inbound
+        /// SMS webhook when [sms] inbound_secret_env is set.
+        #[arg(long, env = "CAREPATH_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Enrol a family: FAMILY.json holds ref, pathway, fields and contacts.
     Enroll {

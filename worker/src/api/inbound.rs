@@ -1,0 +1,211 @@
+//! Inbound SMS from GatewayAPI (its "MO" webhook): a family answers STOP to opt their number
+//! out of SMS, START to opt back in.
+//!
+//! GatewayAPI signs each call with a JWT (HS256) in `X-Gwapi-Signature`, made with the secret
+//! set on the webhook; a call without a valid signature is refused 401 and changes nothing.
+//! The body is JSON: `{"id", "msisdn", "receiver", "message", "senttime", ...}`. The text of a
+//! message is never logged: a family may write anything in a reply.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Json;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use carepath_engine::pathway::Channel;
+use carepath_notifier::channel::mask_phone;
+
+use super::{Api, Problem};
+use crate::delivery::Notifier;
+use crate::store::Storage;
+
+/// The header GatewayAPI signs webhooks in.
+pub const SIGNATURE_HEADER: &str = "x-gwapi-signature";
+
+/// Words that opt a number out, as the first word of a reply (any case).
+pub const STOP_WORDS: &[&str] = &["STOP", "STOPP", "AFMELD"];
+
+/// Words that opt a number back in.
+pub const START_WORDS: &[&str] = &["START", "TILMELD"];
+
+/// What an inbound message did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The number was opted out of SMS.
+    OptedOut,
+    /// The number was opted back in.
+    OptedIn,
+    /// Not a keyword: nothing changed.
+    Ignored,
+}
+
+impl Action {
+    /// The first word of `message`, read as a keyword.
+    pub fn of(message: &str) -> Self {
+        let word = message
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_uppercase();
+        if STOP_WORDS.contains(&word.as_str()) {
+            Action::OptedOut
+        } else if START_WORDS.contains(&word.as_str()) {
+            Action::OptedIn
+        } else {
+            Action::Ignored
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::OptedOut => "opted-out",
+            Action::OptedIn => "opted-in",
+            Action::Ignored => "ignored",
+        }
+    }
+}
+
+/// `POST /v1/inbound/sms/gatewayapi`.
+pub async fn gatewayapi<S: Storage>(
+    State(api): State<Api<S>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Problem> {
+    let Some(secret) = &api.gatewayapi_secret else {
+        return Err(Problem::not_found(
+            "inbound SMS are not configured: set [sms] inbound_secret_env",
+        ));
+    };
+    let token = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Problem::unauthorized("no X-Gwapi-Signature header"))?;
+    let now = api.runtime.clock().now();
+    verify_jwt(token, secret.as_bytes(), now.as_second())
+        .map_err(|why| Problem::unauthorized(&format!("X-Gwapi-Signature: {why}")))?;
+
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| Problem::invalid("", &format!("the body is not JSON: {e}")))?;
+    let msisdn = match &body["msisdn"] {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => {
+            return Err(Problem::invalid(
+                "/msisdn",
+                "msisdn: expected the sender's number",
+            ));
+        }
+    };
+    let message = body["message"]
+        .as_str()
+        .ok_or_else(|| Problem::invalid("/message", "message: expected the text"))?;
+    let number = Notifier::opt_out_key(&format!("+{}", msisdn.trim_start_matches('+')));
+    if number.len() < 9 {
+        return Err(Problem::invalid(
+            "/msisdn",
+            "msisdn: expected a number with its country code, as 4512345678",
+        ));
+    }
+    let action = Action::of(message);
+    let shown = mask_phone(&number);
+    let changed = match action {
+        Action::Ignored => false,
+        Action::OptedOut | Action::OptedIn => api
+            .runtime
+            .store()
+            .set_opt_out(
+                &number,
+                Channel::Sms,
+                action == Action::OptedOut,
+                "sms STOP",
+                now,
+            )
+            .await
+            .map_err(|e| Problem::unavailable(&format!("the opt-out was not saved: {e}")))?,
+    };
+    tracing::info!(from = %shown, action = action.as_str(), changed, "inbound SMS");
+    Ok(Json(json!({"action": action.as_str(), "changed": changed})))
+}
+
+/// Checks an HS256 JWT's signature with `secret`, and its `exp` claim, if any, against `now`
+/// (seconds since the epoch).
+pub fn verify_jwt(token: &str, secret: &[u8], now: i64) -> Result<(), String> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not a JWT (three dot-separated parts)".into());
+    };
+    let decode = |part: &str, what: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|e| format!("the {what} is not base64url: {e}"))
+    };
+    let json = |bytes: Vec<u8>, what: &str| {
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("the {what} is not JSON: {e}"))
+    };
+    let head = json(decode(header, "header")?, "header")?;
+    if head["alg"] != "HS256" {
+        return Err(format!("algorithm {} is not HS256", head["alg"]));
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|e| e.to_string())?;
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(claims.as_bytes());
+    mac.verify_slice(&decode(signature, "signature")?)
+        .map_err(|_| "the signature does not match the configured secret".to_string())?;
+    let claims = json(decode(claims, "claims")?, "claims")?;
+    if let Some(exp) = claims["exp"].as_i64()
+        && exp < now
+    {
+        return Err("the token has expired".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Signs `claims` as GatewayAPI does.
+    fn sign(claims: &Value, secret: &[u8]) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("key");
+        mac.update(format!("{header}.{claims}").as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{header}.{claims}.{sig}")
+    }
+
+    #[test]
+    fn a_signed_token_passes_and_a_forged_one_does_not() {
+        let token = sign(&json!({"msisdn": 4512345678u64}), b"s3cret");
+        assert_eq!(verify_jwt(&token, b"s3cret", 0), Ok(()));
+        let err = verify_jwt(&token, b"other", 0).unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+        assert!(verify_jwt("a.b", b"s3cret", 0).is_err());
+        let expired = sign(&json!({"exp": 100}), b"s3cret");
+        assert!(
+            verify_jwt(&expired, b"s3cret", 200)
+                .unwrap_err()
+                .contains("expired")
+        );
+        assert_eq!(verify_jwt(&expired, b"s3cret", 50), Ok(()));
+    }
+
+    #[test]
+    fn keywords_are_the_first_word_in_any_case() {
+        assert_eq!(Action::of("stop"), Action::OptedOut);
+        assert_eq!(Action::of("  Stop tak"), Action::OptedOut);
+        assert_eq!(Action::of("AFMELD."), Action::OptedOut);
+        assert_eq!(Action::of("start"), Action::OptedIn);
+        assert_eq!(Action::of("Kan vi flytte tiden?"), Action::Ignored);
+        assert_eq!(Action::of("Please don't stop"), Action::Ignored);
+        assert_eq!(Action::of(""), Action::Ignored);
+    }
+}
