@@ -8,7 +8,7 @@
 //!
 //! Each run enrols N families on a one-notice pathway (`--n N`, default 20,000), so N rendered
 //! notices wait in the outbox, then times two things: the channel alone (N messages through
-//! `EmailChannel`/`SmsChannel` with the delivery loop's concurrency) and the whole delivery
+//! the configured `Channels` with the delivery loop's concurrency) and the whole delivery
 //! loop (`Notifier::deliver`: read the outbox, send, record every attempt). The sinks count
 //! what they accept, and the run fails unless every message arrived and every row is `sent`.
 
@@ -25,9 +25,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use carepath_engine::pathway::Channel;
-use carepath_notifier::email::{EmailChannel, EmailConfig, Security};
-use carepath_notifier::gateway::{Gateway, SmsChannel, SmsConfig};
-use carepath_notifier::{Message, NotifierConfig};
+use carepath_notifier::email::{EmailConfig, Security};
+use carepath_notifier::gateway::{Gateway, SmsConfig};
+use carepath_notifier::{Channels, Message, NotifierConfig};
 use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::delivery::Notifier;
@@ -235,49 +235,59 @@ fn row(channel: &str, n: usize, alone: Duration, loop_: Duration) {
 // Email
 
 async fn email(n: usize) -> Result<()> {
-    let dir = tempfile::tempdir()?;
     let received = Arc::new(AtomicUsize::new(0));
     let port = smtp_sink(received.clone()).await?;
-    let config = EmailConfig {
-        host: "127.0.0.1".into(),
-        port: Some(port),
-        security: Security::None,
-        username: None,
-        password_env: None,
-        from: "Forløbskoordinering <noreply@carepath.example.dk>".into(),
-        pool: POOL,
-        timeout_secs: 10,
+    let config = NotifierConfig {
+        email: Some(EmailConfig {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            security: Security::None,
+            username: None,
+            password_env: None,
+            from: "Forløbskoordinering <noreply@carepath.example.dk>".into(),
+            pool: POOL,
+            timeout_secs: 10,
+        }),
+        ..NotifierConfig::default()
     };
-    let channel = EmailChannel::new(&config)?;
-    let alone = channel_alone(n, Channel::Email, |m| {
-        let channel = &channel;
-        async move { channel.send(&m).await.map(drop).map_err(|e| e.to_string()) }
+    let label = format!("email, SMTP, {POOL} pooled connections");
+    measure(&label, Channel::Email, n, &config, &received).await
+}
+
+/// Times `n` messages through the channel alone, then `n` notices through the delivery loop,
+/// checking that the sink counted every one.
+async fn measure(
+    label: &str,
+    channel: Channel,
+    n: usize,
+    config: &NotifierConfig,
+    received: &AtomicUsize,
+) -> Result<()> {
+    let arrived = |expected: usize| {
+        let got = received.load(Ordering::Relaxed);
+        ensure!(got == expected, "the sink got {got} of {expected}");
+        Ok(())
+    };
+    let channels = Channels::new(config)?;
+    let now = Timestamp::now();
+    let alone = channel_alone(n, channel, |m| {
+        let channels = &channels;
+        async move {
+            channels
+                .send(&m, now)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
     })
     .await?;
-    ensure!(
-        received.load(Ordering::Relaxed) == n,
-        "the sink got {} of {n}",
-        received.load(Ordering::Relaxed)
-    );
+    arrived(n)?;
 
-    let (rt, now) = outbox_of(dir.path(), Channel::Email, n).await?;
-    let notifier = Notifier::new(&NotifierConfig {
-        email: Some(config),
-        ..NotifierConfig::default()
-    })?;
-    let loop_ = delivery_loop(&rt, &notifier, now, n).await?;
-    ensure!(
-        received.load(Ordering::Relaxed) == 2 * n,
-        "the sink got {} of {}",
-        received.load(Ordering::Relaxed),
-        2 * n
-    );
-    row(
-        &format!("email, SMTP, {POOL} pooled connections"),
-        n,
-        alone,
-        loop_,
-    );
+    let dir = tempfile::tempdir()?;
+    let (rt, now) = outbox_of(dir.path(), channel, n).await?;
+    let loop_ = delivery_loop(&rt, &Notifier::new(config)?, now, n).await?;
+    arrived(2 * n)?;
+    row(label, n, alone, loop_);
     rt.store().close().await;
     Ok(())
 }
@@ -347,46 +357,29 @@ async fn smtp_session(
 // SMS
 
 async fn sms(n: usize) -> Result<()> {
-    let dir = tempfile::tempdir()?;
     let received = Arc::new(AtomicUsize::new(0));
     let port = http_sink(received.clone()).await?;
-    let config = SmsConfig {
-        gateway: Gateway::Gatewayapi,
-        url: format!("http://127.0.0.1:{port}"),
-        token_env: Some(TOKEN_ENV.into()),
-        username: None,
-        sender: "Sundhed".into(),
-        timeout_secs: 10,
-        max_segments: 3,
-        inbound_secret_env: None,
-    };
-    let channel = SmsChannel::new(&config)?;
-    let alone = channel_alone(n, Channel::Sms, |m| {
-        let channel = &channel;
-        async move { channel.send(&m).await.map(drop).map_err(|e| e.to_string()) }
-    })
-    .await?;
-    ensure!(
-        received.load(Ordering::Relaxed) == n,
-        "the sink got {} of {n}",
-        received.load(Ordering::Relaxed)
-    );
-
-    let (rt, now) = outbox_of(dir.path(), Channel::Sms, n).await?;
-    let notifier = Notifier::new(&NotifierConfig {
-        sms: Some(config),
+    let config = NotifierConfig {
+        sms: Some(SmsConfig {
+            gateway: Gateway::Gatewayapi,
+            url: format!("http://127.0.0.1:{port}"),
+            token_env: Some(TOKEN_ENV.into()),
+            username: None,
+            sender: "Sundhed".into(),
+            timeout_secs: 10,
+            max_segments: 3,
+            inbound_secret_env: None,
+        }),
         ..NotifierConfig::default()
-    })?;
-    let loop_ = delivery_loop(&rt, &notifier, now, n).await?;
-    ensure!(
-        received.load(Ordering::Relaxed) == 2 * n,
-        "the sink got {} of {}",
-        received.load(Ordering::Relaxed),
-        2 * n
-    );
-    row("SMS, GatewayAPI over HTTP/1.1", n, alone, loop_);
-    rt.store().close().await;
-    Ok(())
+    };
+    measure(
+        "SMS, GatewayAPI over HTTP/1.1",
+        Channel::Sms,
+        n,
+        &config,
+        &received,
+    )
+    .await
 }
 
 /// A GatewayAPI-shaped HTTP sink on loopback: checks the token, counts each message, answers
