@@ -344,6 +344,16 @@ async fn gateway(server: &MockServer) -> SmsConfig {
 
 /// Books a scan for Monday 15 February 2027 at 09:30: the family's reminders are due
 /// Saturday 13 February 09:30 (two days before) and Monday 06:30 (three hours before).
+/// A gateway double that accepts every message.
+async fn accepting_gateway() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [1]})))
+        .mount(&server)
+        .await;
+    server
+}
+
 async fn book_scan(rt: &Runtime<SqliteStore>, clock: &VirtualClock, reference: &str) {
     clock.advance_to(local("2027-01-12T09:00"));
     event(rt, reference, "first_exam_done", json!({"care_level": 2})).await;
@@ -513,11 +523,7 @@ async fn failures_are_retried_then_dead_lettered_and_retried_by_hand() {
 #[tokio::test]
 async fn opted_out_families_and_ended_pathways_get_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [1]})))
-        .mount(&server)
-        .await;
+    let server = accepting_gateway().await;
     let (rt, clock) = runtime(dir.path()).await;
     enrol(&rt, "FAM-OUT", "jordemoder@example.dk", "da").await;
     enrol(&rt, "FAM-MOVE", "jordemoder@example.dk", "da").await;
@@ -629,11 +635,7 @@ fn gwapi_signature(claims: &Value, secret: &[u8]) -> String {
 async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
     use carepath_worker::api;
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [1]})))
-        .mount(&server)
-        .await;
+    let server = accepting_gateway().await;
     let (rt, clock) = runtime(dir.path()).await;
     enrol(&rt, "FAM-OUT", "jordemoder@example.dk", "da").await;
     book_scan(&rt, &clock, "FAM-OUT").await;
