@@ -122,7 +122,10 @@ pub async fn gatewayapi<S: Storage>(
                 &number,
                 Channel::Sms,
                 action == Action::OptedOut,
-                "sms STOP",
+                match action {
+                    Action::OptedOut => "sms STOP",
+                    _ => "sms START",
+                },
                 now,
             )
             .await
