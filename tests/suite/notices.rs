@@ -121,37 +121,26 @@ fn a_standard_track_run_renders_every_notice() {
     let mut data = reminder.data.clone();
     data["recipient"] = json!({"name": "Amal", "role": "family"});
     data["instance"] = json!({"ref": "FAM-0001"});
-    let da = renderer
-        .render(
-            "appointment_reminder",
-            carepath_engine::pathway::Channel::Sms,
-            "da",
-            &data,
-        )
-        .expect("da");
+    let reminder_in = |lang: &str| {
+        renderer
+            .render(
+                "appointment_reminder",
+                carepath_engine::pathway::Channel::Sms,
+                lang,
+                &data,
+            )
+            .unwrap_or_else(|e| panic!("{lang}: {e}"))
+    };
+    let da = reminder_in("da");
     assert_eq!(
         da.body,
         "Påmindelse: Du har en aftale mandag den 15. februar 2027 kl. 09.30, Ambulatorium 2, indgang 5. Kan du ikke komme, så ring på 70 20 30 40."
     );
-    let ar = renderer
-        .render(
-            "appointment_reminder",
-            carepath_engine::pathway::Channel::Sms,
-            "ar",
-            &data,
-        )
-        .expect("ar");
+    let ar = reminder_in("ar");
     assert_eq!(ar.language, "ar");
     assert_eq!(sms::segments(&ar.body).encoding, sms::Encoding::Ucs2);
     // Turkish has no translation: the default language is used.
-    let tr = renderer
-        .render(
-            "appointment_reminder",
-            carepath_engine::pathway::Channel::Sms,
-            "tr",
-            &data,
-        )
-        .expect("tr");
+    let tr = reminder_in("tr");
     assert_eq!(tr.language, "da");
 }
 

@@ -32,7 +32,7 @@ use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::delivery::Notifier;
 use carepath_worker::runtime::{EnrolRequest, Runtime};
-use carepath_worker::store::{Contact, SqliteStore};
+use carepath_worker::store::{Contact, NoticeStatus, OutboxFilter, SqliteStore, Storage};
 
 /// The delivery loop's concurrency, for the channel-alone figure.
 const CONCURRENCY: usize = 16;
@@ -213,10 +213,15 @@ async fn delivery_loop(
     let done = notifier.deliver(rt.store(), now).await?;
     let elapsed = started.elapsed();
     ensure!(done.sent == n, "delivery loop: {done:?} for {n} notices");
-    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'sent'")
-        .fetch_one(rt.store().pool())
-        .await?;
-    ensure!(sent == n as i64, "{sent} rows sent of {n}");
+    let sent = rt
+        .store()
+        .outbox(&OutboxFilter {
+            status: Some(NoticeStatus::Sent),
+            ..OutboxFilter::default()
+        })
+        .await?
+        .len();
+    ensure!(sent == n, "{sent} rows sent of {n}");
     Ok(elapsed)
 }
 
