@@ -1,3 +1,4 @@
+mod api;
 mod cli;
 mod delivery;
 mod diagnostics;

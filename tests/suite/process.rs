@@ -488,19 +488,7 @@ async fn run_serves_the_http_api_and_stops_it_on_sigterm() {
         "fixed:2027-04-01T00:00:00Z",
         &["--listen", "127.0.0.1:0"],
     );
-    let addr = loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the API starts");
-        if line.contains("HTTP API listening") {
-            let at = line.find("addr=").expect("addr") + 5;
-            break line[at..]
-                .split_whitespace()
-                .next()
-                .expect("address")
-                .to_string();
-        }
-    };
+    let addr = api_address(&log);
     let http = reqwest::Client::new();
     let r = http
         .get(format!("http://{addr}/healthz"))
@@ -530,4 +518,137 @@ async fn run_serves_the_http_api_and_stops_it_on_sigterm() {
     assert_eq!(r, 0);
     let status = wait_exit(&mut worker, Duration::from_secs(30)).expect("stops");
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// Reads the address from a worker's "HTTP API listening addr=…" line.
+fn api_address(log: &mpsc::Receiver<String>) -> String {
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the API starts");
+        if line.contains("HTTP API listening") {
+            let at = line.find("addr=").expect("addr") + 5;
+            return line[at..]
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .to_string();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_made_by_the_cli_opens_an_api_process_whose_enrolment_a_separate_worker_delivers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pathways = dir.path().join("pathways");
+    write_pathway(&pathways, &chain(2), &["entered", "counted"]);
+    let db = dir.path().join("split.db");
+    let config = dir.path().join("carepath.toml");
+    let out = carepath()
+        .args(["token", "new", "--name", "kommune-epj"])
+        .args(["--scope", "instances:write", "--scope", "read"])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("token new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = stdout(&out).trim().to_string();
+    assert!(token.starts_with("cp_"), "{token}");
+    let saved = std::fs::read_to_string(&config).expect("config");
+    assert!(!saved.contains(&token), "only the hash is kept:\n{saved}");
+    assert!(
+        saved.contains("[[api.tokens]]") && saved.contains("kommune-epj"),
+        "{saved}"
+    );
+    let bad = carepath()
+        .args(["token", "new", "--name", "x", "--scope", "write"])
+        .output()
+        .expect("token new");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--scope write"));
+    // The API alone in one process, the worker (timers and delivery) in another.
+    let clock = "fixed:2027-04-01T00:00:00Z";
+    let config_arg = config.to_str().expect("utf-8");
+    let (mut api, api_log) = start_worker(
+        &db,
+        &pathways,
+        clock,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config_arg,
+            "--no-timers",
+            "--no-delivery",
+        ],
+    );
+    let addr = api_address(&api_log);
+    let sink = dir.path().join("sent.jsonl");
+    let (mut worker, worker_log) = start_worker(
+        &db,
+        &pathways,
+        clock,
+        &["--sink", sink.to_str().expect("utf-8")],
+    );
+
+    let http = reqwest::Client::new();
+    let enrol = json!({"ref": "FAM-77", "pathway": "chain", "contacts": {
+        "coordinator": {"name": "Koordinator", "email": "k@example.dk"}}});
+    let r = http
+        .post(format!("http://{addr}/v1/instances"))
+        .json(&enrol)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401, "no token");
+    let r = http
+        .post(format!("http://{addr}/v1/instances"))
+        .bearer_auth(&token)
+        .json(&enrol)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    // The API process woke the worker through the socket beside the database.
+    let sent = loop {
+        let line = worker_log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker delivers the enrolment's notice");
+        if line.contains("sent") && line.contains("template=entered") {
+            break line;
+        }
+    };
+    assert!(
+        !sent.contains("k@example.dk"),
+        "addresses are masked: {sent}"
+    );
+    assert!(
+        std::fs::read_to_string(&sink)
+            .expect("sink")
+            .contains("FAM-77")
+    );
+    // The access log names the route and the token, not the family.
+    let access = loop {
+        let line = api_log.recv_timeout(Duration::from_secs(30)).expect("log");
+        if line.contains("carepath::access") && line.contains("status=201") {
+            break line;
+        }
+    };
+    assert!(
+        access.contains("route=/v1/instances") && access.contains("caller=kommune-epj"),
+        "{access}"
+    );
+    assert!(!access.contains("FAM-77"), "{access}");
+
+    for child in [&mut api, &mut worker] {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert_eq!(r, 0);
+        let status = wait_exit(child, Duration::from_secs(30)).expect("stops");
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
 }

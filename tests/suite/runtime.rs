@@ -53,6 +53,7 @@ async fn runtime(
 
 fn event(key: &str, reference: &str, name: &str, payload: Value) -> EventRequest {
     EventRequest {
+        instance_id: None,
         key: key.into(),
         reference: reference.into(),
         pathway: None,

@@ -426,6 +426,7 @@ async fn lateness(pending: usize) -> Result<()> {
             batch: BATCH,
             until_idle: false,
             until: Some(until),
+            timers: true,
         },
     )
     .await?;
@@ -527,6 +528,7 @@ fn cohort_events(i: usize, day: i64, start: Date) -> Result<Vec<EventRequest>> {
     let p = plan(i);
     let reference = format!("C-{i:06}");
     let event = |name: &str, payload: Value| EventRequest {
+        instance_id: None,
         key: format!("{reference}:{name}"),
         reference: reference.clone(),
         pathway: None,

@@ -183,3 +183,25 @@ impl Catalog {
         ids
     }
 }
+
+/// A family's fields as they may be shown: each field the pathway declares sensitive (or does
+/// not declare at all, when the version is unknown) is replaced by `"(sensitive)"`.
+pub fn redact(
+    version: Option<&Version>,
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            let sensitive = version
+                .and_then(|v| v.checked.pathway.fields.get(k))
+                .is_none_or(|f| f.sensitive);
+            let shown = if sensitive {
+                serde_json::Value::String("(sensitive)".into())
+            } else {
+                v.clone()
+            };
+            (k.clone(), shown)
+        })
+        .collect()
+}

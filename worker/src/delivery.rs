@@ -8,6 +8,8 @@
 //! family's notice waits for its quiet hours and is skipped, with the reason, when the family
 //! opted out of the channel. Nothing is dropped without a row saying why.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use jiff::Timestamp;
 
@@ -17,6 +19,7 @@ use carepath_notifier::quiet::QuietHours;
 use carepath_notifier::retry::RetryPolicy;
 use carepath_notifier::{Channels, ConfigError, Message, NotifierConfig, SendError};
 
+use crate::metrics::Metrics;
 use crate::store::{Delivery, NoticeStatus, OutboxFilter, OutboxRow, Storage, StoreError};
 
 /// Notices sent concurrently: enough to keep pooled SMTP connections and a gateway busy.
@@ -31,6 +34,7 @@ pub struct Notifier {
     channels: Channels,
     retry: RetryPolicy,
     quiet: QuietHours,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What one delivery pass did.
@@ -55,7 +59,14 @@ impl Notifier {
             channels: Channels::new(config)?,
             retry: config.delivery.clone(),
             quiet: config.quiet_hours.clone(),
+            metrics: None,
         })
+    }
+
+    /// Counts what each delivery round does in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Normalises an address the way opt-outs are keyed: an email in lower case, a phone
@@ -71,6 +82,37 @@ impl Notifier {
         }
     }
 
+    /// The opt-out key and channel for `address`: `channel` is "sms" or "email", by default
+    /// email for an address with '@' and SMS otherwise.
+    pub fn opt_out_target(
+        address: &str,
+        channel: Option<&str>,
+    ) -> Result<(String, Channel), String> {
+        let channel = match channel {
+            Some("sms") => Channel::Sms,
+            Some("email") => Channel::Email,
+            Some(other) => return Err(format!("unknown channel {other:?}: use sms or email")),
+            None if address.contains('@') => Channel::Email,
+            None => Channel::Sms,
+        };
+        let key = Self::opt_out_key(address);
+        let plausible = match channel {
+            Channel::Email => key.contains('@') && key.len() >= 3,
+            Channel::Sms => key.starts_with('+') && key.len() >= 9,
+        };
+        if !plausible {
+            return Err(format!(
+                "{} is not {}",
+                carepath_notifier::channel::mask(&key),
+                match channel {
+                    Channel::Email => "an email address",
+                    Channel::Sms => "a phone number with its country code (+45…)",
+                }
+            ));
+        }
+        Ok((key, channel))
+    }
+
     /// Delivers every queued notice whose time has come by `now`.
     pub async fn deliver<S: Storage>(
         &self,
@@ -84,6 +126,7 @@ impl Notifier {
                     status: Some(NoticeStatus::Queued),
                     due_by: Some(now),
                     limit: Some(BATCH),
+                    skip_held: true,
                     ..OutboxFilter::default()
                 })
                 .await?;
@@ -101,6 +144,9 @@ impl Notifier {
                 }
             }
             store.record_deliveries(&outcomes, now).await?;
+            if let Some(m) = &self.metrics {
+                m.deliveries(&rows, &outcomes);
+            }
             if rows.len() < BATCH as usize {
                 return Ok(total);
             }
@@ -247,6 +293,8 @@ pub async fn next_notice<S: Storage>(store: &S) -> Result<Option<Timestamp>, Sto
         .outbox(&OutboxFilter {
             status: Some(NoticeStatus::Queued),
             limit: Some(1),
+            // A family on hold's notices wait for the resume, which wakes the worker.
+            skip_held: true,
             ..OutboxFilter::default()
         })
         .await?

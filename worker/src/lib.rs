@@ -10,6 +10,7 @@
 //! - [`runtime`]: enrolment, events and timers applied exactly once, in batches;
 //! - [`delivery`]: queued notices out through their channels, retried, held, dead-lettered;
 //! - [`lateness`]: how late timers fire, kept in a fixed-size histogram;
+//! - [`metrics`]: counters and gauges for Prometheus;
 //! - [`worker`]: the loop that sleeps until the next due time and wakes when work arrives;
 //! - [`simulate`]: a family's whole pathway on the real runtime and virtual time;
 //! - [`api`]: the HTTP API beside the worker (inbound SMS webhooks, health);
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod delivery;
 pub mod lateness;
 pub mod load;
+pub mod metrics;
 pub mod runtime;
 pub mod simulate;
 pub mod store;

@@ -25,6 +25,7 @@ use carepath_notifier::channel::{mask_email, mask_phone};
 
 use crate::catalog::{Catalog, Version};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::store::{
     Changes, Contact, ContactRef, EventRecord, InstanceRow, InstanceUpdate, NewInstance, NewNotice,
     NoticeStatus, NoticeText, Outcome, Storage, StoreError, Target, Tx,
@@ -96,16 +97,19 @@ pub enum RuntimeError {
 }
 
 /// A family to enrol.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     /// The family's external reference (a case number: never a CPR number).
     #[serde(rename = "ref")]
+    #[schema(example = "F-2026-0042")]
     pub reference: String,
     /// The pathway.
+    #[schema(example = "standard-track")]
     pub pathway: String,
-    /// The family's fields.
+    /// The family's fields, as the pathway declares them.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub fields: Map<String, Value>,
     /// Who plays each role for this family.
     #[serde(default)]
@@ -113,7 +117,7 @@ pub struct EnrolRequest {
 }
 
 /// An enrolled family.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Enrolled {
     /// The new instance.
     pub instance_id: i64,
@@ -137,6 +141,10 @@ pub struct EventRequest {
     /// The pathway, when the family is on several that take the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pathway: Option<String>,
+    /// The instance, when the reporter names it (the HTTP API's
+    /// `/v1/instances/{id}/events`): then only that instance may take the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<i64>,
     /// The event's name.
     pub event: String,
     /// Its payload.
@@ -171,6 +179,7 @@ pub struct Runtime<S: Storage> {
     store: S,
     catalog: Catalog,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Storage> Runtime<S> {
@@ -180,7 +189,13 @@ impl<S: Storage> Runtime<S> {
             store,
             catalog,
             clock,
+            metrics: Arc::default(),
         }
+    }
+
+    /// What this runtime counted, for `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The store.
@@ -254,8 +269,11 @@ impl<S: Storage> Runtime<S> {
                 0,
             )
             .await?;
-        let ids = tx.write(batch.finish()).await?;
+        let changes = batch.finish();
+        let steps = changes.history.len();
+        let ids = tx.write(changes).await?;
         tx.commit().await?;
+        self.metrics.transitions(steps);
         Ok(Enrolled {
             instance_id: ids.first().copied().unwrap_or_default(),
             ..enrolled
@@ -310,8 +328,14 @@ impl<S: Storage> Runtime<S> {
             let result = batch.event(&mut tx, req, now).await?;
             results.push(result);
         }
-        tx.write(batch.finish()).await?;
+        let changes = batch.finish();
+        let steps = changes.history.len();
+        tx.write(changes).await?;
         tx.commit().await?;
+        self.metrics.transitions(steps);
+        for r in results.iter().filter(|r| !r.replayed) {
+            self.metrics.event(r.record.outcome == Outcome::Applied);
+        }
         Ok(results)
     }
 
@@ -365,8 +389,11 @@ impl<S: Storage> Runtime<S> {
             batch.drop_stray(t.instance_id, &t.key);
         }
         let steps = batch.steps;
-        tx.write(batch.finish()).await?;
+        let changes = batch.finish();
+        let transitions = changes.history.len();
+        tx.write(changes).await?;
         tx.commit().await?;
+        self.metrics.transitions(transitions);
         Ok(Fired {
             claimed: due.len(),
             steps,
@@ -689,6 +716,20 @@ impl<'c> Batch<'c> {
             }
         };
         record.instance_id = Some(id);
+        if let Some(since) = self.working.get(&id).and_then(|w| w.row.held_since) {
+            record.code = Some("instance-held".into());
+            record.reason = Some(format!(
+                "instance {id} is on hold since {since}: resume it before reporting events"
+            ));
+            self.changes
+                .events
+                .push((Some(Target::Id(id)), record.clone()));
+            return Ok(EventResult {
+                record,
+                replayed: false,
+                transition: None,
+            });
+        }
         self.catch_up(tx, id, now).await?;
         let Some(w) = self.working.get(&id) else {
             return Err(StoreError::Conflict(id));
@@ -774,6 +815,16 @@ impl<'c> Batch<'c> {
         tx: &mut impl Tx,
         req: &EventRequest,
     ) -> Result<Result<i64, (&'static str, String)>, StoreError> {
+        if let Some(id) = req.instance_id {
+            self.load(tx, &[id]).await?;
+            return Ok(match self.working.get(&id) {
+                Some(w) if w.row.reference == req.reference => Ok(id),
+                _ => Err((
+                    "unknown-instance",
+                    format!("family {} has no instance {id}", req.reference),
+                )),
+            });
+        }
         let rows = tx.active_instances(&req.reference).await?;
         // An instance this batch already moved is read from the batch, not the database.
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();

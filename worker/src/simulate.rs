@@ -322,6 +322,7 @@ pub async fn simulate(
                     break;
                 }
                 batch.push(EventRequest {
+                    instance_id: None,
                     key: format!("script-{i}"),
                     reference: family.reference.clone(),
                     pathway: e.pathway.clone(),

@@ -36,6 +36,8 @@ pub struct Options {
     pub until_idle: bool,
     /// Stop when the clock passes this moment.
     pub until: Option<Timestamp>,
+    /// Fire timers (off when another process does, and this one only delivers).
+    pub timers: bool,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             batch: 1000,
             until_idle: false,
             until: None,
+            timers: true,
         }
     }
 }
@@ -168,10 +171,14 @@ pub async fn run<S: Storage>(
         let now = rt.clock().now();
         let horizon = opts.until.map_or(now, |u| now.min(u));
         loop {
+            if !opts.timers {
+                break;
+            }
             let fired = rt.fire_batch(horizon, opts.batch).await?;
             let committed = rt.clock().now();
             for due in &fired.due {
                 summary.lateness.record(*due, committed);
+                rt.metrics().lateness(*due, committed);
             }
             summary.fired += fired.steps;
             if fired.claimed > 0 {
@@ -197,7 +204,11 @@ pub async fn run<S: Storage>(
         if opts.until.is_some_and(|u| now >= u) {
             return Ok(summary);
         }
-        let mut next = rt.store().next_due().await?;
+        let mut next = if opts.timers {
+            rt.store().next_due().await?
+        } else {
+            None
+        };
         if notifier.is_some() {
             // A notice held for quiet hours or waiting for a retry wakes the loop too.
             if let Some(n) = delivery::next_notice(rt.store()).await? {

@@ -70,7 +70,20 @@ impl Action {
     }
 }
 
-/// `POST /v1/inbound/sms/gatewayapi`.
+/// GatewayAPI's inbound SMS webhook: STOP/STOPP/AFMELD opt the sender out of SMS,
+/// START/TILMELD back in; anything else changes nothing. Signed with HS256 in
+/// `X-Gwapi-Signature` by the secret of `[sms] inbound_secret_env`.
+#[utoipa::path(
+    post, path = "/v1/inbound/sms/gatewayapi", operation_id = "gatewayapiInbound", tag = "gateways",
+    request_body(content = Object, description = "GatewayAPI's MO message: msisdn, message, …"),
+    params(("X-Gwapi-Signature" = String, Header, description = "HS256 JWT signed with the webhook's secret")),
+    responses(
+        (status = 200, description = "What the message did: opted-out, opted-in or ignored", body = Object),
+        (status = 401, description = "No or bad signature", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Inbound SMS are not configured", body = super::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a message", body = super::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn gatewayapi<S: Storage>(
     State(api): State<Api<S>>,
     headers: HeaderMap,
@@ -89,8 +102,7 @@ pub async fn gatewayapi<S: Storage>(
     verify_jwt(token, secret.as_bytes(), now.as_second())
         .map_err(|why| Problem::unauthorized(&format!("X-Gwapi-Signature: {why}")))?;
 
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| Problem::invalid("", &format!("the body is not JSON: {e}")))?;
+    let body: Value = super::parse_body(&body)?;
     let msisdn = match &body["msisdn"] {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),

@@ -4,10 +4,16 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-/// An `application/problem+json` answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Problem {
+/// An `application/problem+json` answer (RFC 9457).
+// Boxed: it travels in every handler's `Err`, which should stay small.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Problem(Box<ProblemDoc>);
+
+/// The members of a problem document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ProblemDoc {
     /// A URI naming the kind of problem: `urn:carepath:problem:CODE`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -27,14 +33,20 @@ pub struct Problem {
 impl Problem {
     /// A problem of `status` with a machine `code`.
     pub fn new(status: StatusCode, code: &str, detail: &str) -> Self {
-        Problem {
+        Problem(Box::new(ProblemDoc {
             kind: format!("urn:carepath:problem:{code}"),
             status: status.as_u16(),
             title: status.canonical_reason().unwrap_or("error").to_string(),
             detail: detail.to_string(),
             code: code.to_string(),
             pointer: None,
-        }
+        }))
+    }
+
+    /// The same problem, naming the bad member by its JSON pointer.
+    pub fn at(mut self, pointer: &str) -> Self {
+        self.0.pointer = Some(pointer.to_string());
+        self
     }
 
     /// 404.
@@ -49,15 +61,57 @@ impl Problem {
 
     /// 422: the body has the wrong shape; `pointer` names the member.
     pub fn invalid(pointer: &str, detail: &str) -> Self {
-        Problem {
-            pointer: Some(pointer.to_string()),
-            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", detail)
-        }
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", detail).at(pointer)
+    }
+
+    /// 400: the body is not JSON at all.
+    pub fn malformed(detail: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed-json", detail)
+    }
+
+    /// 400: a query parameter is wrong.
+    pub fn bad_query(detail: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-query", detail)
+    }
+
+    /// 403: the token is known but may not do this.
+    pub fn forbidden(code: &str, detail: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, detail)
+    }
+
+    /// 409: the request is well formed but conflicts with the instance's state.
+    pub fn conflict(code: &str, detail: &str) -> Self {
+        Self::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    /// 500: the server failed; the detail says what to tell an operator.
+    pub fn internal(detail: &str) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+
+    /// The same problem under another machine code.
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.0.kind = format!("urn:carepath:problem:{code}");
+        self.0.code = code.to_string();
+        self
+    }
+
+    /// 503 for a failed database call: nothing was changed.
+    pub fn store(e: crate::store::StoreError) -> Self {
+        Self::unavailable(&format!("the database did not answer: {e}"))
     }
 
     /// 503: a dependency (the database) does not answer.
     pub fn unavailable(detail: &str) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+    }
+}
+
+impl std::ops::Deref for Problem {
+    type Target = ProblemDoc;
+
+    fn deref(&self) -> &ProblemDoc {
+        &self.0
     }
 }
 
@@ -71,5 +125,83 @@ impl IntoResponse for Problem {
             body,
         )
             .into_response()
+    }
+}
+
+/// Reads a JSON body as `T`: 400 when it is not JSON, 422 with the JSON pointer of the first
+/// member that does not fit.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        return Err(Problem::malformed(&format!("the body is not JSON: {e}")));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let pointer = pointer(e.path());
+        let inner = e.into_inner().to_string();
+        // serde_json appends " at line L column C": the pointer says where, more usefully.
+        let detail = inner
+            .rsplit_once(" at line ")
+            .map_or(inner.as_str(), |(d, _)| d)
+            .to_string();
+        let at = if pointer.is_empty() {
+            "the body"
+        } else {
+            pointer.as_str()
+        };
+        Problem::invalid(&pointer, &format!("{at}: {detail}"))
+    })
+}
+
+/// A serde path as an RFC 6901 JSON pointer.
+fn pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        let part = match segment {
+            Segment::Seq { index } => index.to_string(),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                key.replace('~', "~0").replace('/', "~1")
+            }
+            Segment::Unknown => continue,
+        };
+        out.push('/');
+        out.push_str(&part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Item {
+        n: u32,
+    }
+
+    #[test]
+    fn bad_members_are_named_by_pointer_and_non_json_is_400() {
+        let p =
+            parse_body::<Body>(br#"{"name": "a", "items": [{"n": 1}, {"n": "x"}]}"#).unwrap_err();
+        assert_eq!((p.status, p.pointer.as_deref()), (422, Some("/items/1/n")));
+        assert!(
+            p.detail.starts_with("/items/1/n: invalid type"),
+            "{}",
+            p.detail
+        );
+        let p = parse_body::<Body>(br#"{"name": "a"}"#).unwrap_err();
+        assert_eq!(p.pointer.as_deref(), Some(""));
+        assert!(p.detail.contains("missing field `items`"), "{}", p.detail);
+        let p = parse_body::<Body>(b"{").unwrap_err();
+        assert_eq!((p.status, p.code.as_str()), (400, "malformed-json"));
     }
 }

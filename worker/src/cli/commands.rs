@@ -11,8 +11,9 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api;
-use crate::catalog::Catalog;
+use super::RunArgs;
+use crate::api::{self, ApiConfig};
+use crate::catalog::{self, Catalog};
 use crate::clock::{self, Clock, ScaledClock};
 use crate::delivery::Notifier;
 use crate::lateness::Lateness;
@@ -20,7 +21,6 @@ use crate::runtime::{EnrolRequest, EventRequest, Runtime};
 use crate::simulate::{self, Family, ScriptedEvent};
 use crate::store::{NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage};
 use crate::worker::{self, Options, Wake};
-use carepath_engine::pathway::Channel;
 use carepath_notifier::NotifierConfig;
 use carepath_notifier::file::{Console as FileConsole, FileConfig};
 
@@ -29,14 +29,7 @@ use super::{Command, DbArgs, Format, OutboxAction};
 /// Runs a database command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run {
-            db,
-            batch,
-            until_idle,
-            config,
-            sink,
-            listen,
-        } => run_worker(&db, batch, until_idle, config, sink, listen).await,
+        Command::Run(args) => run_worker(args).await,
         Command::Enroll {
             family,
             pathway,
@@ -59,6 +52,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             report_event(
                 &db,
                 EventRequest {
+                    instance_id: None,
                     key,
                     reference,
                     pathway,
@@ -117,7 +111,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             cohort,
             seconds,
         } => demo(&dir, &pathways, &cohort, seconds).await,
-        Command::Validate { .. } | Command::Graph { .. } | Command::Schema => {
+        Command::Validate { .. }
+        | Command::Graph { .. }
+        | Command::Schema
+        | Command::Openapi
+        | Command::Token { .. } => {
             bail!("not a database command")
         }
     }
@@ -160,22 +158,36 @@ fn init_logging() {
         .try_init();
 }
 
-/// Reads the notifier's configuration; `sink` adds a [file] section for channels without a
-/// transport.
-pub(super) fn notifier_config(
-    config: Option<&Path>,
-    sink: Option<PathBuf>,
-) -> anyhow::Result<Option<NotifierConfig>> {
-    let mut parsed = match config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-            let c: NotifierConfig =
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Some(c)
+/// The configuration file: the notifier's sections, and the API's `[api]`.
+#[derive(Debug, Default)]
+pub(super) struct Config {
+    /// The notifier's sections, when there are any (or a --sink).
+    pub notifier: Option<NotifierConfig>,
+    /// The `[api]` section.
+    pub api: ApiConfig,
+}
+
+/// Reads the configuration; `sink` adds a [file] section for channels without a transport.
+pub(super) fn read_config(config: Option<&Path>, sink: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut parsed = Config::default();
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // [api] belongs to the worker; the rest is the notifier's, which knows nothing of it.
+        if let Some(api) = table.remove("api") {
+            parsed.api = api
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("{}: [api]: {e}", path.display()))?;
         }
-        None => None,
-    };
+        if !table.is_empty() {
+            let notifier: NotifierConfig = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            parsed.notifier = Some(notifier);
+        }
+    }
     if let Some(sink) = sink {
         let file = if sink.as_os_str() == "-" {
             FileConfig {
@@ -188,44 +200,109 @@ pub(super) fn notifier_config(
                 console: FileConsole::Off,
             }
         };
-        parsed.get_or_insert_with(NotifierConfig::default).file = Some(file);
+        parsed
+            .notifier
+            .get_or_insert_with(NotifierConfig::default)
+            .file = Some(file);
     }
     Ok(parsed)
 }
 
-async fn run_worker(
-    db: &DbArgs,
-    batch: u32,
-    until_idle: bool,
-    config: Option<PathBuf>,
-    sink: Option<PathBuf>,
-    listen: Option<std::net::SocketAddr>,
-) -> anyhow::Result<ExitCode> {
+/// Makes a token for `name`, checks its entry as `carepath run` will, and appends the entry
+/// to `config` (or prints it on stderr). Returns the token.
+pub(super) fn new_token(
+    name: &str,
+    scopes: &[String],
+    pathways: &[String],
+    config: Option<&Path>,
+) -> anyhow::Result<String> {
+    let token = api::auth::new_token().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let scopes = scopes
+        .iter()
+        .map(|s| {
+            toml::Value::String(s.clone())
+                .try_into::<api::Scope>()
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "--scope {s}: expected events:write, instances:write, read or admin"
+                    )
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let entry = api::auth::TokenConfig {
+        name: name.to_string(),
+        sha256: api::auth::hash_hex(&token),
+        scopes,
+        pathways: (!pathways.is_empty()).then(|| pathways.iter().cloned().collect()),
+    };
+    let config_entry = ApiConfig {
+        tokens: vec![entry],
+    };
+    // The pathways are checked against the loaded ones when `carepath run` starts.
+    api::Tokens::new(&config_entry, pathways)?;
+    let text = format!(
+        "\n# Added by `carepath token new`: only the token's hash is kept.\n{}",
+        toml::to_string(&config_entry)?.replace("[[tokens]]", "[[api.tokens]]")
+    );
+    match config {
+        Some(path) => {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            file.write_all(text.as_bytes())?;
+            eprintln!(
+                "carepath: token \"{name}\" added to {}; restart `carepath run` to use it. The token is shown once:",
+                path.display()
+            );
+        }
+        None => eprintln!(
+            "carepath: add this to the configuration, then restart `carepath run`:\n{text}\nThe token is shown once:"
+        ),
+    }
+    Ok(token)
+}
+
+async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
+    let RunArgs {
+        db,
+        batch,
+        until_idle,
+        config,
+        sink,
+        listen,
+        no_timers,
+        no_delivery,
+    } = args;
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
-    let (store, catalog) = open(db, clock.now()).await?;
+    let (store, catalog) = open(&db, clock.now()).await?;
     tracing::info!(
         db = %db.db.display(),
         pathways = ?catalog.pathway_ids(),
         "worker starting"
     );
-    let config = notifier_config(config.as_deref(), sink)?;
-    let notifier = match &config {
-        Some(c) => Some(Notifier::new(c)?),
-        None => {
+    let config = read_config(config.as_deref(), sink)?;
+    let tokens = api::Tokens::new(&config.api, &catalog.pathway_ids())?;
+    let rt = Arc::new(Runtime::new(store, catalog, clock));
+    let notifier = match (&config.notifier, no_delivery) {
+        (_, true) => None,
+        (Some(c), false) => Some(Notifier::new(c)?.with_metrics(rt.metrics().clone())),
+        (None, false) => {
             tracing::warn!(
                 "no channels configured (--config or --sink): notices stay queued until a worker with channels runs"
             );
             None
         }
     };
-    let rt = Arc::new(Runtime::new(store, catalog, clock));
     let wake = Wake::new();
     wake.stop_on_signals()?;
     wake.listen(&db.db);
     let server = match listen {
         Some(addr) => {
             let gatewayapi_secret = match config
+                .notifier
                 .as_ref()
                 .and_then(|c| c.sms.as_ref())
                 .and_then(|s| s.inbound_secret_env.as_deref())
@@ -236,18 +313,44 @@ async fn run_worker(
                 )?),
                 None => None,
             };
+            if tokens.is_empty() {
+                tracing::warn!(
+                    "no [api] tokens configured: every /v1 call but the gateway webhook is refused (create one with `carepath token new`)"
+                );
+            }
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-            let router = api::router(api::Api {
-                runtime: rt.clone(),
+            tracing::info!(addr = %listener.local_addr()?, tokens = tokens.len(), "HTTP API listening");
+            // With the worker elsewhere, the socket beside the database wakes it.
+            let other = (no_timers || no_delivery).then(|| db.db.clone());
+            let api = api::Api::new(
+                rt.clone(),
+                tokens,
                 gatewayapi_secret,
-            });
-            Some(tokio::spawn(api::serve(listener, router, wake.clone())))
+                api::waker(wake.clone(), other),
+            );
+            Some(tokio::spawn(api::serve(
+                listener,
+                api::router(api),
+                wake.clone(),
+            )))
         }
         None => None,
     };
+    if no_timers && notifier.is_none() {
+        // The API alone: serve until a signal.
+        if server.is_none() {
+            bail!("--no-timers and --no-delivery without --listen leave nothing to run");
+        }
+        tracing::info!("timers and delivery are left to another process");
+        wake.stopped().await;
+        if let Some(server) = server {
+            server.await??;
+        }
+        rt.store().close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
     let summary = worker::run(
         &rt,
         &wake,
@@ -256,6 +359,7 @@ async fn run_worker(
             batch: batch.max(1),
             until_idle,
             until: None,
+            timers: !no_timers,
         },
     )
     .await?;
@@ -390,24 +494,7 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
                 .to_string()
         };
         // Sensitive fields are named, never shown.
-        let fields: serde_json::Map<String, Value> = inst
-            .instance
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let sensitive = version
-                    .and_then(|v| v.checked.pathway.fields.get(k))
-                    .is_none_or(|f| f.sensitive);
-                (
-                    k.clone(),
-                    if sensitive {
-                        json!("(sensitive)")
-                    } else {
-                        v.clone()
-                    },
-                )
-            })
-            .collect();
+        let fields = catalog::redact(version.map(|v| &**v), &inst.instance.fields);
         let history = store.history(inst.id).await?;
         let timers = store.timers(inst.id).await?;
         let notices = store
@@ -678,17 +765,7 @@ async fn optout(
     channel: Option<&str>,
     undo: bool,
 ) -> anyhow::Result<ExitCode> {
-    let channel = match channel {
-        Some("sms") => Channel::Sms,
-        Some("email") => Channel::Email,
-        Some(other) => bail!("unknown channel {other:?}: use sms or email"),
-        None if address.contains('@') => Channel::Email,
-        None => Channel::Sms,
-    };
-    let key = Notifier::opt_out_key(address);
-    if key.len() < 4 {
-        bail!("{address:?} is neither a phone number nor an email address");
-    }
+    let (key, channel) = Notifier::opt_out_target(address, channel).map_err(anyhow::Error::msg)?;
     let store = SqliteStore::open(db).await?;
     let changed = store
         .set_opt_out(&key, channel, !undo, "cli", Timestamp::now())
@@ -788,6 +865,7 @@ async fn demo(
         script.push((
             enrolled_at,
             EventRequest {
+                instance_id: None,
                 key: format!("enrol-{n}"),
                 reference: f.family.reference.clone(),
                 pathway: Some(pathway),
@@ -799,6 +877,7 @@ async fn demo(
             script.push((
                 parse(&e.at, enrolled_at)?,
                 EventRequest {
+                    instance_id: None,
                     key: format!("demo-{n}-{i}"),
                     reference: f.family.reference.clone(),
                     pathway: e.pathway.clone(),
@@ -890,6 +969,7 @@ async fn demo(
             batch: 1000,
             until_idle: false,
             until: Some(end),
+            timers: true,
         },
     )
     .await?;

@@ -63,30 +63,16 @@ pub enum Command {
     Schema,
     /// Run the worker: load and check the pathways (refusing to start if any fails), then
     /// fire timers as they come due and deliver notices through the configured channels,
-    /// until SIGINT or SIGTERM.
-    Run {
-        /// The database and the pathways.
-        #[command(flatten)]
-        db: DbArgs,
-        /// Timers claimed per transaction.
-        #[arg(long, default_value_t = 1000)]
-        batch: u32,
-        /// Stop when nothing more is due.
-        #[arg(long)]
-        until_idle: bool,
-        /// The notifier's configuration (TOML: [email], [sms], [file], [delivery],
-        /// [quiet_hours]). Without it and without --sink, notices stay queued.
-        #[arg(long, env = "CAREPATH_CONFIG")]
-        config: Option<PathBuf>,
-        /// Deliver to this JSON-lines file (`-` for the console) every channel the
-        /// configuration gives no transport: a shorthand for a [file] section.
-        #[arg(long)]
-        sink: Option<PathBuf>,
-        /// Serve the HTTP API on this address (e.g. 127.0.0.1:8080): health, and the inbound
-        /// SMS webhook when [sms] inbound_secret_env is set.
-        #[arg(long, env = "CAREPATH_LISTEN")]
-        listen: Option<std::net::SocketAddr>,
+    /// and with --listen serve the HTTP API, until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Manage the HTTP API's bearer tokens.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
     },
+    /// Print the HTTP API's OpenAPI document (what docs/openapi.json holds).
+    Openapi,
     /// Enrol a family: FAMILY.json holds ref, pathway, fields and contacts.
     Enroll {
         /// The family file.
@@ -196,6 +182,59 @@ pub enum Command {
     },
 }
 
+/// `carepath run`'s options.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The database and the pathways.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Timers claimed per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: u32,
+    /// Stop when nothing more is due.
+    #[arg(long)]
+    pub until_idle: bool,
+    /// The configuration (TOML: [email], [sms], [file], [delivery], [quiet_hours], [api]).
+    /// Without channels in it and without --sink, notices stay queued.
+    #[arg(long, env = "CAREPATH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Deliver to this JSON-lines file (`-` for the console) every channel the
+    /// configuration gives no transport: a shorthand for a [file] section.
+    #[arg(long)]
+    pub sink: Option<PathBuf>,
+    /// Serve the HTTP API on this address (e.g. 127.0.0.1:8080), with the tokens of the
+    /// configuration's [api] section.
+    #[arg(long, env = "CAREPATH_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Do not fire timers here (another `carepath run` on the same database does).
+    #[arg(long)]
+    pub no_timers: bool,
+    /// Do not deliver notices here (another `carepath run` on the same database does).
+    #[arg(long)]
+    pub no_delivery: bool,
+}
+
+/// What to do with tokens.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Make a new random token: print it once on stdout, and add its [[api.tokens]] entry
+    /// (which holds only its hash) to the configuration.
+    New {
+        /// Who will hold it: a system's name (`hvidovre-epj`), shown in access logs.
+        #[arg(long)]
+        name: String,
+        /// A scope: events:write, instances:write, read or admin (repeat for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Restrict it to this pathway (repeat for several); without, it sees every pathway.
+        #[arg(long = "pathway")]
+        pathways: Vec<String>,
+        /// Append the entry to this configuration file (else it is printed on stderr).
+        #[arg(long, env = "CAREPATH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
 /// What to do with one outbox notice.
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
@@ -269,7 +308,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sources = load::load(&paths)?;
             let max_segments = match max_segments {
                 Some(n) => n,
-                None => commands::notifier_config(config.as_deref(), None)?
+                None => commands::read_config(config.as_deref(), None)?
+                    .notifier
                     .and_then(|c| c.sms)
                     .map_or(sms::DEFAULT_MAX_SEGMENTS, |s| s.max_segments),
             };
@@ -309,6 +349,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Schema => {
             writeln!(out, "{}", schema_text())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            write!(out, "{}", crate::api::openapi::document())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            action:
+                TokenAction::New {
+                    name,
+                    scopes,
+                    pathways,
+                    config,
+                },
+        } => {
+            let token = commands::new_token(&name, &scopes, &pathways, config.as_deref())?;
+            writeln!(out, "{token}")?;
             Ok(ExitCode::SUCCESS)
         }
         other => {

@@ -113,7 +113,7 @@ pub enum Stored {
 }
 
 /// A person who receives notices: a professional, or the family.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
     /// Their name, as a greeting uses it.
@@ -127,8 +127,9 @@ pub struct Contact {
     /// The language notices are written in (falls back to the pathway's default).
     #[serde(default = "default_language")]
     pub language: String,
-    /// The preferred channel, where the role allows several.
+    /// The preferred channel, where the role allows several: `email` or `sms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub channel: Option<Channel>,
 }
 
@@ -157,6 +158,8 @@ pub struct InstanceRow {
     pub created_at: Timestamp,
     /// Last changed at.
     pub updated_at: Timestamp,
+    /// Since when the family is on hold: its timers wait and nothing is sent.
+    pub held_since: Option<Timestamp>,
 }
 
 /// A timer that is due.
@@ -498,6 +501,53 @@ pub struct OutboxFilter {
     pub due_by: Option<Timestamp>,
     /// At most this many, oldest first.
     pub limit: Option<u32>,
+    /// Only rows of instances on these pathways.
+    pub pathways: Option<Vec<String>>,
+    /// Leave out rows of instances on hold (delivery: they wait for the resume).
+    pub skip_held: bool,
+}
+
+/// Which instances to list.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceFilter {
+    /// Only instances on these pathways.
+    pub pathways: Option<Vec<String>>,
+    /// Only in this state.
+    pub state: Option<String>,
+    /// Only owned by this role.
+    pub owner: Option<String>,
+    /// Only with ids above this one (the cursor of the previous page).
+    pub after: Option<i64>,
+    /// At most this many, by id.
+    pub limit: u32,
+}
+
+/// An API response kept under its idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptResponse {
+    /// A hash of the request it answered.
+    pub fingerprint: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Counts for monitoring, read when metrics are scraped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// (pathway, active|finished, count).
+    pub instances: Vec<(String, String, u64)>,
+    /// Instances on hold.
+    pub held: u64,
+    /// (status, count) of outbox rows.
+    pub outbox: Vec<(String, u64)>,
+    /// Pending timers.
+    pub timers: u64,
+    /// Pending timers already due (the worker has not reached them yet).
+    pub timers_due: u64,
+    /// When the earliest of those was due.
+    pub oldest_due: Option<Timestamp>,
 }
 
 /// A storage backend: reads outside transactions, and write transactions.
@@ -521,7 +571,7 @@ pub trait Storage: Send + Sync + 'static {
     /// Every stored pathway version, oldest first.
     fn pathways(&self) -> impl Future<Output = Result<Vec<StoredPathway>>> + Send;
 
-    /// When the earliest pending timer is due.
+    /// When the earliest pending timer of an instance not on hold is due.
     fn next_due(&self) -> impl Future<Output = Result<Option<Timestamp>>> + Send;
 
     /// A family's instances on every pathway, oldest first.
@@ -532,6 +582,49 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every instance, by id: for reports and tests.
     fn all_instances(&self) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
+
+    /// One instance.
+    fn instance(&self, id: i64) -> impl Future<Output = Result<Option<InstanceRow>>> + Send;
+
+    /// Instances matching `filter`, by id.
+    fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+    ) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
+
+    /// Puts an instance on hold (`by` says who), or resumes it (`by` is `None`). Returns
+    /// whether anything changed.
+    fn set_held(
+        &self,
+        instance_id: i64,
+        by: Option<&str>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Events recorded against an instance, oldest first.
+    fn instance_events(
+        &self,
+        instance_id: i64,
+    ) -> impl Future<Output = Result<Vec<EventRecord>>> + Send;
+
+    /// The response kept for a caller's idempotency key.
+    fn kept_response(
+        &self,
+        caller: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<KeptResponse>>> + Send;
+
+    /// Keeps a response under a caller's idempotency key; the first one kept wins.
+    fn keep_response(
+        &self,
+        caller: &str,
+        key: &str,
+        response: &KeptResponse,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Counts for monitoring.
+    fn stats(&self, now: Timestamp) -> impl Future<Output = Result<Stats>> + Send;
 
     /// An instance's history, in order.
     fn history(&self, instance_id: i64) -> impl Future<Output = Result<Vec<History>>> + Send;
@@ -589,7 +682,8 @@ pub trait Storage: Send + Sync + 'static {
 
 /// A write transaction. Dropped without [`Tx::commit`], it rolls back.
 pub trait Tx: Send {
-    /// Up to `limit` timers due at or before `now`, earliest first.
+    /// Up to `limit` timers due at or before `now`, earliest first; an instance on hold's
+    /// timers wait.
     fn due_timers(
         &mut self,
         now: Timestamp,

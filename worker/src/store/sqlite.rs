@@ -23,9 +23,9 @@ use carepath_engine::pathway::Channel;
 use carepath_engine::step::History;
 
 use super::{
-    Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord, InstanceRow, NoticeStatus,
-    NoticeText, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, Requeue, Result, Storage,
-    StoreError, Stored, StoredPathway, Target, Tx,
+    Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord, InstanceFilter, InstanceRow,
+    KeptResponse, NoticeStatus, NoticeText, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome,
+    Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -174,8 +174,8 @@ pub fn content_hash(source: &PathwaySource) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-const INSTANCE_COLUMNS: &str =
-    "id, ref, pathway, pathway_version_id, body, roles, parent_id, created_at, updated_at";
+const INSTANCE_COLUMNS: &str = "id, ref, pathway, pathway_version_id, body, roles, parent_id, created_at, updated_at, \
+     (SELECT since FROM holds h WHERE h.instance_id = instances.id) AS held_since";
 
 fn instance_row(r: &SqliteRow) -> Result<InstanceRow> {
     let id: i64 = r.try_get("id")?;
@@ -190,6 +190,10 @@ fn instance_row(r: &SqliteRow) -> Result<InstanceRow> {
         parent_id: r.try_get("parent_id")?,
         created_at: ts(r.try_get("created_at")?, &what)?,
         updated_at: ts(r.try_get("updated_at")?, &what)?,
+        held_since: r
+            .try_get::<Option<i64>, _>("held_since")?
+            .map(|t| ts(t, &what))
+            .transpose()?,
     })
 }
 
@@ -409,7 +413,9 @@ impl Storage for SqliteStore {
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
-        let due: Option<i64> = sqlx::query_scalar("SELECT min(due) FROM timers")
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT min(due) FROM timers t WHERE NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id)",
+        )
             .fetch_one(&self.pool)
             .await?;
         due.map(|d| ts(d, "timer")).transpose()
@@ -434,6 +440,160 @@ impl Storage for SqliteStore {
             .iter()
             .map(instance_row)
             .collect()
+    }
+
+    async fn instance(&self, id: i64) -> Result<Option<InstanceRow>> {
+        Ok(select_instances(&self.pool, &[id])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRow>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"
+        ));
+        if let Some(pathways) = &filter.pathways {
+            q.push(" AND pathway IN (");
+            let mut list = q.separated(", ");
+            for p in pathways {
+                list.push_bind(p.clone());
+            }
+            q.push(")");
+        }
+        if let Some(state) = &filter.state {
+            q.push(" AND state = ").push_bind(state.clone());
+        }
+        if let Some(owner) = &filter.owner {
+            q.push(" AND owner = ").push_bind(owner.clone());
+        }
+        if let Some(after) = filter.after {
+            q.push(" AND id > ").push_bind(after);
+        }
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        q.build()
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(instance_row)
+            .collect()
+    }
+
+    async fn set_held(&self, instance_id: i64, by: Option<&str>, now: Timestamp) -> Result<bool> {
+        let done = match by {
+            Some(by) => {
+                sqlx::query(
+                    "INSERT INTO holds (instance_id, since, by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                )
+                .bind(instance_id)
+                .bind(ms(now))
+                .bind(by)
+                .execute(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM holds WHERE instance_id = ?")
+                    .bind(instance_id)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn instance_events(&self, instance_id: i64) -> Result<Vec<EventRecord>> {
+        sqlx::query("SELECT * FROM events WHERE instance_id = ? ORDER BY id")
+            .bind(instance_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_row)
+            .collect()
+    }
+
+    async fn kept_response(&self, caller: &str, key: &str) -> Result<Option<KeptResponse>> {
+        let row = sqlx::query(
+            "SELECT fingerprint, status, body FROM idempotency WHERE caller = ? AND key = ?",
+        )
+        .bind(caller)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(KeptResponse {
+                fingerprint: r.try_get("fingerprint")?,
+                status: r.try_get::<i64, _>("status")? as u16,
+                body: r.try_get("body")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn keep_response(
+        &self,
+        caller: &str,
+        key: &str,
+        response: &KeptResponse,
+        now: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO idempotency (caller, key, fingerprint, status, body, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(caller)
+        .bind(key)
+        .bind(&response.fingerprint)
+        .bind(i64::from(response.status))
+        .bind(&response.body)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<Stats> {
+        let count = |r: &SqliteRow| -> Result<u64> { Ok(r.try_get::<i64, _>("n")?.max(0) as u64) };
+        let mut stats = Stats::default();
+        for r in sqlx::query(
+            "SELECT pathway, status, count(*) AS n FROM instances GROUP BY pathway, status ORDER BY pathway, status",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            stats
+                .instances
+                .push((r.try_get("pathway")?, r.try_get("status")?, count(&r)?));
+        }
+        for r in
+            sqlx::query("SELECT status, count(*) AS n FROM outbox GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await?
+        {
+            stats.outbox.push((r.try_get("status")?, count(&r)?));
+        }
+        let r = sqlx::query("SELECT count(*) AS n FROM holds")
+            .fetch_one(&self.pool)
+            .await?;
+        stats.held = count(&r)?;
+        let r = sqlx::query("SELECT count(*) AS n FROM timers")
+            .fetch_one(&self.pool)
+            .await?;
+        stats.timers = count(&r)?;
+        let r = sqlx::query(
+            "SELECT count(*) AS n, min(due) AS oldest FROM timers t WHERE due <= ? \
+             AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id)",
+        )
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        stats.timers_due = count(&r)?;
+        stats.oldest_due = r
+            .try_get::<Option<i64>, _>("oldest")?
+            .map(|t| ts(t, "timer"))
+            .transpose()?;
+        Ok(stats)
     }
 
     async fn history(&self, instance_id: i64) -> Result<Vec<History>> {
@@ -481,6 +641,17 @@ impl Storage for SqliteStore {
         }
         if let Some(id) = filter.instance_id {
             q.push(" AND o.instance_id = ").push_bind(id);
+        }
+        if let Some(pathways) = &filter.pathways {
+            q.push(" AND i.pathway IN (");
+            let mut list = q.separated(", ");
+            for p in pathways {
+                list.push_bind(p.clone());
+            }
+            q.push(")");
+        }
+        if filter.skip_held {
+            q.push(" AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id)");
         }
         q.push(" ORDER BY o.not_before, o.id");
         if let Some(limit) = filter.limit {
@@ -669,7 +840,9 @@ pub struct SqliteTx {
 impl Tx for SqliteTx {
     async fn due_timers(&mut self, now: Timestamp, limit: u32) -> Result<Vec<DueTimer>> {
         sqlx::query(
-            "SELECT instance_id, key, due FROM timers WHERE due <= ? ORDER BY due, instance_id, key LIMIT ?",
+            "SELECT instance_id, key, due FROM timers t WHERE due <= ? \
+             AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
+             ORDER BY due, instance_id, key LIMIT ?",
         )
         .bind(ms(now))
         .bind(i64::from(limit))

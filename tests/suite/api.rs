@@ -1,0 +1,861 @@
+//! The HTTP API over real HTTP on loopback, on the real standard track and a real SQLite file:
+//! every endpoint with good input and with bad, and after each refusal, proof that nothing
+//! changed.
+
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+use carepath_worker::api::auth::{TokenConfig, hash_hex};
+use carepath_worker::api::{self, ApiConfig, Scope, Tokens};
+use carepath_worker::catalog::Catalog;
+use carepath_worker::clock::{Clock, VirtualClock};
+use carepath_worker::delivery::Notifier;
+use carepath_worker::runtime::Runtime;
+use carepath_worker::store::{NoticeStatus, OutboxFilter, SqliteStore, Storage};
+use carepath_worker::worker::Wake;
+
+use super::fixtures::{chain, write_pathway};
+use super::support::{golden, root};
+
+/// The tokens each test's server knows, by what they are for.
+const HOSPITAL: &str = "cp_hospital-token"; // events:write + read, standard track only
+const MUNICIPALITY: &str = "cp_municipality-token"; // instances:write + read, every pathway
+const RED_CROSS: &str = "cp_red-cross-token"; // admin, its own pathway only
+const READER: &str = "cp_reader-token"; // read
+
+struct Server {
+    url: String,
+    http: reqwest::Client,
+    rt: Arc<Runtime<SqliteStore>>,
+    clock: Arc<VirtualClock>,
+    wake: Wake,
+    _dir: tempfile::TempDir,
+}
+
+/// A response: status, the two headers the tests read, and the body as JSON.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    replayed: bool,
+    body: Value,
+}
+
+impl Answer {
+    /// Asserts a problem document with `status` and `code`; returns it.
+    fn problem(&self, status: u16, code: &str) -> &Value {
+        assert_eq!(
+            (self.status, self.content_type.as_str()),
+            (status, "application/problem+json"),
+            "{:#}",
+            self.body
+        );
+        assert_eq!(self.body["code"], code, "{:#}", self.body);
+        assert_eq!(self.body["status"], status);
+        assert!(
+            self.body["detail"].as_str().is_some_and(|d| d.len() > 10),
+            "a problem says what is wrong: {:#}",
+            self.body
+        );
+        &self.body
+    }
+}
+
+fn token(name: &str, token: &str, scopes: &[Scope], pathways: Option<&[&str]>) -> TokenConfig {
+    TokenConfig {
+        name: name.into(),
+        sha256: hash_hex(token),
+        scopes: scopes.iter().copied().collect(),
+        pathways: pathways.map(|p| p.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut good_start = chain(2);
+    good_start["id"] = json!("good-start");
+    let good_start = write_pathway(dir.path(), &good_start, &["entered", "counted"]);
+    let t0: Timestamp = "2027-01-11T07:00:00Z".parse().expect("time");
+    let store = SqliteStore::open(&dir.path().join("carepath.db"))
+        .await
+        .expect("open");
+    let (catalog, _) = Catalog::sync(
+        &store,
+        &[root().join("pathways/standard-track"), good_start],
+        t0,
+    )
+    .await
+    .expect("load");
+    let clock = Arc::new(VirtualClock::new(t0));
+    let rt = Arc::new(Runtime::new(
+        store,
+        catalog,
+        clock.clone() as Arc<dyn Clock>,
+    ));
+    let config = ApiConfig {
+        tokens: vec![
+            token(
+                "hospital",
+                HOSPITAL,
+                &[Scope::EventsWrite, Scope::Read],
+                Some(&["standard-track"]),
+            ),
+            token(
+                "municipality",
+                MUNICIPALITY,
+                &[Scope::InstancesWrite, Scope::Read],
+                None,
+            ),
+            token(
+                "red-cross",
+                RED_CROSS,
+                &[Scope::Admin],
+                Some(&["good-start"]),
+            ),
+            token("reader", READER, &[Scope::Read], None),
+        ],
+    };
+    let tokens = Tokens::new(&config, &rt.catalog().pathway_ids()).expect("tokens");
+    let wake = Wake::new();
+    let api = api::Api::new(rt.clone(), tokens, None, api::waker(wake.clone(), None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(api::serve(listener, api::router(api), wake.clone()));
+    Server {
+        url,
+        http: reqwest::Client::new(),
+        rt,
+        clock,
+        wake,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+        key: Option<&str>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let r = req.send().await.expect("send");
+        let status = r.status().as_u16();
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let content_type = header("content-type");
+        let replayed = header("idempotent-replayed") == "true";
+        let text = r.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            content_type,
+            replayed,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Answer {
+        self.call("GET", path, Some(token), None, None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value, key: Option<&str>) -> Answer {
+        self.call("POST", path, Some(token), Some(body.to_string()), key)
+            .await
+    }
+
+    /// Enrols a family on the standard track; returns its instance id.
+    async fn enrol(&self, reference: &str) -> i64 {
+        let a = self
+            .post("/v1/instances", MUNICIPALITY, &family(reference), None)
+            .await;
+        assert_eq!(a.status, 201, "{:#}", a.body);
+        a.body["instance_id"].as_i64().expect("id")
+    }
+
+    /// What a refused request must not have changed: every instance, its steps, its timers
+    /// and the outbox.
+    async fn snapshot(&self) -> Value {
+        let store = self.rt.store();
+        let mut out = Vec::new();
+        for i in store.all_instances().await.expect("instances") {
+            out.push(json!({
+                "id": i.id, "state": i.instance.state, "seq": i.instance.seq,
+                "held": i.held_since.is_some(),
+                "history": store.history(i.id).await.expect("history").len(),
+                "timers": store.timers(i.id).await.expect("timers").len(),
+            }));
+        }
+        let outbox = store
+            .outbox(&OutboxFilter::default())
+            .await
+            .expect("outbox")
+            .len();
+        json!({"instances": out, "outbox": outbox})
+    }
+}
+
+fn family(reference: &str) -> Value {
+    json!({
+        "ref": reference,
+        "pathway": "standard-track",
+        "fields": {"due_date": "2027-08-20", "cpr": "0101901234", "interpreter_needed": true},
+        "contacts": {
+            "gp": {"name": "Lægehuset Valby", "email": "valby@laeger.example.dk"},
+            "midwife": {"name": "Jordemodercentret Hvidovre", "email": "jordemoder@hvidovre.example.dk"},
+            "coordinator": {"name": "Forløbskoordinator", "email": "koordinator@regionh.example.dk"},
+            "health_visitor": {"name": "Sundhedsplejen Valby", "email": "sundhedspleje@kk.example.dk"},
+            "team_lead": {"name": "Leder", "email": "leder@kk.example.dk"},
+            "family": {"name": "Amal", "phone": "+4520123456", "language": "ar"}
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_family_is_enrolled_moved_by_an_event_and_its_handoff_notice_is_in_the_outbox() {
+    let s = start().await;
+    let enrolled = s
+        .post("/v1/instances", MUNICIPALITY, &family("FAM-0042"), None)
+        .await;
+    assert_eq!(enrolled.status, 201, "{:#}", enrolled.body);
+    assert_eq!(enrolled.body["state"], "awaiting_first_exam");
+    assert_eq!(enrolled.body["owner"], "gp");
+    let id = enrolled.body["instance_id"].as_i64().expect("id");
+
+    let path = format!("/v1/instances/{id}/events");
+    let exam = json!({"event": "first_exam_done", "payload": {"care_level": 1}});
+    let applied = s.post(&path, HOSPITAL, &exam, Some("epj-771")).await;
+    assert_eq!(applied.status, 200, "{:#}", applied.body);
+    assert!(!applied.replayed);
+    assert_eq!(applied.body["outcome"], "applied");
+    assert_eq!(applied.body["from"], "awaiting_first_exam");
+    assert_eq!(applied.body["to"], "pregnancy");
+    assert_eq!(applied.body["key"], "epj-771");
+
+    // The hospital's system retries after a timeout: the first answer again, no second step.
+    let again = s.post(&path, HOSPITAL, &exam, Some("epj-771")).await;
+    assert_eq!((again.status, again.replayed), (200, true));
+    assert_eq!(again.body["seq"], applied.body["seq"]);
+    assert_eq!(again.body["received_at"], applied.body["received_at"]);
+
+    let shown = s.get(&format!("/v1/instances/{id}"), HOSPITAL).await;
+    assert_eq!(shown.status, 200, "{:#}", shown.body);
+    let b = &shown.body;
+    assert_eq!(
+        (b["state"].as_str(), b["owner"].as_str()),
+        (Some("pregnancy"), Some("midwife"))
+    );
+    assert_eq!(b["ref"], "FAM-0042");
+    assert_eq!(b["fields"]["cpr"], "(sensitive)", "{b:#}");
+    assert_eq!(b["fields"]["due_date"], "(sensitive)");
+    assert_eq!(b["fields"]["interpreter_needed"], true);
+    assert_eq!(
+        b["history"].as_array().map(Vec::len),
+        Some(2),
+        "one step per event"
+    );
+    assert_eq!(b["contacts"]["family"]["channels"], json!(["sms"]));
+    assert!(
+        !b.to_string().contains("+4520123456"),
+        "no phone numbers: {b:#}"
+    );
+    let referral = b["notices"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["template"] == "pregnancy_referral"))
+        .expect("the handoff notice to the midwife");
+    assert_eq!(
+        (referral["role"].as_str(), referral["status"].as_str()),
+        (Some("midwife"), Some("queued"))
+    );
+    assert_eq!(
+        b["timers"][0],
+        json!({"key": "s1:h1:0", "due": "2027-01-16T07:00:00Z"}),
+        "the midwife's five days to acknowledge the handoff are counting"
+    );
+    assert_eq!(b["events"][0]["name"], "first_exam_done");
+    assert_eq!(b["events"][0]["outcome"], "applied");
+
+    let outbox = s.get("/v1/outbox?status=queued", READER).await;
+    assert_eq!(outbox.status, 200, "{:#}", outbox.body);
+    let row = outbox
+        .body
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["template"] == "pregnancy_referral"))
+        .expect("in the outbox");
+    assert_eq!(row["ref"], "FAM-0042");
+    assert_eq!(row["channel"], "email");
+    let address = row["address"].as_str().expect("address");
+    assert!(
+        address != "jordemoder@hvidovre.example.dk" && address.contains('•'),
+        "{address}"
+    );
+    let bad = s.get("/v1/outbox?status=lost", READER).await;
+    bad.problem(400, "bad-query");
+
+    // Lists, by pathway and state, a page at a time.
+    for n in 1..=3 {
+        s.enrol(&format!("FAM-10{n}")).await;
+    }
+    let pregnant = s
+        .get(
+            "/v1/instances?pathway=standard-track&state=pregnancy",
+            READER,
+        )
+        .await;
+    assert_eq!(pregnant.body["instances"].as_array().map(Vec::len), Some(1));
+    assert_eq!(pregnant.body["instances"][0]["id"], id);
+    let page = s.get("/v1/instances?owner=gp&limit=2", READER).await;
+    assert_eq!(
+        page.body["instances"].as_array().map(Vec::len),
+        Some(2),
+        "{:#}",
+        page.body
+    );
+    let next = page.body["next"].as_i64().expect("a next page");
+    let rest = s
+        .get(
+            &format!("/v1/instances?owner=gp&limit=2&after={next}"),
+            READER,
+        )
+        .await;
+    assert_eq!(rest.body["instances"].as_array().map(Vec::len), Some(1));
+    assert!(rest.body["next"].is_null());
+    s.get("/v1/instances?limit=many", READER)
+        .await
+        .problem(400, "bad-query");
+
+    // Pathways, each token seeing its own.
+    let all = s.get("/v1/pathways", READER).await;
+    let ids: Vec<&str> = all
+        .body
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["good-start", "standard-track"]);
+    let own = s.get("/v1/pathways", RED_CROSS).await;
+    assert_eq!(own.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(own.body[0]["id"], "good-start");
+    let track = s.get("/v1/pathways/standard-track", HOSPITAL).await;
+    assert!(
+        track.body["mermaid"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("flowchart"))
+    );
+    assert!(
+        track.body["events"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("birth_registered")))
+    );
+    assert_eq!(track.body["definition"]["id"], "standard-track");
+    s.get("/v1/pathways/nowhere", READER)
+        .await
+        .problem(404, "not-found");
+
+    // Metrics: this process's counters and the database's gauges, no family data.
+    let metrics = s.call("GET", "/metrics", Some(READER), None, None).await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().expect("text");
+    assert!(
+        text.contains("carepath_events_total{outcome=\"applied\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("carepath_instances{pathway=\"standard-track\",status=\"active\"} 4\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("carepath_outbox_notices{status=\"queued\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "carepath_http_requests_total{route=\"/v1/instances/{id}/events\",status=\"200\"} 2\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("FAM-0042"));
+    s.call("GET", "/metrics", None, None, None)
+        .await
+        .problem(401, "unauthorized");
+
+    let doc = s.call("GET", "/openapi.json", None, None, None).await;
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["paths"]["/v1/instances/{id}/events"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn refused_requests_say_why_and_change_nothing() {
+    let s = start().await;
+    let id = s.enrol("FAM-0007").await;
+    let events = format!("/v1/instances/{id}/events");
+    let exam = json!({"event": "first_exam_done", "payload": {"care_level": 1}});
+    let before = s.snapshot().await;
+
+    // Who is calling.
+    let a = s
+        .call("POST", &events, None, Some(exam.to_string()), None)
+        .await;
+    a.problem(401, "unauthorized");
+    s.post(&events, "cp_not-a-token", &exam, None)
+        .await
+        .problem(401, "unauthorized");
+    // What they may do.
+    s.post(&events, READER, &exam, None)
+        .await
+        .problem(403, "insufficient-scope");
+    s.post(&events, MUNICIPALITY, &exam, None)
+        .await
+        .problem(403, "insufficient-scope");
+    s.post("/v1/instances", HOSPITAL, &family("FAM-0008"), None)
+        .await
+        .problem(403, "insufficient-scope");
+    // Another organisation's pathway: the Red Cross token neither sees nor changes it.
+    s.get(&format!("/v1/instances/{id}"), RED_CROSS)
+        .await
+        .problem(403, "pathway-forbidden");
+    s.post(&events, RED_CROSS, &exam, None)
+        .await
+        .problem(403, "pathway-forbidden");
+    s.post("/v1/instances", RED_CROSS, &family("FAM-0009"), None)
+        .await
+        .problem(403, "pathway-forbidden");
+    s.post(
+        &format!("/v1/instances/{id}/hold"),
+        RED_CROSS,
+        &json!({}),
+        None,
+    )
+    .await
+    .problem(403, "pathway-forbidden");
+    let listed = s.get("/v1/instances", RED_CROSS).await;
+    assert_eq!(listed.body["instances"], json!([]), "{:#}", listed.body);
+    s.get("/v1/instances?pathway=standard-track", RED_CROSS)
+        .await
+        .problem(403, "pathway-forbidden");
+    let outbox = s.get("/v1/outbox", RED_CROSS).await;
+    assert_eq!(outbox.body, json!([]));
+
+    // What they send.
+    let a = s
+        .call(
+            "POST",
+            &events,
+            Some(HOSPITAL),
+            Some("{\"event\": ".into()),
+            None,
+        )
+        .await;
+    a.problem(400, "malformed-json");
+    let a = s
+        .post(
+            &events,
+            HOSPITAL,
+            &json!({"event": "first_exam_done", "payload": {}, "extra": 1}),
+            None,
+        )
+        .await;
+    assert!(
+        a.problem(422, "invalid-body")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("extra"))
+    );
+    s.post("/v1/instances/999999/events", HOSPITAL, &exam, None)
+        .await
+        .problem(404, "not-found");
+    s.post("/v1/instances/abc/events", HOSPITAL, &exam, None)
+        .await
+        .problem(400, "bad-path");
+    s.get("/v1/instances/999999", READER)
+        .await
+        .problem(404, "not-found");
+    s.get("/v1/nowhere", READER).await.problem(404, "not-found");
+    let huge = json!({"event": "first_exam_done", "payload": {"note": "x".repeat(70 * 1024)}});
+    s.post(&events, HOSPITAL, &huge, None)
+        .await
+        .problem(413, "body-too-large");
+    s.post("/v1/instances", MUNICIPALITY, &json!({"ref": "FAM-BIG", "pathway": "standard-track", "fields": {"cpr": "1".repeat(70 * 1024)}}), Some("big"))
+        .await
+        .problem(413, "body-too-large");
+
+    // Enrolments of the wrong shape, each member named by its pointer.
+    let mut bad = family("FAM-0010");
+    bad["contacts"]["gp"]["email"] = json!(42);
+    let p = s.post("/v1/instances", MUNICIPALITY, &bad, None).await;
+    assert_eq!(
+        p.problem(422, "invalid-body")["pointer"],
+        "/contacts/gp/email"
+    );
+    let mut bad = family("FAM-0010");
+    bad["fields"]["due_date"] = json!("soon");
+    let p = s.post("/v1/instances", MUNICIPALITY, &bad, None).await;
+    assert_eq!(
+        p.problem(422, "invalid-body")["pointer"],
+        "/fields/due_date"
+    );
+    let mut bad = family("FAM-0010");
+    bad["pathway"] = json!("nowhere");
+    let p = s.post("/v1/instances", MUNICIPALITY, &bad, None).await;
+    assert_eq!(p.problem(422, "invalid-body")["pointer"], "/pathway");
+    let p = s
+        .post("/v1/instances", MUNICIPALITY, &family("0101901234"), None)
+        .await;
+    assert_eq!(p.problem(422, "invalid-body")["pointer"], "/ref");
+    assert!(
+        !p.body.to_string().contains("0101901234"),
+        "a CPR number is never echoed"
+    );
+    s.post("/v1/instances", MUNICIPALITY, &family("FAM-0007"), None)
+        .await
+        .problem(409, "already-enrolled");
+
+    assert_eq!(
+        s.snapshot().await,
+        before,
+        "refused requests changed nothing"
+    );
+
+    // Events the runtime refuses: answered, recorded as rejected, and nothing else changed.
+    let a = s
+        .post(
+            &events,
+            HOSPITAL,
+            &json!({"event": "baby_named"}),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(a.problem(422, "unknown-event")["pointer"], "/event");
+    let a = s
+        .post(
+            &events,
+            HOSPITAL,
+            &json!({"event": "birth_registered", "payload": {"birth_date": "2027-08-01"}}),
+            Some("k-2"),
+        )
+        .await;
+    a.problem(409, "event-not-allowed");
+    let a = s
+        .post(
+            &events,
+            HOSPITAL,
+            &json!({"event": "first_exam_done", "payload": {"care_level": "two"}}),
+            Some("k-3"),
+        )
+        .await;
+    assert_eq!(a.problem(422, "bad-payload")["pointer"], "/payload");
+    // The refusal is the first answer too: a repeat gets it again, marked as a repeat.
+    let again = s
+        .post(
+            &events,
+            HOSPITAL,
+            &json!({"event": "birth_registered", "payload": {"birth_date": "2027-08-01"}}),
+            Some("k-2"),
+        )
+        .await;
+    assert!(again.replayed);
+    again.problem(409, "event-not-allowed");
+    // The same key for another event is a client bug, not a repeat.
+    s.post(&events, HOSPITAL, &exam, Some("k-2"))
+        .await
+        .problem(422, "idempotency-key-reused");
+    let bad_key = s.post(&events, HOSPITAL, &exam, Some("")).await;
+    bad_key.problem(400, "bad-idempotency-key");
+
+    assert_eq!(
+        s.snapshot().await,
+        before,
+        "rejected events changed nothing"
+    );
+    let shown = s.get(&format!("/v1/instances/{id}"), READER).await;
+    let recorded: Vec<(&str, &str)> = shown.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["code"].as_str()?)))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("baby_named", "unknown-event"),
+            ("birth_registered", "event-not-allowed"),
+            ("first_exam_done", "bad-payload")
+        ],
+        "each refused event is recorded once, with its reason"
+    );
+
+    // Enrolment repeats: the first answer, then a reused key is refused.
+    let first = s
+        .post(
+            "/v1/instances",
+            MUNICIPALITY,
+            &family("FAM-0011"),
+            Some("enrol-11"),
+        )
+        .await;
+    assert_eq!(first.status, 201);
+    let repeat = s
+        .post(
+            "/v1/instances",
+            MUNICIPALITY,
+            &family("FAM-0011"),
+            Some("enrol-11"),
+        )
+        .await;
+    assert_eq!((repeat.status, repeat.replayed), (201, true));
+    assert_eq!(repeat.body, first.body);
+    s.post(
+        "/v1/instances",
+        MUNICIPALITY,
+        &family("FAM-0012"),
+        Some("enrol-11"),
+    )
+    .await
+    .problem(422, "idempotency-key-reused");
+    let families = s.rt.store().all_instances().await.expect("all").len();
+    assert_eq!(families, 2, "FAM-0011 once, FAM-0012 never");
+}
+
+#[tokio::test]
+async fn a_family_on_hold_waits_and_nothing_is_sent_until_it_is_resumed() {
+    let s = start().await;
+    let id = s.enrol("FAM-0100").await;
+    let exam = json!({"event": "first_exam_done", "payload": {"care_level": 1}});
+    let a = s
+        .post(&format!("/v1/instances/{id}/events"), HOSPITAL, &exam, None)
+        .await;
+    assert_eq!(a.status, 200, "{:#}", a.body);
+    let sink = s._dir.path().join("sent.jsonl");
+    let notifier = Notifier::new(&carepath_notifier::NotifierConfig {
+        file: Some(carepath_notifier::file::FileConfig {
+            path: Some(sink.clone()),
+            console: carepath_notifier::file::Console::Off,
+        }),
+        ..Default::default()
+    })
+    .expect("notifier");
+
+    let hold = s
+        .post(
+            &format!("/v1/instances/{id}/hold"),
+            MUNICIPALITY,
+            &json!({}),
+            Some("hold-1"),
+        )
+        .await;
+    assert_eq!(hold.status, 200, "{:#}", hold.body);
+    assert_eq!(
+        hold.body,
+        json!({"instance_id": id, "held": true, "changed": true})
+    );
+    let twice = s
+        .post(
+            &format!("/v1/instances/{id}/hold"),
+            MUNICIPALITY,
+            &json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(twice.body["changed"], false);
+    let refused = s
+        .post(
+            &format!("/v1/instances/{id}/events"),
+            HOSPITAL,
+            &json!({"event": "referral_accepted"}),
+            None,
+        )
+        .await;
+    refused.problem(409, "instance-held");
+    assert!(s.get(&format!("/v1/instances/{id}"), READER).await.body["held_since"].is_string());
+
+    // Six days on, the midwife's acknowledgement deadline (five days) has passed: on hold,
+    // it does not fire, and the referral is not sent.
+    let later = s.clock.now() + SignedDuration::from_hours(6 * 24);
+    s.clock.advance_to(later);
+    s.rt.fire_due(later, 100).await.expect("fire");
+    notifier
+        .deliver(s.rt.store(), later)
+        .await
+        .expect("deliver");
+    let shown = s.get(&format!("/v1/instances/{id}"), READER).await;
+    assert_eq!(
+        shown.body["history"].as_array().map(Vec::len),
+        Some(2),
+        "no timer fired"
+    );
+    assert!(
+        shown.body["notices"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["status"] == "queued")),
+        "{:#}",
+        shown.body["notices"]
+    );
+    assert!(
+        !sink.exists()
+            || std::fs::read_to_string(&sink)
+                .unwrap_or_default()
+                .is_empty()
+    );
+
+    let resume = s
+        .post(
+            &format!("/v1/instances/{id}/resume"),
+            MUNICIPALITY,
+            &json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        resume.body,
+        json!({"instance_id": id, "held": false, "changed": true})
+    );
+    s.rt.fire_due(later, 100).await.expect("fire");
+    notifier
+        .deliver(s.rt.store(), later)
+        .await
+        .expect("deliver");
+    let shown = s.get(&format!("/v1/instances/{id}"), READER).await;
+    assert!(
+        shown.body["history"]
+            .as_array()
+            .is_some_and(|h| h.len() > 2),
+        "the deadline fired after the resume: {:#}",
+        shown.body["history"]
+    );
+    let sent =
+        s.rt.store()
+            .outbox(&OutboxFilter {
+                status: Some(NoticeStatus::Sent),
+                ..OutboxFilter::default()
+            })
+            .await
+            .expect("outbox");
+    assert!(
+        sent.iter().any(|r| r.template == "pregnancy_referral"),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(|r| r.template == "handoff_overdue"),
+        "{sent:?}"
+    );
+    s.wake.stop();
+}
+
+#[tokio::test]
+async fn opt_outs_are_recorded_and_checked() {
+    let s = start().await;
+    let a = s
+        .post(
+            "/v1/opt-outs",
+            MUNICIPALITY,
+            &json!({"address": "+45 20 12 34 56"}),
+            Some("o-1"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:#}", a.body);
+    assert_eq!(
+        (a.body["channel"].as_str(), a.body["changed"].as_bool()),
+        (Some("sms"), Some(true))
+    );
+    assert!(
+        !a.body.to_string().contains("20123456"),
+        "masked: {}",
+        a.body
+    );
+    let stored =
+        s.rt.store()
+            .opted_out(&[("+4520123456".into(), carepath_engine::pathway::Channel::Sms)])
+            .await
+            .expect("read");
+    assert_eq!(stored.len(), 1);
+    let repeat = s
+        .post(
+            "/v1/opt-outs",
+            MUNICIPALITY,
+            &json!({"address": "+45 20 12 34 56"}),
+            Some("o-1"),
+        )
+        .await;
+    assert!(repeat.replayed && repeat.body == a.body);
+    let p = s
+        .post(
+            "/v1/opt-outs",
+            MUNICIPALITY,
+            &json!({"address": "12"}),
+            None,
+        )
+        .await;
+    assert_eq!(p.problem(422, "invalid-body")["pointer"], "/address");
+    let p = s
+        .post(
+            "/v1/opt-outs",
+            MUNICIPALITY,
+            &json!({"address": "a@b.dk", "channel": "fax"}),
+            None,
+        )
+        .await;
+    assert_eq!(p.problem(422, "invalid-body")["pointer"], "/channel");
+    s.post("/v1/opt-outs", READER, &json!({"address": "a@b.dk"}), None)
+        .await
+        .problem(403, "insufficient-scope");
+    let back = s
+        .post(
+            "/v1/opt-outs",
+            MUNICIPALITY,
+            &json!({"address": "+4520123456", "opted_out": false}),
+            None,
+        )
+        .await;
+    assert_eq!(back.body["changed"], true);
+}
+
+#[test]
+fn the_committed_openapi_document_is_current() {
+    golden(&root().join("docs/openapi.json"), &api::openapi::document());
+    let doc: Value = serde_json::from_str(&api::openapi::document()).expect("json");
+    for path in [
+        "/v1/instances",
+        "/v1/instances/{id}",
+        "/v1/instances/{id}/events",
+        "/v1/instances/{id}/hold",
+        "/v1/instances/{id}/resume",
+        "/v1/pathways",
+        "/v1/pathways/{id}",
+        "/v1/outbox",
+        "/v1/opt-outs",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    let ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .flat_map(|p| p.as_object().into_iter().flat_map(|ops| ops.values()))
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "operationIds are unique: {ids:?}");
+}

@@ -1,0 +1,410 @@
+//! Bearer tokens: who is calling, and what they may do.
+//!
+//! Tokens are configured in the `[api]` section, each with a name, the SHA-256 of the token
+//! (the token itself is never stored: `carepath token new` prints it once), its scopes, and
+//! optionally the pathways it is restricted to — a Red Cross system's token sees and changes
+//! only the Red Cross pathways' families.
+//!
+//! No token, or one nobody configured, is 401; a known token without the scope, or asking for
+//! another organisation's pathway, is 403.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Api, Problem};
+use crate::store::Storage;
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// Report events for families (`POST /v1/instances/{id}/events`).
+    #[serde(rename = "events:write")]
+    EventsWrite,
+    /// Enrol families, hold and resume them, record opt-outs.
+    #[serde(rename = "instances:write")]
+    InstancesWrite,
+    /// Read families, pathways, the outbox and metrics.
+    #[serde(rename = "read")]
+    Read,
+    /// Everything.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    /// The spelling in configuration and problem documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::EventsWrite => "events:write",
+            Scope::InstancesWrite => "instances:write",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// One configured token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it: shown in access logs and as the source of what it changes.
+    pub name: String,
+    /// The token's SHA-256, in lower-case hex.
+    pub sha256: String,
+    /// What it may do.
+    pub scopes: BTreeSet<Scope>,
+    /// When given, the only pathways whose families it sees and changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathways: Option<BTreeSet<String>>,
+}
+
+/// The `[api]` section of the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// Why the `[api]` section is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// A token has no name, or one with spaces or control characters.
+    #[error(
+        "[[api.tokens]] #{index}: name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+    )]
+    BadName {
+        /// Its position, from 1.
+        index: usize,
+        /// The name.
+        name: String,
+    },
+    /// Two tokens share a name.
+    #[error("[[api.tokens]] name \"{0}\" is used twice: names tell callers apart in logs")]
+    DuplicateName(String),
+    /// `sha256` is not 64 hex digits.
+    #[error(
+        "[[api.tokens]] \"{name}\": sha256 must be the token's SHA-256 in 64 hex digits (`carepath token new` prints it)"
+    )]
+    BadHash {
+        /// The token's name.
+        name: String,
+    },
+    /// Two entries carry the same token.
+    #[error(
+        "[[api.tokens]] \"{name}\" has the same sha256 as \"{other}\": give each system its own token"
+    )]
+    DuplicateHash {
+        /// This one.
+        name: String,
+        /// The other.
+        other: String,
+    },
+    /// No scopes.
+    #[error(
+        "[[api.tokens]] \"{0}\": scopes is empty; give at least one of events:write, instances:write, read, admin"
+    )]
+    NoScopes(String),
+    /// A restriction names a pathway that is not loaded.
+    #[error("[[api.tokens]] \"{name}\": pathway \"{pathway}\" is not loaded (loaded: {})", known.join(", "))]
+    UnknownPathway {
+        /// The token.
+        name: String,
+        /// The pathway.
+        pathway: String,
+        /// What is loaded.
+        known: Vec<String>,
+    },
+}
+
+/// A caller, once its token is recognised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name.
+    pub name: String,
+    scopes: BTreeSet<Scope>,
+    pathways: Option<BTreeSet<String>>,
+}
+
+impl Caller {
+    /// Refuses (403) unless the token has `scope` (or `admin`).
+    pub fn require(&self, scope: Scope) -> Result<(), Problem> {
+        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+            return Ok(());
+        }
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "insufficient-scope",
+            &format!(
+                "token \"{}\" lacks the scope \"{}\" (it has: {})",
+                self.name,
+                scope.as_str(),
+                self.scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+
+    /// Whether the token may see and change families on `pathway`.
+    pub fn may_use(&self, pathway: &str) -> bool {
+        self.pathways.as_ref().is_none_or(|p| p.contains(pathway))
+    }
+
+    /// Refuses (403) a pathway outside the token's restriction.
+    pub fn require_pathway(&self, pathway: &str) -> Result<(), Problem> {
+        if self.may_use(pathway) {
+            return Ok(());
+        }
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "pathway-forbidden",
+            &format!(
+                "token \"{}\" is restricted to {}; pathway \"{pathway}\" is not among them",
+                self.name,
+                self.restriction().unwrap_or_default().join(", ")
+            ),
+        ))
+    }
+
+    /// The pathways the token is restricted to, if it is.
+    pub fn restriction(&self) -> Option<Vec<String>> {
+        self.pathways.as_ref().map(|p| p.iter().cloned().collect())
+    }
+}
+
+/// The configured tokens, looked up by hash.
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    by_hash: HashMap<[u8; 32], Arc<Caller>>,
+}
+
+impl Tokens {
+    /// Checks the `[api]` section against the loaded pathways.
+    pub fn new(config: &ApiConfig, pathways: &[String]) -> Result<Self, TokenError> {
+        let mut by_hash: HashMap<[u8; 32], Arc<Caller>> = HashMap::new();
+        let mut names = BTreeSet::new();
+        for (i, t) in config.tokens.iter().enumerate() {
+            let name_ok = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !name_ok {
+                return Err(TokenError::BadName {
+                    index: i + 1,
+                    name: t.name.clone(),
+                });
+            }
+            if !names.insert(t.name.clone()) {
+                return Err(TokenError::DuplicateName(t.name.clone()));
+            }
+            let hash = parse_hex(&t.sha256).ok_or_else(|| TokenError::BadHash {
+                name: t.name.clone(),
+            })?;
+            if t.scopes.is_empty() {
+                return Err(TokenError::NoScopes(t.name.clone()));
+            }
+            for p in t.pathways.iter().flatten() {
+                if !pathways.contains(p) {
+                    return Err(TokenError::UnknownPathway {
+                        name: t.name.clone(),
+                        pathway: p.clone(),
+                        known: pathways.to_vec(),
+                    });
+                }
+            }
+            let caller = Arc::new(Caller {
+                name: t.name.clone(),
+                scopes: t.scopes.clone(),
+                pathways: t.pathways.clone(),
+            });
+            if let Some(other) = by_hash.insert(hash, caller) {
+                return Err(TokenError::DuplicateHash {
+                    name: t.name.clone(),
+                    other: other.name.clone(),
+                });
+            }
+        }
+        Ok(Tokens { by_hash })
+    }
+
+    /// How many tokens are configured.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The caller presenting `headers`' bearer token.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Arc<Caller>, Problem> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(Problem::unauthorized(
+                "no token: send `Authorization: Bearer TOKEN`",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Problem::unauthorized("the Authorization header must be `Bearer TOKEN`")
+            })?;
+        self.by_hash
+            .get(&hash(token))
+            .cloned()
+            .ok_or_else(|| Problem::unauthorized("the token is not known: ask for a new one"))
+    }
+}
+
+impl<S: Storage> FromRequestParts<Api<S>> for Arc<Caller> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api<S>) -> Result<Self, Problem> {
+        let caller = api.tokens.caller(&parts.headers)?;
+        // The access log names the caller; only the token's name, never the token.
+        parts.extensions.insert(CallerName(caller.name.clone()));
+        Ok(caller)
+    }
+}
+
+/// The caller's name, left in the request's extensions for the access log.
+#[derive(Clone, Debug)]
+pub struct CallerName(pub String);
+
+/// A new random token: `cp_` and 32 random bytes, base64url.
+pub fn new_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("cp_{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// A token's SHA-256.
+pub fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A token's SHA-256 in hex, as the configuration holds it.
+pub fn hash_hex(token: &str) -> String {
+    hash(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(token: &str, scopes: &[Scope], pathways: Option<&[&str]>) -> ApiConfig {
+        ApiConfig {
+            tokens: vec![TokenConfig {
+                name: "epj".into(),
+                sha256: hash_hex(token),
+                scopes: scopes.iter().copied().collect(),
+                pathways: pathways.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            }],
+        }
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = format!("Bearer {token}").parse() {
+            h.insert(header::AUTHORIZATION, v);
+        }
+        h
+    }
+
+    #[test]
+    fn a_configured_token_is_recognised_by_its_hash_only() {
+        let token = new_token().expect("random");
+        assert!(token.starts_with("cp_") && token.len() == 46);
+        let tokens = Tokens::new(&config(&token, &[Scope::Read], None), &[]).expect("valid");
+        let caller = tokens.caller(&bearer(&token)).expect("known");
+        assert_eq!(caller.name, "epj");
+        let other = new_token().expect("random");
+        assert_eq!(
+            tokens
+                .caller(&bearer(&other))
+                .map(|_| ())
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(tokens.caller(&HeaderMap::new()).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn scopes_and_pathways_are_enforced_and_admin_has_every_scope() {
+        let tokens = Tokens::new(
+            &config("t", &[Scope::EventsWrite], Some(&["red-cross"])),
+            &["red-cross".into(), "standard-track".into()],
+        )
+        .expect("valid");
+        let caller = tokens.caller(&bearer("t")).expect("known");
+        assert!(caller.require(Scope::EventsWrite).is_ok());
+        let refused = caller.require(Scope::Read).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code.as_str()),
+            (403, "insufficient-scope")
+        );
+        assert!(caller.require_pathway("red-cross").is_ok());
+        assert_eq!(
+            caller.require_pathway("standard-track").unwrap_err().status,
+            403
+        );
+
+        let admin = Tokens::new(&config("a", &[Scope::Admin], None), &[]).expect("valid");
+        let admin = admin.caller(&bearer("a")).expect("known");
+        assert!(admin.require(Scope::Read).is_ok() && admin.may_use("anything"));
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_the_token_named() {
+        let mut c = config("t", &[Scope::Read], Some(&["nowhere"]));
+        assert!(matches!(
+            Tokens::new(&c, &["standard-track".into()]),
+            Err(TokenError::UnknownPathway { .. })
+        ));
+        c.tokens[0].pathways = None;
+        c.tokens[0].sha256 = "abc".into();
+        assert_eq!(
+            Tokens::new(&c, &[]).unwrap_err(),
+            TokenError::BadHash { name: "epj".into() }
+        );
+        let mut twice = config("t", &[Scope::Read], None);
+        twice.tokens.push(twice.tokens[0].clone());
+        assert_eq!(
+            Tokens::new(&twice, &[]).unwrap_err(),
+            TokenError::DuplicateName("epj".into())
+        );
+    }
+}
