@@ -596,8 +596,12 @@ async fn opted_out_families_and_ended_pathways_get_nothing() {
 
 #[test]
 fn the_example_configuration_parses_and_names_its_secrets() {
-    let text = std::fs::read_to_string(root().join("examples/carepath.toml")).expect("read");
-    let config: NotifierConfig = toml::from_str(&text).expect("examples/carepath.toml parses");
+    let both = carepath_worker::config::read(Some(&root().join("examples/carepath.toml")), None)
+        .expect("examples/carepath.toml parses");
+    let tokens = carepath_worker::api::Tokens::new(&both.api, &["standard-track".into()])
+        .expect("its [api] tokens are valid");
+    assert_eq!(tokens.len(), 1);
+    let config = both.notifier.expect("notifier sections");
     assert_eq!(
         config.sms.as_ref().map(|s| s.gateway),
         Some(Gateway::Gatewayapi)

@@ -652,3 +652,64 @@ async fn a_token_made_by_the_cli_opens_an_api_process_whose_enrolment_a_separate
         assert_eq!(status.code(), Some(0), "{status:?}");
     }
 }
+
+/// The README's curl walkthrough, run as written (on a free port, in a scratch folder with the
+/// checkout's examples and pathways), with `carepath` on the PATH.
+#[test]
+fn the_readme_api_walkthrough_works_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let block = readme
+        .split("<!-- walkthrough:api")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /walkthrough:api -->").next())
+        .and_then(|b| b.split("```sh\n").nth(1))
+        .and_then(|b| b.split("```").next())
+        .expect("the README has the walkthrough");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let script = block.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
+    let dir = tempfile::tempdir().expect("tmp");
+    for shared in ["examples", "pathways"] {
+        std::os::unix::fs::symlink(root().join(shared), dir.path().join(shared)).expect("link");
+    }
+    let exe = carepath().get_program().to_owned();
+    let bin = Path::new(&exe).parent().expect("bin dir").to_owned();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-e", "-o", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("CAREPATH_LOG", "warn")
+        .env_remove("CAREPATH_CONFIG")
+        .env_remove("CAREPATH_DB")
+        .output()
+        .expect("bash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the walkthrough failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        r#""state":"awaiting_first_exam""#,
+        r#""outcome":"applied""#,
+        r#""to":"pregnancy""#,
+        r#""template":"pregnancy_referral","role":"midwife""#,
+        r#""cpr":"(sensitive)""#,
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+    let config = std::fs::read_to_string(dir.path().join("carepath.toml")).expect("config");
+    assert!(config.contains("kommune-epj"), "{config}");
+    let sent = std::fs::read_to_string(dir.path().join("notices.jsonl")).unwrap_or_default();
+    assert!(
+        sent.contains("pregnancy_referral") || text.contains(r#""status":"queued""#),
+        "the referral is sent or waiting to be: {sent}"
+    );
+}

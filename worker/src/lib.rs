@@ -6,6 +6,7 @@
 //! - [`store`]: everything kept, behind one [`store::Storage`] interface (SQLite by default);
 //! - [`clock`]: the system clock in production, virtual and accelerated clocks for tests,
 //!   simulation and the demo;
+//! - [`config`]: the configuration file: the notifier's sections and the API's tokens;
 //! - [`catalog`]: the pathway versions a database knows, checked and with compiled templates;
 //! - [`runtime`]: enrolment, events and timers applied exactly once, in batches;
 //! - [`delivery`]: queued notices out through their channels, retried, held, dead-lettered;
@@ -26,6 +27,7 @@ pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod delivery;
 pub mod lateness;
 pub mod load;

@@ -306,6 +306,14 @@ impl<S: Storage> Runtime<S> {
         let keys: Vec<String> = requests.iter().map(|r| r.key.clone()).collect();
         let seen = tx.events_by_key(&keys).await?;
         let mut batch = Batch::new(&self.catalog, now);
+        // Events that name their instance (the HTTP API's) are read in one query, not one each.
+        let named: Vec<i64> = requests
+            .iter()
+            .filter_map(|r| r.instance_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        batch.load(&mut tx, &named).await?;
         let mut results: Vec<EventResult> = Vec::with_capacity(requests.len());
         let mut this_batch: HashMap<&str, usize> = HashMap::new();
         for req in requests {

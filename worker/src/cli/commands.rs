@@ -1,7 +1,7 @@
 //! The commands that use the database: run, enroll, event, status, outbox, simulate, demo.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -158,56 +158,6 @@ fn init_logging() {
         .try_init();
 }
 
-/// The configuration file: the notifier's sections, and the API's `[api]`.
-#[derive(Debug, Default)]
-pub(super) struct Config {
-    /// The notifier's sections, when there are any (or a --sink).
-    pub notifier: Option<NotifierConfig>,
-    /// The `[api]` section.
-    pub api: ApiConfig,
-}
-
-/// Reads the configuration; `sink` adds a [file] section for channels without a transport.
-pub(super) fn read_config(config: Option<&Path>, sink: Option<PathBuf>) -> anyhow::Result<Config> {
-    let mut parsed = Config::default();
-    if let Some(path) = config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-        let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        // [api] belongs to the worker; the rest is the notifier's, which knows nothing of it.
-        if let Some(api) = table.remove("api") {
-            parsed.api = api
-                .try_into()
-                .map_err(|e| anyhow::anyhow!("{}: [api]: {e}", path.display()))?;
-        }
-        if !table.is_empty() {
-            let notifier: NotifierConfig = toml::Value::Table(table)
-                .try_into()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            parsed.notifier = Some(notifier);
-        }
-    }
-    if let Some(sink) = sink {
-        let file = if sink.as_os_str() == "-" {
-            FileConfig {
-                path: None,
-                console: FileConsole::Json,
-            }
-        } else {
-            FileConfig {
-                path: Some(sink),
-                console: FileConsole::Off,
-            }
-        };
-        parsed
-            .notifier
-            .get_or_insert_with(NotifierConfig::default)
-            .file = Some(file);
-    }
-    Ok(parsed)
-}
-
 /// Makes a token for `name`, checks its entry as `carepath run` will, and appends the entry
 /// to `config` (or prints it on stderr). Returns the token.
 pub(super) fn new_token(
@@ -283,7 +233,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
         pathways = ?catalog.pathway_ids(),
         "worker starting"
     );
-    let config = read_config(config.as_deref(), sink)?;
+    let config = crate::config::read(config.as_deref(), sink)?;
     let tokens = api::Tokens::new(&config.api, &catalog.pathway_ids())?;
     let rt = Arc::new(Runtime::new(store, catalog, clock));
     let notifier = match (&config.notifier, no_delivery) {

@@ -308,7 +308,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sources = load::load(&paths)?;
             let max_segments = match max_segments {
                 Some(n) => n,
-                None => commands::read_config(config.as_deref(), None)?
+                None => crate::config::read(config.as_deref(), None)?
                     .notifier
                     .and_then(|c| c.sms)
                     .map_or(sms::DEFAULT_MAX_SEGMENTS, |s| s.max_segments),
