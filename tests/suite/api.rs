@@ -450,6 +450,9 @@ async fn refused_requests_say_why_and_change_nothing() {
     )
     .await
     .problem(403, "pathway-forbidden");
+    s.post("/v1/instances/999999/hold", MUNICIPALITY, &json!({}), None)
+        .await
+        .problem(404, "not-found");
     let listed = s.get("/v1/instances", RED_CROSS).await;
     assert_eq!(listed.body["instances"], json!([]), "{:#}", listed.body);
     s.get("/v1/instances?pathway=standard-track", RED_CROSS)

@@ -13,9 +13,9 @@ use carepath_engine::pathway::Channel;
 use carepath_engine::step::{ArmedTimer, Cause, History, Instance, Purpose, Status};
 use carepath_engine::{PathwaySource, SourceFile};
 use carepath_worker::store::{
-    Changes, Contact, ContactRef, Delivery, EventRecord, InstanceUpdate, NewInstance, NewNotice,
-    NoticeStatus, NoticeText, OutboxFilter, Outcome, Requeue, SqliteStore, Storage, StoreError,
-    Stored, Target, Tx,
+    Changes, Contact, ContactRef, Delivery, EventRecord, InstanceFilter, InstanceUpdate,
+    KeptResponse, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome, Requeue,
+    SqliteStore, Storage, StoreError, Stored, Target, Tx,
 };
 
 fn t0() -> Timestamp {
@@ -694,6 +694,116 @@ async fn opt_outs_are_kept_per_address_and_channel<S: Storage>(store: &S) {
     assert!(store.opted_out(&asked).await.expect("read").is_empty());
 }
 
+async fn a_held_instance_waits_and_is_listed_by_filter<S: Storage>(store: &S) {
+    let held = enrol(store, "FAM-H", vec![timer("soon", minutes(1))]).await;
+    let other = enrol(store, "FAM-I", vec![timer("later", minutes(2))]).await;
+    let version = version(store).await;
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            outbox: vec![(
+                Target::Id(held),
+                notice("h:1", version, None, NoticeStatus::Queued),
+            )],
+            ..Changes::default()
+        },
+    )
+    .await;
+    assert!(
+        store
+            .set_held(held, Some("kommune"), t0())
+            .await
+            .expect("hold")
+    );
+    assert!(
+        !store
+            .set_held(held, Some("kommune"), t0())
+            .await
+            .expect("again")
+    );
+    let row = store.instance(held).await.expect("read").expect("exists");
+    assert_eq!(row.held_since, Some(t0()));
+    // Its timers and notices wait; the other family's do not.
+    let mut tx = store.begin().await.expect("begin");
+    let due = tx.due_timers(minutes(5), 10).await.expect("due");
+    drop(tx);
+    assert_eq!(
+        due.iter().map(|t| t.instance_id).collect::<Vec<_>>(),
+        [other]
+    );
+    assert_eq!(store.next_due().await.expect("next"), Some(minutes(2)));
+    let deliverable = store
+        .outbox(&OutboxFilter {
+            skip_held: true,
+            ..OutboxFilter::default()
+        })
+        .await
+        .expect("outbox");
+    assert!(deliverable.is_empty());
+    let stats = store.stats(minutes(5)).await.expect("stats");
+    assert_eq!((stats.held, stats.timers, stats.timers_due), (1, 2, 1));
+    assert_eq!(stats.oldest_due, Some(minutes(2)));
+    assert!(store.set_held(held, None, t0()).await.expect("resume"));
+    assert_eq!(
+        store
+            .instance(held)
+            .await
+            .expect("read")
+            .and_then(|r| r.held_since),
+        None
+    );
+    assert_eq!(store.next_due().await.expect("next"), Some(minutes(1)));
+
+    let page = |after: Option<i64>| InstanceFilter {
+        pathways: Some(vec!["p".into()]),
+        state: Some("waiting".into()),
+        after,
+        limit: 1,
+        ..InstanceFilter::default()
+    };
+    let first = store.list_instances(&page(None)).await.expect("list");
+    assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), [held]);
+    let second = store.list_instances(&page(Some(held))).await.expect("list");
+    assert_eq!(second.iter().map(|r| r.id).collect::<Vec<_>>(), [other]);
+    let none = InstanceFilter {
+        pathways: Some(vec!["elsewhere".into()]),
+        limit: 10,
+        ..InstanceFilter::default()
+    };
+    assert!(store.list_instances(&none).await.expect("list").is_empty());
+}
+
+async fn the_first_kept_response_wins<S: Storage>(store: &S) {
+    let first = KeptResponse {
+        fingerprint: "abc".into(),
+        status: 201,
+        body: b"{\"instance_id\":1}".to_vec(),
+    };
+    assert_eq!(store.kept_response("epj", "k").await.expect("read"), None);
+    store
+        .keep_response("epj", "k", &first, t0())
+        .await
+        .expect("keep");
+    let second = KeptResponse {
+        status: 409,
+        ..first.clone()
+    };
+    store
+        .keep_response("epj", "k", &second, t0())
+        .await
+        .expect("keep");
+    assert_eq!(
+        store.kept_response("epj", "k").await.expect("read"),
+        Some(first)
+    );
+    assert_eq!(
+        store.kept_response("other", "k").await.expect("read"),
+        None,
+        "keys are per caller"
+    );
+}
+
 async fn a_life_event_skips_the_familys_queued_notices<S: Storage>(store: &S) {
     let id = enrol(store, "FAM-G", vec![]).await;
     let version = version(store).await;
@@ -777,6 +887,8 @@ macro_rules! backend {
             property!(a_finished_instance_frees_the_reference);
             property!(deliveries_are_recorded_with_their_provenance);
             property!(opt_outs_are_kept_per_address_and_channel);
+            property!(a_held_instance_waits_and_is_listed_by_filter);
+            property!(the_first_kept_response_wins);
             property!(a_life_event_skips_the_familys_queued_notices);
         }
     };

@@ -3,9 +3,10 @@
 //!
 //! The first answer (status and body) is kept per caller and key, with a hash of the method,
 //! path and body: the same key on another request is refused (422), so a client bug cannot
-//! read someone else's answer. Answers of 5xx, 401, 408 and 413 are not kept: the request did
-//! nothing and may be sent again as it is. Events keep their answers themselves (the event
-//! record is written in the same transaction as its effect); this layer serves the other POSTs.
+//! read someone else's answer. Answers of 5xx, 401, 403, 408 and 413 are not kept: the request
+//! did nothing, and may be sent again as it is once the server or the token is put right.
+//! Events keep their answers themselves (the event record is written in the same transaction
+//! as its effect); this layer serves the other POSTs.
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -71,6 +72,7 @@ async fn kept_or_run<S: Storage>(
     let status = response.status();
     let keep = !(status.is_server_error()
         || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::PAYLOAD_TOO_LARGE);
     if !keep {

@@ -460,6 +460,7 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
             "state": inst.instance.state,
             "owner": inst.instance.owner,
             "status": inst.instance.status,
+            "held_since": inst.held_since.map(local),
             "fields": fields,
             "history": history.iter().map(|h| json!({
                 "seq": h.seq, "at": local(h.at), "from": h.from, "to": h.to,
@@ -511,6 +512,13 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
                 s(&r["owner"])
             }
         )?;
+        if !r["held_since"].is_null() {
+            writeln!(
+                out,
+                "  ON HOLD since {}: timers wait, nothing is sent, events are refused",
+                s(&r["held_since"])
+            )?;
+        }
         writeln!(out, "  fields: {}", r["fields"])?;
         writeln!(out, "  history:")?;
         for h in r["history"].as_array().into_iter().flatten() {
