@@ -269,11 +269,7 @@ impl<S: Storage> Runtime<S> {
                 0,
             )
             .await?;
-        let changes = batch.finish();
-        let steps = changes.history.len();
-        let ids = tx.write(changes).await?;
-        tx.commit().await?;
-        self.metrics.transitions(steps);
+        let ids = self.commit(tx, batch.finish()).await?;
         Ok(Enrolled {
             instance_id: ids.first().copied().unwrap_or_default(),
             ..enrolled
@@ -336,11 +332,7 @@ impl<S: Storage> Runtime<S> {
             let result = batch.event(&mut tx, req, now).await?;
             results.push(result);
         }
-        let changes = batch.finish();
-        let steps = changes.history.len();
-        tx.write(changes).await?;
-        tx.commit().await?;
-        self.metrics.transitions(steps);
+        self.commit(tx, batch.finish()).await?;
         for r in results.iter().filter(|r| !r.replayed) {
             self.metrics.event(r.record.outcome == Outcome::Applied);
         }
@@ -374,6 +366,15 @@ impl<S: Storage> Runtime<S> {
         }
     }
 
+    /// Writes a batch and commits it, counting its steps. Returns the new instances' ids.
+    async fn commit(&self, mut tx: S::Tx, changes: Changes) -> Result<Vec<i64>, StoreError> {
+        let steps = changes.history.len();
+        let ids = tx.write(changes).await?;
+        tx.commit().await?;
+        self.metrics.transitions(steps);
+        Ok(ids)
+    }
+
     async fn try_fire_batch(&self, now: Timestamp, limit: u32) -> Result<Fired, RuntimeError> {
         let mut tx = self.store.begin().await?;
         let due = tx.due_timers(now, limit).await?;
@@ -397,11 +398,7 @@ impl<S: Storage> Runtime<S> {
             batch.drop_stray(t.instance_id, &t.key);
         }
         let steps = batch.steps;
-        let changes = batch.finish();
-        let transitions = changes.history.len();
-        tx.write(changes).await?;
-        tx.commit().await?;
-        self.metrics.transitions(transitions);
+        self.commit(tx, batch.finish()).await?;
         Ok(Fired {
             claimed: due.len(),
             steps,

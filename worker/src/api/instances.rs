@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use carepath_engine::step::Status;
 
 use super::auth::{Caller, Scope};
+use super::outbox::OutboxEntry;
 use super::{Api, Body, Path, Problem, Query, parse_body};
 use crate::catalog;
 use crate::runtime::{EnrolError, EnrolRequest, Enrolled, EventRequest, EventResult};
@@ -141,28 +142,6 @@ pub struct TimerView {
     pub due: Timestamp,
 }
 
-/// A notice for the family or a professional, without its text or address.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct NoticeView {
-    /// The outbox row.
-    pub id: i64,
-    /// The template.
-    pub template: String,
-    /// The recipient's role.
-    pub role: String,
-    /// The channel.
-    pub channel: Option<String>,
-    /// queued, sent, skipped or dead.
-    pub status: String,
-    /// Not to be sent before.
-    #[schema(value_type = String, format = DateTime)]
-    pub not_before: Timestamp,
-    /// Delivery attempts so far.
-    pub attempts: u32,
-    /// The last error, or why it was skipped.
-    pub last_error: Option<String>,
-}
-
 /// A recorded event, applied or rejected.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct EventView {
@@ -198,8 +177,8 @@ pub struct InstanceView {
     pub history: Vec<HistoryView>,
     /// Pending timers, by due time.
     pub timers: Vec<TimerView>,
-    /// Notices, by due time.
-    pub notices: Vec<NoticeView>,
+    /// Notices, by due time, without their text and with addresses masked.
+    pub notices: Vec<OutboxEntry>,
     /// Events reported for it, applied and rejected.
     pub events: Vec<EventView>,
 }
@@ -498,16 +477,7 @@ pub async fn show<S: Storage>(
         .await
         .map_err(Problem::store)?
         .into_iter()
-        .map(|o| NoticeView {
-            id: o.id,
-            template: o.template,
-            role: o.role,
-            channel: o.channel.map(|c| c.as_str().to_string()),
-            status: o.status.as_str().to_string(),
-            not_before: o.not_before,
-            attempts: o.attempts,
-            last_error: o.last_error,
-        })
+        .map(OutboxEntry::from)
         .collect();
     let events = store
         .instance_events(id)

@@ -13,7 +13,7 @@ use carepath_notifier::channel::mask;
 use super::auth::{Caller, Scope};
 use super::{Api, Body, Problem, Query, parse_body};
 use crate::delivery::Notifier;
-use crate::store::{NoticeStatus, OutboxFilter, Storage};
+use crate::store::{NoticeStatus, OutboxFilter, OutboxRow, Storage};
 
 /// Filters for `GET /v1/outbox`.
 #[derive(Clone, Debug, Default, Deserialize, IntoParams)]
@@ -59,6 +59,25 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
 }
 
+impl From<OutboxRow> for OutboxEntry {
+    fn from(o: OutboxRow) -> Self {
+        OutboxEntry {
+            id: o.id,
+            instance_id: o.instance_id,
+            reference: o.reference,
+            template: o.template,
+            role: o.role,
+            family: o.family,
+            channel: o.channel.map(|c| c.as_str().to_string()),
+            address: o.address.as_deref().map(mask),
+            status: o.status.as_str().to_string(),
+            not_before: o.not_before,
+            attempts: o.attempts,
+            last_error: o.last_error,
+        }
+    }
+}
+
 /// The outbox: what went out, what waits, what failed.
 #[utoipa::path(
     get, path = "/v1/outbox", operation_id = "listOutbox", tag = "outbox",
@@ -101,24 +120,7 @@ pub async fn outbox<S: Storage>(
         })
         .await
         .map_err(Problem::store)?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|o| OutboxEntry {
-                id: o.id,
-                instance_id: o.instance_id,
-                reference: o.reference,
-                template: o.template,
-                role: o.role,
-                family: o.family,
-                channel: o.channel.map(|c| c.as_str().to_string()),
-                address: o.address.as_deref().map(mask),
-                status: o.status.as_str().to_string(),
-                not_before: o.not_before,
-                attempts: o.attempts,
-                last_error: o.last_error,
-            })
-            .collect(),
-    ))
+    Ok(Json(rows.into_iter().map(OutboxEntry::from).collect()))
 }
 
 /// A family's wish not to be messaged on a channel (or to be again).

@@ -119,6 +119,21 @@ fn classify(e: sqlx::Error, path: &str) -> StoreError {
     StoreError::Database(e)
 }
 
+/// Appends `column` (" AND pathway") and `IN (?, ?, …)` with `values` bound; an empty list
+/// matches nothing.
+fn push_in(q: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]) {
+    if values.is_empty() {
+        q.push(" AND 0");
+        return;
+    }
+    q.push(column).push(" IN (");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v.clone());
+    }
+    q.push(")");
+}
+
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
@@ -454,12 +469,7 @@ impl Storage for SqliteStore {
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"
         ));
         if let Some(pathways) = &filter.pathways {
-            q.push(" AND pathway IN (");
-            let mut list = q.separated(", ");
-            for p in pathways {
-                list.push_bind(p.clone());
-            }
-            q.push(")");
+            push_in(&mut q, " AND pathway", pathways);
         }
         if let Some(state) = &filter.state {
             q.push(" AND state = ").push_bind(state.clone());
@@ -643,12 +653,7 @@ impl Storage for SqliteStore {
             q.push(" AND o.instance_id = ").push_bind(id);
         }
         if let Some(pathways) = &filter.pathways {
-            q.push(" AND i.pathway IN (");
-            let mut list = q.separated(", ");
-            for p in pathways {
-                list.push_bind(p.clone());
-            }
-            q.push(")");
+            push_in(&mut q, " AND i.pathway", pathways);
         }
         if filter.skip_held {
             q.push(" AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id)");
