@@ -402,6 +402,8 @@ impl Cx<'_, '_> {
             .unwrap_or_default();
         let appointments = self.get(&mut o, "appointments");
         let appointments = self.opt(appointments, Self::appointments);
+        let offer = self.get(&mut o, "offer");
+        let offer = self.opt(offer, Self::offer);
         let initial = self.req(&mut o, "initial");
         let initial = self.opt(initial, Self::name);
         let states = self.req(&mut o, "states");
@@ -423,26 +425,54 @@ impl Cx<'_, '_> {
             fields,
             events,
             appointments,
+            offer,
             initial: initial?,
             states,
+        })
+    }
+
+    fn sector(&mut self, node: &Node, pointer: &str) -> Option<Sector> {
+        self.one_of(
+            node,
+            pointer,
+            &[
+                ("region", Sector::Region),
+                ("municipality", Sector::Municipality),
+                ("civil_society", Sector::CivilSociety),
+                ("family", Sector::Family),
+            ],
+        )
+    }
+
+    fn offer(&mut self, node: &Node, pointer: &str) -> Option<Offer> {
+        let mut o = self.obj(node, pointer)?;
+        let organisation = self.req(&mut o, "organisation");
+        let organisation = self.opt(organisation, Self::string);
+        let audience = self.req(&mut o, "for");
+        let audience = self.opt(audience, Self::string);
+        let referral = self.req(&mut o, "referral");
+        let referral = self.opt(referral, Self::string);
+        let duration = self.req(&mut o, "duration");
+        let duration = self.opt(duration, Self::string);
+        let sector = self.req(&mut o, "sector");
+        let sector = self.opt(sector, Self::sector);
+        let summary = self.get(&mut o, "summary");
+        let summary = self.opt(summary, Self::string);
+        self.finish(o);
+        Some(Offer {
+            organisation: organisation?,
+            sector: sector?,
+            audience: audience?,
+            referral: referral?,
+            duration: duration?,
+            summary,
         })
     }
 
     fn role(&mut self, node: &Node, pointer: &str) -> Option<Role> {
         let mut o = self.obj(node, pointer)?;
         let sector = self.req(&mut o, "sector");
-        let sector = self.opt(sector, |cx, n, p| {
-            cx.one_of(
-                n,
-                p,
-                &[
-                    ("region", Sector::Region),
-                    ("municipality", Sector::Municipality),
-                    ("civil_society", Sector::CivilSociety),
-                    ("family", Sector::Family),
-                ],
-            )
-        });
+        let sector = self.opt(sector, Self::sector);
         let title = self.get(&mut o, "title");
         let title = self.opt(title, Self::string);
         let channels = self.get(&mut o, "channels");

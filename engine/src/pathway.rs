@@ -70,6 +70,10 @@ pub struct Pathway {
     /// Reminders to the family before booked appointments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appointments: Option<AppointmentPolicy>,
+    /// The pathway as an offer in the catalogue (`carepath catalogue`): who runs it, who it is
+    /// for, how a family gets there and how long it lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<Offer>,
     /// The state a new instance starts in.
     pub initial: String,
     /// The states, by name.
@@ -82,6 +86,27 @@ fn default_time_zone() -> String {
 
 fn default_language() -> String {
     DEFAULT_LANGUAGE.to_string()
+}
+
+/// A pathway as the catalogue of offers presents it to professionals and volunteers. Plain
+/// text, in the pathway's default language; never a family's data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Offer {
+    /// Who runs it (`Dansk Røde Kors`, `Rødovre Kommune, Familiehuset`).
+    pub organisation: String,
+    /// The sector it belongs to.
+    pub sector: Sector,
+    /// Who it is for.
+    #[serde(rename = "for")]
+    pub audience: String,
+    /// How a family is referred, or refers itself.
+    pub referral: String,
+    /// How long it lasts.
+    pub duration: String,
+    /// What it offers, in a sentence or two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// A participant in the pathway.

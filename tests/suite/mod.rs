@@ -4,6 +4,7 @@ mod delivery;
 mod diagnostics;
 mod fixtures;
 mod notices;
+mod pathways;
 mod process;
 mod runtime;
 mod schema;

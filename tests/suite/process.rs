@@ -421,9 +421,16 @@ fn simulate_prints_the_timeline_on_virtual_time() {
     assert_eq!(reminder["channel"], "sms");
     assert_eq!(reminder["language"], "ar");
     assert_eq!(
-        reminder["at"], "2027-02-13 09:30 Sat",
-        "two days before the scan"
+        reminder["at"], "2027-02-13 10:00 Sat",
+        "two days before the scan (09:30), held until Saturday's quiet hours end"
     );
+    assert!(
+        reminder["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("quiet hours")),
+        "{reminder}"
+    );
+    assert_eq!(reminder["status"], "sent");
     assert_eq!(reminder["address"], "+45••••••56", "addresses are masked");
     let refused = find(&|e| e["kind"] == "rejected").expect("the duplicate visit is refused");
     assert_eq!(refused["code"], "event-not-allowed");

@@ -16,9 +16,12 @@ use carepath_engine::step::Cause;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, VirtualClock};
+use crate::delivery::{self, Notifier};
 use crate::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime, RuntimeError};
-use crate::store::{Contact, OutboxFilter, SqliteStore, Storage, StoreError};
+use crate::store::{Contact, NoticeStatus, OutboxFilter, SqliteStore, Storage, StoreError};
+use carepath_notifier::NotifierConfig;
 use carepath_notifier::channel::{mask_email, mask_phone};
+use carepath_notifier::file::{Console, FileConfig};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +153,11 @@ pub enum Entry {
         subject: Option<String>,
         /// The text.
         body: Option<String>,
-        /// queued, dead …
+        /// sent, skipped, dead, or queued (not yet due when the simulation ended).
         status: String,
+        /// Why it waited past its creation (a family's quiet hours), if it did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        held: Option<String>,
         /// Why it cannot be sent.
         error: Option<String>,
     },
@@ -300,16 +306,33 @@ pub async fn simulate(
     })
     .await?;
 
+    // Notices go out as they would: through the default retry policy and quiet hours, to a
+    // file in the temporary folder, so the timeline shows when each one is sent.
+    let notifier = Notifier::new(&NotifierConfig {
+        file: Some(FileConfig {
+            path: Some(dir.path().join("notices.jsonl")),
+            console: Console::Off,
+        }),
+        ..NotifierConfig::default()
+    })
+    .map_err(|e| SimulateError::Input {
+        path: "the simulation's notice file".into(),
+        reason: e.to_string(),
+    })?;
+    notifier.deliver(rt.store(), start).await?;
     let mut pending = events.into_iter().peekable();
     loop {
-        let next_timer = rt.store().next_due().await?;
         let next_event = pending.peek().map(|(at, _, _)| *at);
-        let next = match (next_timer, next_event) {
-            (Some(t), Some(e)) => t.min(e),
-            (t, e) => match t.or(e) {
-                Some(n) => n,
-                None => break,
-            },
+        let next = [
+            rt.store().next_due().await?,
+            next_event,
+            delivery::next_notice(rt.store()).await?,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else {
+            break;
         };
         if next > end {
             break;
@@ -332,9 +355,9 @@ pub async fn simulate(
                 pending.next();
             }
             rt.apply_events(&batch).await?;
-        } else {
-            rt.fire_due(next, 1000).await?;
         }
+        rt.fire_due(next, 1000).await?;
+        notifier.deliver(rt.store(), next).await?;
     }
     let timeline = timeline(rt.store(), &family.reference, &tz_name, &tz).await?;
     rt.store().close().await;
@@ -407,6 +430,12 @@ pub async fn timeline<S: Storage>(
             })
             .await?;
         for r in rows {
+            let held = store
+                .outbox_log(r.id)
+                .await?
+                .into_iter()
+                .find(|l| l.status == "held")
+                .and_then(|l| l.detail);
             let seq: u64 = r
                 .key
                 .split(':')
@@ -433,7 +462,11 @@ pub async fn timeline<S: Storage>(
                     subject: r.text.subject.clone(),
                     body: r.text.body.clone(),
                     status: r.status.as_str().into(),
-                    error: r.last_error.clone(),
+                    held,
+                    // Once sent, the last error is history (a hold, a retried failure).
+                    error: (r.status != NoticeStatus::Sent)
+                        .then(|| r.last_error.clone())
+                        .flatten(),
                 },
             ));
         }
@@ -500,6 +533,7 @@ impl Timeline {
                     subject,
                     body,
                     status,
+                    held,
                     error,
                     ..
                 } => {
@@ -517,6 +551,9 @@ impl Timeline {
                         for line in b.trim_end().lines() {
                             out.push_str(&format!("        | {line}\n"));
                         }
+                    }
+                    if let Some(h) = held {
+                        out.push_str(&format!("        ⏸ held: {h}\n"));
                     }
                     if let Some(e) = error {
                         out.push_str(&format!("        ! {e}\n"));

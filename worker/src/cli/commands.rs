@@ -114,6 +114,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { .. }
         | Command::Graph { .. }
         | Command::Schema
+        | Command::Catalogue { .. }
         | Command::Openapi
         | Command::Token { .. } => {
             bail!("not a database command")

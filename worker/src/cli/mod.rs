@@ -58,6 +58,17 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Render the catalogue of offers from the pathway files alone: each offer, who runs it,
+    /// who it is for, how a family is referred and how long it lasts (what docs/catalogue.md
+    /// holds). Exit 1, with the diagnostics, when a pathway has errors.
+    Catalogue {
+        /// Pathway folders or files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Markdown (for docs/) or a standalone HTML page.
+        #[arg(long, value_enum, default_value_t = CatalogueFormat::Markdown)]
+        format: CatalogueFormat,
+    },
     /// Print the JSON Schema of pathway.json (what docs/pathway.schema.json holds), for
     /// editors' completion.
     Schema,
@@ -274,6 +285,15 @@ pub enum Format {
     Json,
 }
 
+/// How the catalogue is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CatalogueFormat {
+    /// Markdown.
+    Markdown,
+    /// A standalone HTML page.
+    Html,
+}
+
 /// How a graph is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
@@ -343,6 +363,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = match format {
                 GraphFormat::Dot => graph::to_dot(&pathway),
                 GraphFormat::Mermaid => graph::to_mermaid(&pathway),
+            };
+            out.write_all(text.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalogue { paths, format } => {
+            let sources = load::load(&paths)?;
+            let report = carepath_engine::check(&sources);
+            if report.has_errors() {
+                let mut err = std::io::stderr().lock();
+                writeln!(err, "{}", render_all(&report.diagnostics))?;
+                return Ok(ExitCode::from(1));
+            }
+            let pathways: Vec<&carepath_engine::Pathway> =
+                report.pathways.iter().map(|p| &p.pathway).collect();
+            let text = match format {
+                CatalogueFormat::Markdown => carepath_engine::catalogue::markdown(&pathways),
+                CatalogueFormat::Html => carepath_engine::catalogue::html(&pathways),
             };
             out.write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
