@@ -71,6 +71,19 @@ fn ordered<'p>(pathways: &[&'p Pathway]) -> Vec<&'p Pathway> {
     list
 }
 
+/// The overview table's cells after the title: organisation, sector, audience, duration.
+fn cells(p: &Pathway) -> [&str; 4] {
+    match &p.offer {
+        Some(o) => [
+            o.organisation.as_str(),
+            sector(o.sector),
+            o.audience.as_str(),
+            o.duration.as_str(),
+        ],
+        None => ["—"; 4],
+    }
+}
+
 /// One offer's facts, as label and text, in the order they are shown.
 fn facts(p: &Pathway, all: &[Referral]) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
@@ -83,21 +96,28 @@ fn facts(p: &Pathway, all: &[Referral]) -> Vec<(&'static str, String)> {
         out.push(("Henvisning", o.referral.clone()));
         out.push(("Varighed", o.duration.clone()));
     }
-    let from: Vec<String> = all
-        .iter()
-        .filter(|r| r.to == p.id)
-        .map(|r| format!("`{}`, {}", r.from, r.when))
-        .collect();
-    if !from.is_empty() {
-        out.push(("Henvises fra", from.join("; ")));
-    }
-    let to: Vec<String> = all
-        .iter()
-        .filter(|r| r.from == p.id)
-        .map(|r| format!("`{}`, {}", r.to, r.when))
-        .collect();
-    if !to.is_empty() {
-        out.push(("Henviser videre til", to.join("; ")));
+    let links = |from_here: bool| -> Vec<String> {
+        all.iter()
+            .filter(|r| {
+                if from_here {
+                    r.from == p.id
+                } else {
+                    r.to == p.id
+                }
+            })
+            .map(|r| {
+                let other = if from_here { &r.to } else { &r.from };
+                format!("`{other}`, {}", r.when)
+            })
+            .collect()
+    };
+    for (label, list) in [
+        ("Henvises fra", links(false)),
+        ("Henviser videre til", links(true)),
+    ] {
+        if !list.is_empty() {
+            out.push((label, list.join("; ")));
+        }
     }
     let roles: Vec<String> = p
         .roles
@@ -125,24 +145,12 @@ pub fn markdown(pathways: &[&Pathway]) -> String {
     let _ = writeln!(out, "|---|---|---|---|---|");
     let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
     for p in &list {
-        let (org, sec, audience, duration) = match &p.offer {
-            Some(o) => (
-                o.organisation.as_str(),
-                sector(o.sector),
-                o.audience.as_str(),
-                o.duration.as_str(),
-            ),
-            None => ("—", "—", "—", "—"),
-        };
+        let [org, sec, audience, duration] = cells(p).map(cell);
         let _ = writeln!(
             out,
-            "| [{}](#{}) | {} | {} | {} | {} |",
+            "| [{}](#{}) | {org} | {sec} | {audience} | {duration} |",
             cell(&p.title),
             p.id,
-            cell(org),
-            sec,
-            cell(audience),
-            cell(duration)
         );
     }
     for p in &list {
@@ -176,15 +184,7 @@ pub fn html(pathways: &[&Pathway]) -> String {
          <table>\n<tr><th>Tilbud</th><th>Udbyder</th><th>Sektor</th><th>Målgruppe</th><th>Varighed</th></tr>\n",
     );
     for p in &list {
-        let (org, sec, audience, duration) = match &p.offer {
-            Some(o) => (
-                e(&o.organisation),
-                sector(o.sector),
-                e(&o.audience),
-                e(&o.duration),
-            ),
-            None => ("—".into(), "—", "—".into(), "—".into()),
-        };
+        let [org, sec, audience, duration] = cells(p).map(e);
         let _ = writeln!(
             out,
             "<tr><td><a href=\"#{}\">{}</a></td><td>{org}</td><td>{sec}</td><td>{audience}</td><td>{duration}</td></tr>",
