@@ -89,6 +89,60 @@ fn row(at: &str, to: &str, language: &str, status: &str) -> (String, String, Str
     (at.into(), to.into(), language.into(), status.into())
 }
 
+/// The notices of `template` whose subject mentions `about`, as local times.
+fn times(t: &Timeline, template: &str, about: &str) -> Vec<String> {
+    t.entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Notice {
+                at,
+                template: tpl,
+                subject,
+                ..
+            } if tpl == template && subject.as_deref().is_some_and(|s| s.contains(about)) => {
+                Some(at.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_standard_track_hands_the_birth_to_the_health_visitors_and_moves_with_an_early_birth() {
+    let t = snapshot("standard-track", "standard-track", "P9M").await;
+    assert_eq!(
+        notices(&t, "birth_notice"),
+        [row("2027-08-06 14:00 Fri", "health_visitor", "da", "sent")]
+    );
+    // The postnatal visit's window opens at birth + 4 days; its reminder comes a day before.
+    assert_eq!(
+        times(&t, "activity_due", "Barselsbesøg"),
+        ["2027-08-09 09:00 Mon"]
+    );
+
+    // Born two weeks earlier: every birth-anchored timer moves with the birth.
+    let mut early = script("standard-track");
+    let birth = early
+        .iter_mut()
+        .find(|e| e.event == "birth_registered")
+        .expect("birth");
+    birth.at = "2027-07-23T14:00".into();
+    birth.payload = json!({"birth_date": "2027-07-23", "interpreter_needed": true});
+    let t = simulate_with("standard-track", "standard-track", &early, "P9M").await;
+    assert_eq!(
+        times(&t, "activity_due", "Barselsbesøg"),
+        ["2027-07-26 09:00 Mon"]
+    );
+    assert_eq!(
+        times(&t, "activity_due", "Etableringsbesøg"),
+        ["2027-07-29 09:00 Thu"]
+    );
+    assert_eq!(
+        times(&t, "activity_due", "Børneundersøgelse (5 uger)"),
+        ["2027-08-20 09:00 Fri"]
+    );
+}
+
 #[tokio::test]
 async fn god_start_paa_livet_escalates_an_unmatched_referral_and_hands_a_concern_back() {
     let t = snapshot("red-cross-good-start", "red-cross-good-start", "P9M").await;
