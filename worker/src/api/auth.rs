@@ -305,7 +305,12 @@ pub fn hash(token: &str) -> [u8; 32] {
 
 /// A token's SHA-256 in hex, as the configuration holds it.
 pub fn hash_hex(token: &str) -> String {
-    hash(token).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&hash(token))
+}
+
+/// Bytes in lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn parse_hex(s: &str) -> Option<[u8; 32]> {

@@ -47,10 +47,7 @@ async fn kept_or_run<S: Storage>(
         h.update(parts.uri.path());
         h.update(b"\n");
         h.update(&body);
-        h.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        super::auth::hex(&h.finalize())
     };
     let store = api.runtime.store();
     if let Some(kept) = store

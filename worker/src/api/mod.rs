@@ -105,8 +105,7 @@ impl<S: Storage> Api<S> {
             // No entropy: time is unique enough for a key nobody will repeat.
             return format!("gen-{}", jiff::Timestamp::now().as_nanosecond());
         }
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        format!("gen-{hex}")
+        format!("gen-{}", auth::hex(&bytes))
     }
 }
 
@@ -251,7 +250,7 @@ pub async fn healthz<S: Storage>(State(api): State<Api<S>>) -> Result<&'static s
         .store()
         .next_due()
         .await
-        .map_err(|e| Problem::unavailable(&format!("the database does not answer: {e}")))?;
+        .map_err(Problem::store)?;
     Ok("ok\n")
 }
 
