@@ -16,37 +16,49 @@ pub struct Referral {
     pub from: String,
     /// The pathway the family is enrolled on.
     pub to: String,
-    /// When: `event NAME` in `STATE`, on entering `STATE`, or a timer in `STATE`.
+    /// When: `event NAME` in `STATE`, on entering `STATE`, or a timer in `STATE` (several
+    /// states, comma-separated).
     pub when: String,
 }
 
-/// Every `enroll` action of `pathways`, in file order.
+/// Every `enroll` action of `pathways`, in file order; one referral made the same way from
+/// several states is one entry that names them all.
 pub fn referrals(pathways: &[&Pathway]) -> Vec<Referral> {
-    let mut out = Vec::new();
+    // (from, to, trigger) → the states it is made in.
+    let mut found: Vec<((String, String, String), Vec<String>)> = Vec::new();
     for p in pathways {
         for (name, state) in &p.states {
-            let mut found = |actions: &[Action], when: String| {
+            let mut add = |actions: &[Action], trigger: String| {
                 for a in actions {
                     if let Action::Enroll(e) = a {
-                        out.push(Referral {
-                            from: p.id.clone(),
-                            to: e.pathway.clone(),
-                            when: when.clone(),
-                        });
+                        let key = (p.id.clone(), e.pathway.clone(), trigger.clone());
+                        match found.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, states)) => states.push(format!("`{name}`")),
+                            None => found.push((key, vec![format!("`{name}`")])),
+                        }
                     }
                 }
             };
-            found(&state.enter, format!("on entering `{name}`"));
+            add(&state.enter, "on entering".into());
             for t in &state.on {
-                found(&t.actions, format!("event `{}` in `{name}`", t.event));
+                add(&t.actions, format!("event `{}` in", t.event));
             }
             for t in &state.timers {
-                let timer = t.name.as_deref().unwrap_or("a timer");
-                found(&t.actions, format!("`{timer}` in `{name}`"));
+                add(
+                    &t.actions,
+                    format!("`{}` in", t.name.as_deref().unwrap_or("a timer")),
+                );
             }
         }
     }
-    out
+    found
+        .into_iter()
+        .map(|((from, to, trigger), states)| Referral {
+            from,
+            to,
+            when: format!("{trigger} {}", states.join(", ")),
+        })
+        .collect()
 }
 
 fn sector(s: Sector) -> &'static str {

@@ -11,7 +11,9 @@ use crate::diagnostic::{Code, Diagnostic, LineIndex, Severity};
 use crate::expr::{Expression, Scope};
 use crate::graph;
 use crate::json::escape_pointer;
-use crate::pathway::{Action, Channel, FieldType, Pathway, appointment_events};
+use crate::pathway::{
+    Action, Channel, Enroll, FieldType, Pathway, appointment_events, enrolled_roles,
+};
 use crate::template::{self, TemplateFile};
 
 /// One file's name (as it should be shown) and text.
@@ -544,6 +546,9 @@ impl Checker<'_, '_> {
                     for (j, f) in e.fields.iter().enumerate() {
                         self.field(f, &format!("{p}/fields/{j}"));
                     }
+                    for (theirs, mine) in &e.roles {
+                        self.role(mine, &format!("{p}/roles/{}", escape_pointer(theirs)));
+                    }
                 }
                 Action::Set(s) => {
                     let p = format!("{ptr}/set");
@@ -609,6 +614,8 @@ impl Checker<'_, '_> {
                         );
                     }
                     Some(target) => {
+                        self.enrolled_values(&ptr, e, target);
+                        self.enrolled_roles(&ptr, e, target);
                         for (j, f) in e.fields.iter().enumerate() {
                             if !target.fields.contains_key(f) {
                                 self.push(
@@ -641,6 +648,73 @@ impl Checker<'_, '_> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The literals an `enroll` sets must be fields of the other pathway, of its types.
+    fn enrolled_values(&mut self, ptr: &str, e: &Enroll, target: &Pathway) {
+        for (f, v) in &e.values {
+            let p = format!("{ptr}/enroll/values/{}", escape_pointer(f));
+            match target.fields.get(f) {
+                None => {
+                    let names: Vec<&str> = target.fields.keys().map(String::as_str).collect();
+                    self.push(
+                        Code::UnknownField,
+                        &p,
+                        format!("pathway \"{}\" has no field \"{f}\" to set", target.id),
+                        Some(suggest(f, &names, "fields")),
+                    );
+                }
+                Some(decl) => {
+                    if let Err(reason) = decl.check_value(v) {
+                        self.push(
+                            Code::WrongType,
+                            &p,
+                            format!("field \"{f}\" of \"{}\": {reason}", target.id),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The roles an `enroll` passes contacts to must be the other pathway's; a contact
+    /// passed by name to a role of another sector is most likely somebody else (the
+    /// region's coordinator is not the Red Cross's).
+    fn enrolled_roles(&mut self, ptr: &str, e: &Enroll, target: &Pathway) {
+        let names: Vec<&str> = target.roles.keys().map(String::as_str).collect();
+        for theirs in e.roles.keys() {
+            if !target.roles.contains_key(theirs) {
+                self.push(
+                    Code::UnknownRole,
+                    &format!("{ptr}/enroll/roles/{}", escape_pointer(theirs)),
+                    format!("pathway \"{}\" has no role \"{theirs}\"", target.id),
+                    Some(suggest(theirs, &names, "roles")),
+                );
+            }
+        }
+        if !e.roles.is_empty() {
+            return;
+        }
+        let pairs = enrolled_roles(&e.roles, &target.roles, |r| self.p.roles.contains_key(r));
+        for (theirs, mine) in pairs {
+            let (a, b) = (self.p.roles[&mine].sector, target.roles[&theirs].sector);
+            if a != b {
+                self.push(
+                    Code::RoleAcrossSectors,
+                    &format!("{ptr}/enroll"),
+                    format!(
+                        "the contact of role \"{mine}\" ({}) would go to role \"{theirs}\" of \"{}\" ({}), a different sector",
+                        a.as_str(),
+                        target.id,
+                        b.as_str()
+                    ),
+                    Some(format!(
+                        "say who plays each of its roles: \"roles\": {{\"{theirs}\": \"...\"}}; a role left out gets no contact"
+                    )),
+                );
             }
         }
     }

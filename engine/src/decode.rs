@@ -901,7 +901,24 @@ impl Cx<'_, '_> {
                 let pathway = self.opt(pathway, Self::name);
                 let fields = self.get(&mut o, "fields");
                 let fields = self.list(fields, Self::name);
-                pathway.map(|pathway| Action::Enroll(Enroll { pathway, fields }))
+                let values = self.get(&mut o, "values");
+                let values = self
+                    .opt(values, |cx, n, p| {
+                        Some(cx.map(n, p, |_, v, _| Some(v.to_json())))
+                    })
+                    .unwrap_or_default();
+                let roles = self.get(&mut o, "roles");
+                let roles = self
+                    .opt(roles, |cx, n, p| Some(cx.map(n, p, Self::name)))
+                    .unwrap_or_default();
+                pathway.map(|pathway| {
+                    Action::Enroll(Enroll {
+                        pathway,
+                        fields,
+                        values,
+                        roles,
+                    })
+                })
             }
             "set" => {
                 let field = self.req(&mut o, "field");

@@ -116,6 +116,8 @@ codes! {
         "The longest run driven by timers alone outlasts the pathway's horizon.";
     WaitWithoutTimeout = "wait-without-timeout", Warning,
         "A non-terminal state that only an event can leave: a family may wait forever.";
+    RoleAcrossSectors = "role-across-sectors", Warning,
+        "An `enroll` without `roles` passes a contact to a role of the same name in another sector.";
     UnusedTemplate = "unused-template", Warning,
         "A template file that no notice uses.";
     SmsSegments = "sms-segments", Warning,

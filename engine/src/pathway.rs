@@ -497,6 +497,37 @@ pub struct Enroll {
     /// Fields copied to the new instance (declared in both pathways).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+    /// Fields of the other pathway set to a literal (`{"referral": "midwife"}`): what the
+    /// referral itself says about the family, which this pathway keeps in no field.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub values: IndexMap<String, serde_json::Value>,
+    /// Who plays the other pathway's roles: its role → the role here whose contact it gets
+    /// (`{"referrer": "health_visitor"}`). Without it, each contact goes to the role of the
+    /// same name; with it, only the roles named here get one.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub roles: IndexMap<String, String>,
+}
+
+/// Which contact each of another pathway's roles gets on enrolment, as (its role, the role
+/// here): the `roles` of an `enroll` when given, else every role of the same name that `has`
+/// here. The checker and the runtime both ask this, so what is checked is what is copied.
+pub fn enrolled_roles(
+    explicit: &IndexMap<String, String>,
+    theirs: &IndexMap<String, Role>,
+    has: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    if explicit.is_empty() {
+        theirs
+            .keys()
+            .filter(|r| has(r))
+            .map(|r| (r.clone(), r.clone()))
+            .collect()
+    } else {
+        explicit
+            .iter()
+            .map(|(t, m)| (t.clone(), m.clone()))
+            .collect()
+    }
 }
 
 /// Set a field to a literal `value` or to the result of a CEL `expr`.

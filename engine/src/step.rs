@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use indexmap::IndexMap;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
@@ -153,8 +154,11 @@ pub struct Notice {
 pub struct Enrolment {
     /// The other pathway's id.
     pub pathway: String,
-    /// The fields copied over.
+    /// The fields copied over, and those the referral sets to a literal.
     pub fields: Map<String, Value>,
+    /// Who plays the other pathway's roles (its role → a role here); empty: the roles of the
+    /// same name. Resolve with [`crate::pathway::enrolled_roles`].
+    pub roles: IndexMap<String, String>,
 }
 
 /// Why the step happened.
@@ -174,6 +178,9 @@ pub enum Cause {
         key: String,
         /// What it was for.
         purpose: Purpose,
+        /// A state timer's declared `name`, for people reading the history.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
 }
 
@@ -388,9 +395,19 @@ pub fn step(
         }
         Input::Timer { key } => {
             let purpose = s.timer(key)?;
+            let name = match &purpose {
+                Purpose::State { index } => p
+                    .pathway
+                    .states
+                    .get(&from)
+                    .and_then(|st| st.timers.get(*index))
+                    .and_then(|t| t.name.clone()),
+                _ => None,
+            };
             Cause::Timer {
                 key: key.clone(),
                 purpose,
+                name,
             }
         }
     };
@@ -807,11 +824,13 @@ impl<'p> Stepper<'p> {
                         .fields
                         .iter()
                         .filter_map(|f| self.instance.fields.get(f).map(|v| (f.clone(), v.clone())))
+                        .chain(e.values.iter().map(|(f, v)| (f.clone(), v.clone())))
                         .collect();
                     self.notes.push(format!("referred to {}", e.pathway));
                     self.enrolments.push(Enrolment {
                         pathway: e.pathway.clone(),
                         fields,
+                        roles: e.roles.clone(),
                     });
                 }
                 Action::Set(s) => {

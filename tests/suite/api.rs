@@ -81,13 +81,9 @@ async fn start() -> Server {
     let store = SqliteStore::open(&dir.path().join("carepath.db"))
         .await
         .expect("open");
-    let (catalog, _) = Catalog::sync(
-        &store,
-        &[root().join("pathways/standard-track"), good_start],
-        t0,
-    )
-    .await
-    .expect("load");
+    let (catalog, _) = Catalog::sync(&store, &[root().join("pathways"), good_start], t0)
+        .await
+        .expect("load");
     let clock = Arc::new(VirtualClock::new(t0));
     let rt = Arc::new(Runtime::new(
         store,
@@ -354,7 +350,17 @@ async fn a_family_is_enrolled_moved_by_an_event_and_its_handoff_notice_is_in_the
         .iter()
         .filter_map(|p| p["id"].as_str())
         .collect();
-    assert_eq!(ids, ["good-start", "standard-track"]);
+    assert_eq!(
+        ids,
+        [
+            "good-start",
+            "moedrehjaelpen-counselling",
+            "red-cross-family-network",
+            "red-cross-good-start",
+            "rodovre-birth-cooperation",
+            "standard-track"
+        ]
+    );
     let own = s.get("/v1/pathways", RED_CROSS).await;
     assert_eq!(own.body.as_array().map(Vec::len), Some(1));
     assert_eq!(own.body[0]["id"], "good-start");

@@ -52,7 +52,7 @@ async fn runtime(dir: &Path) -> (Runtime<SqliteStore>, Arc<VirtualClock>) {
     let store = SqliteStore::open(&dir.join("carepath.db"))
         .await
         .expect("open");
-    let (catalog, _) = Catalog::sync(&store, &[root().join("pathways/standard-track")], start)
+    let (catalog, _) = Catalog::sync(&store, &[root().join("pathways")], start)
         .await
         .expect("load");
     let clock = Arc::new(VirtualClock::new(start));
@@ -122,6 +122,7 @@ async fn event(rt: &Runtime<SqliteStore>, reference: &str, name: &str, payload: 
             pathway: None,
             event: name.into(),
             payload,
+            contacts: Default::default(),
         }])
         .await
         .expect("event");

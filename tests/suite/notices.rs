@@ -8,12 +8,23 @@ use serde_json::json;
 
 use super::support::root;
 
+/// The real pathways, loaded together: the standard track refers into the others.
+fn all_pathways() -> Vec<carepath_engine::PathwaySource> {
+    carepath_worker::load::load(&[root().join("pathways")]).expect("load")
+}
+
+fn standard_track(report: &carepath_engine::Report) -> &carepath_engine::CheckedPathway {
+    report
+        .pathways
+        .iter()
+        .find(|p| p.pathway.id == "standard-track")
+        .expect("the standard track checks")
+}
+
 #[test]
 fn a_standard_track_run_renders_every_notice() {
-    let sources =
-        carepath_worker::load::load(&[root().join("pathways/standard-track")]).expect("load");
-    let report = check(&sources);
-    let p = &report.pathways[0];
+    let report = check(&all_pathways());
+    let p = standard_track(&report);
     let renderer = Renderer::new(p).expect("templates compile");
 
     let mut now: jiff::Timestamp = "2027-01-11T08:00:00Z".parse().expect("time");
@@ -146,10 +157,8 @@ fn a_standard_track_run_renders_every_notice() {
 
 #[test]
 fn an_html_body_escapes_values_and_the_text_body_keeps_them() {
-    let sources =
-        carepath_worker::load::load(&[root().join("pathways/standard-track")]).expect("load");
-    let report = check(&sources);
-    let renderer = Renderer::new(&report.pathways[0]).expect("templates compile");
+    let report = check(&all_pathways());
+    let renderer = Renderer::new(standard_track(&report)).expect("templates compile");
     let data = json!({
         "recipient": {"name": "Jordemødre <Syd> & Vest", "role": "midwife"},
         "instance": {"ref": "FAM-0001"},

@@ -85,6 +85,22 @@ fn moves(t: &Timeline) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The notices of `template`, as (recipient role, masked address).
+fn addresses(t: &Timeline, template: &str) -> Vec<(String, String)> {
+    t.entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Notice {
+                to,
+                template: tpl,
+                address,
+                ..
+            } if tpl == template => Some((to.clone(), address.clone().unwrap_or_default())),
+            _ => None,
+        })
+        .collect()
+}
+
 fn row(at: &str, to: &str, language: &str, status: &str) -> (String, String, String, String) {
     (at.into(), to.into(), language.into(), status.into())
 }
@@ -119,6 +135,41 @@ async fn the_standard_track_hands_the_birth_to_the_health_visitors_and_moves_wit
         times(&t, "activity_due", "Barselsbesøg"),
         ["2027-08-09 09:00 Mon"]
     );
+    // The family hears on the day the window opens, a Tuesday, in Arabic, with nothing but a
+    // phone number in it.
+    assert_eq!(
+        notices(&t, "home_visit_call"),
+        [row("2027-08-10 09:00 Tue", "family", "ar", "sent")]
+    );
+    // Care level 2: the health visitor refers the family to God start på livet, whose
+    // coordinator is the Red Cross's (not the region's), and the volunteer the coordinator
+    // matches gets the visit reminders.
+    assert!(moves(&t).contains(&(
+        "2027-08-11 10:30 Wed".into(),
+        "red-cross-good-start".into(),
+        "awaiting_match".into()
+    )));
+    assert_eq!(
+        addresses(&t, "referral_received"),
+        [(
+            "coordinator".to_string(),
+            "v•••@rodekors.example.dk".to_string()
+        )]
+    );
+    assert_eq!(
+        addresses(&t, "referral_accepted"),
+        [("referrer".to_string(), "s•••@kk.example.dk".to_string())]
+    );
+    let visits = addresses(&t, "visit_reminder");
+    assert!(!visits.is_empty());
+    assert!(
+        visits.iter().all(|v| v
+            == &(
+                "volunteer".to_string(),
+                "l•••@frivillig.example.dk".to_string()
+            )),
+        "{visits:?}"
+    );
 
     // Born two weeks earlier: every birth-anchored timer moves with the birth.
     let mut early = script("standard-track");
@@ -140,6 +191,79 @@ async fn the_standard_track_hands_the_birth_to_the_health_visitors_and_moves_wit
     assert_eq!(
         times(&t, "activity_due", "Børneundersøgelse (5 uger)"),
         ["2027-08-20 09:00 Fri"]
+    );
+    assert_eq!(
+        notices(&t, "home_visit_call"),
+        [row("2027-07-27 09:00 Tue", "family", "ar", "sent")]
+    );
+
+    // Born on a Tuesday: birth + 4 days is a Saturday, and weekend quiet hours hold the
+    // family's message from 09:00 until 10:00.
+    let mut tuesday = script("standard-track");
+    let birth = tuesday
+        .iter_mut()
+        .find(|e| e.event == "birth_registered")
+        .expect("birth");
+    birth.at = "2027-08-03T14:00".into();
+    birth.payload = json!({"birth_date": "2027-08-03"});
+    let t = simulate_with("standard-track", "standard-track", &tuesday, "P9M").await;
+    assert_eq!(
+        notices(&t, "home_visit_call"),
+        [row("2027-08-07 10:00 Sat", "family", "ar", "sent")]
+    );
+    assert!(t.entries.iter().any(|e| matches!(e,
+        Entry::Notice { template, held: Some(h), .. }
+            if template == "home_visit_call" && h.contains("quiet hours"))));
+}
+
+#[tokio::test]
+async fn the_standard_track_refers_only_from_care_level_two_and_to_counselling_in_pregnancy() {
+    // Care level 1: a referral is refused, recorded, and starts nothing.
+    let mut level_one = script("standard-track");
+    level_one[0].payload = json!({"care_level": 1});
+    let t = simulate_with("standard-track", "standard-track", &level_one, "P9M").await;
+    assert!(
+        !t.entries.iter().any(|e| matches!(e,
+            Entry::Transition { pathway, .. } if pathway != "standard-track")),
+        "no programme was started"
+    );
+    let refused: Vec<&str> = t
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Rejected { event, .. } => Some(event.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(refused.contains(&"referred_to_good_start"), "{refused:?}");
+
+    // In pregnancy the midwife refers to Mødrehjælpen: the counsellor is Mødrehjælpen's,
+    // the referral is recorded as the midwife's, and she hears of the acceptance.
+    let mut counselling: Vec<ScriptedEvent> = script("standard-track")
+        .into_iter()
+        .filter(|e| e.at.starts_with('P'))
+        .collect();
+    counselling.extend(serde_json::from_value::<Vec<ScriptedEvent>>(json!([
+        {"at": "2027-03-01T10:00", "event": "referred_to_counselling",
+         "payload": {"consent_date": "2027-03-01"}},
+        {"at": "2027-03-03T10:00", "event": "intake_booked", "pathway": "moedrehjaelpen-counselling"},
+        {"at": "2027-03-10T10:00", "event": "intake_done", "pathway": "moedrehjaelpen-counselling",
+         "payload": {"track": "individual"}}
+    ])).expect("script"));
+    let t = simulate_with("standard-track", "standard-track", &counselling, "P3M").await;
+    assert_eq!(
+        addresses(&t, "new_referral"),
+        [(
+            "counsellor".to_string(),
+            "k•••@moedrehjaelpen.example.dk".to_string()
+        )]
+    );
+    assert_eq!(
+        addresses(&t, "referral_accepted"),
+        [(
+            "referrer".to_string(),
+            "j•••@hvidovre.example.dk".to_string()
+        )]
     );
 }
 

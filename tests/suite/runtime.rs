@@ -59,6 +59,7 @@ fn event(key: &str, reference: &str, name: &str, payload: Value) -> EventRequest
         pathway: None,
         event: name.into(),
         payload,
+        contacts: Default::default(),
     }
 }
 
@@ -464,6 +465,76 @@ async fn a_notice_to_a_role_nobody_plays_is_dead_lettered_not_dropped() {
             .is_some_and(|e| e.contains("coordinator")),
         "{:?}",
         dead[0].last_error
+    );
+}
+
+#[tokio::test]
+async fn an_event_assigns_contacts_only_if_it_is_applied() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_pathway(dir.path(), &chain(2), &["entered", "counted"]);
+    let (rt, _) = runtime(dir.path(), dir.path(), t("2027-03-01T08:00:00Z")).await;
+    let mut req = enrol_chain("FAM-1");
+    req.contacts.clear();
+    rt.enrol(&req).await.expect("enrol");
+    let with = |key: &str, payload: Value, role: &str, c: Contact| {
+        let mut e = event(key, "FAM-1", "count", payload);
+        e.contacts = [(role.to_string(), c)].into();
+        e
+    };
+    let refused = rt
+        .apply_events(&[
+            // A role the pathway does not have, and a payload that fails the guard: both
+            // refused, recorded, and neither assigns anybody.
+            with("k1", json!({"n": 1}), "volunteer", contact("Vera")),
+            with("k2", json!({"n": 0}), "coordinator", contact("Nils")),
+        ])
+        .await
+        .expect("apply");
+    assert_eq!(refused[0].record.outcome, Outcome::Rejected);
+    assert_eq!(refused[0].record.code.as_deref(), Some("bad-contact"));
+    assert!(
+        refused[0]
+            .record
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("volunteer")),
+        "{:?}",
+        refused[0].record.reason
+    );
+    assert_eq!(refused[1].record.outcome, Outcome::Rejected);
+    let row = &rt.store().instances_by_ref("FAM-1").await.expect("read")[0];
+    assert!(row.roles.is_empty(), "{:?}", row.roles);
+
+    // Applied: the coordinator is Bo from this event on, its own notice included.
+    let applied = rt
+        .apply_events(&[with("k3", json!({"n": 1}), "coordinator", contact("Bo"))])
+        .await
+        .expect("apply");
+    assert_eq!(applied[0].record.outcome, Outcome::Applied);
+    let counted = rt
+        .store()
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|n| n.template == "counted")
+        .map(|n| (n.recipient, n.address, n.status))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        counted,
+        [(
+            Some("Bo".to_string()),
+            Some("bo@example.dk".to_string()),
+            NoticeStatus::Queued
+        )]
+    );
+    let history = rt.store().history(row.id).await.expect("history");
+    assert!(
+        history.iter().any(|h| h
+            .notes
+            .iter()
+            .any(|n| n == "contact assigned for coordinator")),
+        "{history:?}"
     );
 }
 

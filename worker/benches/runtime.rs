@@ -534,6 +534,7 @@ fn cohort_events(i: usize, day: i64, start: Date) -> Result<Vec<EventRequest>> {
         pathway: None,
         event: name.into(),
         payload,
+        contacts: Default::default(),
     };
     let mut out = Vec::new();
     if day == p.first_exam {

@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use carepath_engine::pathway::{Channel, Sector};
+use carepath_engine::pathway::{Channel, Sector, enrolled_roles};
 use carepath_engine::step::{ArmedTimer, Effects, Enrolment, Input, Instance, Status};
 use carepath_engine::{StepError, start, step};
 use carepath_notifier::channel::{mask_email, mask_phone};
@@ -150,6 +150,12 @@ pub struct EventRequest {
     /// Its payload.
     #[serde(default)]
     pub payload: Value,
+    /// Contacts the reporter assigns with the event, role → contact: the volunteer the
+    /// coordinator matched, the health visitor the municipality appointed. They replace the
+    /// role's contact from this event on (its own notices included), and only if the event
+    /// is applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contacts: BTreeMap<String, Contact>,
 }
 
 /// What became of an event.
@@ -543,6 +549,8 @@ struct Working {
     instance: Instance,
     roles: RoleMap,
     changed: bool,
+    /// The roles were assigned new contacts: the row's role map is written too.
+    roles_changed: bool,
 }
 
 /// One transaction's work: the instances it touches and the changes it will write.
@@ -612,6 +620,7 @@ impl<'c> Batch<'c> {
                     row,
                     roles,
                     changed: false,
+                    roles_changed: false,
                 },
             );
         }
@@ -747,19 +756,32 @@ impl<'c> Batch<'c> {
             payload: req.payload.clone(),
         };
         let mut transition = None;
-        match step(&version.checked, &w.instance, &input, now) {
-            Ok(effects) => {
+        let stepped = check_contacts(&version, &req.contacts)
+            .map_err(|e| ("bad-contact", e.to_string()))
+            .and_then(|()| {
+                step(&version.checked, &w.instance, &input, now)
+                    .map_err(|e| (e.code(), e.to_string()))
+            });
+        match stepped {
+            Ok(mut effects) => {
                 record.outcome = Outcome::Applied;
                 record.seq = Some(effects.history.seq);
                 transition = Some((
                     effects.history.from.clone().unwrap_or_default(),
                     effects.history.to.clone(),
                 ));
+                if !req.contacts.is_empty() {
+                    self.assign(id, &req.contacts);
+                    effects.history.notes.push(format!(
+                        "contact assigned for {}",
+                        req.contacts.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
                 self.absorb(tx, id, &version, effects, now, 0).await?;
             }
-            Err(e) => {
-                record.code = Some(e.code().into());
-                record.reason = Some(e.to_string());
+            Err((code, reason)) => {
+                record.code = Some(code.into());
+                record.reason = Some(reason);
             }
         }
         self.changes
@@ -770,6 +792,19 @@ impl<'c> Batch<'c> {
             replayed: false,
             transition,
         })
+    }
+
+    /// Gives roles of a loaded instance new contacts, created with the batch.
+    fn assign(&mut self, id: i64, contacts: &BTreeMap<String, Contact>) {
+        let Some(w) = self.working.get_mut(&id) else {
+            return;
+        };
+        for (role, c) in contacts {
+            self.changes.contacts.push(c.clone());
+            let r = ContactRef::New(self.changes.contacts.len() - 1);
+            w.roles.insert(role.clone(), (r, c.clone()));
+        }
+        w.roles_changed = true;
     }
 
     /// Fires an instance's timers due at or before `now`, in due order.
@@ -1021,10 +1056,12 @@ impl<'c> Batch<'c> {
             }
             match start(&version.checked, e.fields.clone(), now) {
                 Ok(effects) => {
-                    let roles: RoleMap = roles
-                        .iter()
-                        .filter(|(role, _)| version.checked.pathway.roles.contains_key(*role))
-                        .map(|(k, v)| (k.clone(), v.clone()))
+                    let roles: RoleMap =
+                        enrolled_roles(&e.roles, &version.checked.pathway.roles, |r| {
+                            roles.contains_key(r)
+                        })
+                        .into_iter()
+                        .filter_map(|(theirs, mine)| roles.get(&mine).map(|c| (theirs, c.clone())))
                         .collect();
                     Box::pin(self.create(
                         tx,
@@ -1126,10 +1163,14 @@ impl<'c> Batch<'c> {
                         .push((Target::Id(id), (*t).clone()));
                 }
             }
+            let roles = w
+                .roles_changed
+                .then(|| w.roles.iter().map(|(k, (r, _))| (k.clone(), *r)).collect());
             self.changes.updates.push(InstanceUpdate {
                 id,
                 expected_seq: w.row.instance.seq,
                 instance: w.instance,
+                roles,
             });
         }
         self.changes

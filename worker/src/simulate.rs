@@ -98,6 +98,9 @@ pub struct ScriptedEvent {
     /// The pathway, when the family is on several that take the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pathway: Option<String>,
+    /// Contacts assigned with the event, role → contact.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contacts: BTreeMap<String, Contact>,
 }
 
 /// What a simulation shows, in order.
@@ -231,20 +234,25 @@ pub fn pathway_paths(pathway: &Path) -> Vec<PathBuf> {
     vec![folder]
 }
 
-/// The id of the pathway in a folder or file.
+/// The id of the pathway in a folder or file. Only the id is read here: the pathway is
+/// checked when it is loaded, together with those it refers into.
 fn pathway_id(path: &Path) -> Result<String, SimulateError> {
     let sources = crate::load::load(&[path.to_path_buf()]).map_err(CatalogError::from)?;
-    let report = carepath_engine::check(&sources);
-    if report.has_errors() {
-        return Err(CatalogError::Invalid(report.diagnostics).into());
-    }
-    match &report.pathways[..] {
-        [one] => Ok(one.pathway.id.clone()),
+    let ids: Vec<String> = sources
+        .iter()
+        .filter_map(|s| {
+            serde_json::from_str::<Value>(&s.pathway.text)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+        })
+        .collect();
+    match &ids[..] {
+        [one] => Ok(one.clone()),
         _ => Err(SimulateError::Input {
             path: path.display().to_string(),
             reason: format!(
-                "holds {} pathways: name one pathway folder",
-                report.pathways.len()
+                "holds {} pathways with an id: name one pathway folder",
+                ids.len()
             ),
         }),
     }
@@ -351,6 +359,7 @@ pub async fn simulate(
                     pathway: e.pathway.clone(),
                     event: e.event.clone(),
                     payload: e.payload.clone(),
+                    contacts: e.contacts.clone(),
                 });
                 pending.next();
             }
@@ -373,10 +382,10 @@ fn describe(cause: &Cause) -> String {
     match cause {
         Cause::Enrolled => "enrolled".into(),
         Cause::Event { name } => format!("event {name}"),
-        Cause::Timer { key, purpose } => {
+        Cause::Timer { key, purpose, name } => {
             use carepath_engine::step::Purpose;
             match purpose {
-                Purpose::State { .. } => format!("timer {key}"),
+                Purpose::State { .. } => format!("timer {}", name.as_deref().unwrap_or(key)),
                 Purpose::HandoffDeadline { to, .. } => {
                     format!("handoff to {to} not acknowledged in time")
                 }

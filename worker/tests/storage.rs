@@ -395,6 +395,7 @@ async fn a_stale_update_conflicts_and_writes_nothing<S: Storage>(store: &S) {
         id,
         expected_seq,
         instance: instance("next", 2, vec![]),
+        roles: None,
     };
     let mut tx = store.begin().await.expect("begin");
     let stale = tx
@@ -518,6 +519,7 @@ async fn a_finished_instance_frees_the_reference<S: Storage>(store: &S) {
             id: first,
             expected_seq: 1,
             instance: done,
+            roles: None,
         }],
         ..Changes::default()
     })
@@ -861,6 +863,60 @@ async fn a_life_event_skips_the_familys_queued_notices<S: Storage>(store: &S) {
     assert_eq!(log.last().map(|e| e.status.as_str()), Some("skipped"));
 }
 
+async fn an_update_assigns_contacts_or_keeps_them<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-R", vec![]).await;
+    let anne = store.instances_by_ref("FAM-R").await.expect("read")[0].roles["midwife"];
+    // A step that assigns: a new contact for a new role, the midwife's kept by id.
+    commit(
+        store,
+        Changes {
+            now: minutes(1),
+            contacts: vec![contact("Birgitte")],
+            updates: vec![InstanceUpdate {
+                id,
+                expected_seq: 1,
+                instance: instance("matched", 2, vec![]),
+                roles: Some(
+                    [
+                        ("midwife".to_string(), ContactRef::Id(anne)),
+                        ("volunteer".to_string(), ContactRef::New(0)),
+                    ]
+                    .into(),
+                ),
+            }],
+            ..Changes::default()
+        },
+    )
+    .await;
+    // A step that does not: the role map stays.
+    commit(
+        store,
+        Changes {
+            now: minutes(2),
+            updates: vec![InstanceUpdate {
+                id,
+                expected_seq: 2,
+                instance: instance("visiting", 3, vec![]),
+                roles: None,
+            }],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let row = &store.instances_by_ref("FAM-R").await.expect("read")[0];
+    assert_eq!(row.instance.state, "visiting");
+    assert_eq!(
+        row.roles.keys().collect::<Vec<_>>(),
+        ["midwife", "volunteer"]
+    );
+    assert_eq!(row.roles["midwife"], anne);
+    let contacts = store
+        .contacts(&[row.roles["volunteer"]])
+        .await
+        .expect("contacts");
+    assert_eq!(contacts[&row.roles["volunteer"]].name, "Birgitte");
+}
+
 /// Runs every property against one backend. `$open` is an async expression giving a fresh,
 /// empty store and whatever keeps it alive.
 macro_rules! backend {
@@ -890,6 +946,7 @@ macro_rules! backend {
             property!(a_held_instance_waits_and_is_listed_by_filter);
             property!(the_first_kept_response_wins);
             property!(a_life_event_skips_the_familys_queued_notices);
+            property!(an_update_assigns_contacts_or_keeps_them);
         }
     };
 }

@@ -18,7 +18,9 @@ use super::outbox::OutboxEntry;
 use super::{Api, Body, Path, Problem, Query, parse_body};
 use crate::catalog;
 use crate::runtime::{EnrolError, EnrolRequest, Enrolled, EventRequest, EventResult};
-use crate::store::{EventRecord, InstanceFilter, InstanceRow, OutboxFilter, Outcome, Storage};
+use crate::store::{
+    Contact, EventRecord, InstanceFilter, InstanceRow, OutboxFilter, Outcome, Storage,
+};
 
 /// The header that makes a POST idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -40,6 +42,10 @@ pub struct EventBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub payload: Value,
+    /// Contacts assigned with the event, role → contact (the volunteer a coordinator
+    /// matched): they take the role from this event on, if the event is applied.
+    #[serde(default)]
+    pub contacts: BTreeMap<String, Contact>,
 }
 
 /// What became of a reported event that was applied.
@@ -305,6 +311,7 @@ pub async fn event<S: Storage>(
             instance_id: Some(id),
             event: body.event.clone(),
             payload: body.payload.clone(),
+            contacts: body.contacts.clone(),
         })
         .await?;
     event_response(id, &body, result)

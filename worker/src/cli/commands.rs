@@ -1,5 +1,6 @@
 //! The commands that use the database: run, enroll, event, status, outbox, simulate, demo.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             reference,
             event,
             payload,
+            contacts,
             pathway,
             key,
             db,
@@ -47,6 +49,12 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(p) => serde_json::from_str(&p)
                     .with_context(|| format!("--payload is not JSON: {p}"))?,
                 None => Value::Null,
+            };
+            let contacts = match contacts {
+                Some(c) => serde_json::from_str(&c).context(
+                    "--contacts is not a JSON object of role → {name, email, phone, language}",
+                )?,
+                None => BTreeMap::new(),
             };
             let key = key.unwrap_or_else(new_key);
             report_event(
@@ -58,6 +66,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     pathway,
                     event,
                     payload,
+                    contacts,
                 },
             )
             .await
@@ -147,9 +156,10 @@ async fn open(db: &DbArgs, now: Timestamp) -> anyhow::Result<(SqliteStore, Catal
     Ok((store, catalog))
 }
 
-fn init_logging() {
+/// Logs to stderr at `CAREPATH_LOG`, or at `default` without it.
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAREPATH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only for people: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
@@ -216,7 +226,7 @@ pub(super) fn new_token(
 }
 
 async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+    init_logging("info");
     let RunArgs {
         db,
         batch,
@@ -767,7 +777,9 @@ async fn demo(
     cohort_path: &Path,
     seconds: f64,
 ) -> anyhow::Result<ExitCode> {
-    init_logging();
+    // The demo's console shows every notice already; the log says only what went wrong
+    // (CAREPATH_LOG=info for the rest).
+    init_logging("warn");
     let cohort: Cohort = {
         let text = std::fs::read_to_string(cohort_path)
             .with_context(|| format!("cannot read {}", cohort_path.display()))?;
@@ -830,6 +842,7 @@ async fn demo(
                 pathway: Some(pathway),
                 event: String::new(),
                 payload: Value::Null,
+                contacts: BTreeMap::new(),
             },
         ));
         for (i, e) in f.events.iter().enumerate() {
@@ -842,6 +855,7 @@ async fn demo(
                     pathway: e.pathway.clone(),
                     event: e.event.clone(),
                     payload: e.payload.clone(),
+                    contacts: e.contacts.clone(),
                 },
             ));
         }

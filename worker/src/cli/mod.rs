@@ -105,6 +105,9 @@ pub enum Command {
         /// The payload, as JSON.
         #[arg(long)]
         payload: Option<String>,
+        /// Contacts assigned with the event, as JSON: `{"volunteer": {"name": "…", "email": "…"}}`.
+        #[arg(long)]
+        contacts: Option<String>,
         /// The pathway, when the family is on several that take the event.
         #[arg(long)]
         pathway: Option<String>,

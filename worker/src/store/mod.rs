@@ -447,6 +447,8 @@ pub struct InstanceUpdate {
     pub expected_seq: u64,
     /// The instance afterwards.
     pub instance: Instance,
+    /// Role → contact, when the step assigned contacts; `None` keeps the row's.
+    pub roles: Option<BTreeMap<String, ContactRef>>,
 }
 
 /// Everything one batch writes, in one transaction.

@@ -963,11 +963,18 @@ impl Tx for SqliteTx {
             Target::New(i) => instance_ids[i],
         };
 
-        for chunk in changes.updates.chunks(MAX_BINDS / 8) {
+        for chunk in changes.updates.chunks(MAX_BINDS / 9) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v(id, expected, state, owner, status, seq, body, updated_at) AS (",
+                "WITH v(id, expected, state, owner, status, seq, body, roles, updated_at) AS (",
             );
             q.push_values(chunk, |mut b, u| {
+                let roles = u.roles.as_ref().map(|r| {
+                    to_json(
+                        &r.iter()
+                            .map(|(k, v)| (k, contact(*v)))
+                            .collect::<BTreeMap<&String, i64>>(),
+                    )
+                });
                 b.push_bind(u.id)
                     .push_bind(u.expected_seq as i64)
                     .push_bind(&u.instance.state)
@@ -975,11 +982,14 @@ impl Tx for SqliteTx {
                     .push_bind(status_str(&u.instance))
                     .push_bind(u.instance.seq as i64)
                     .push_bind(to_json(&u.instance))
+                    .push_bind(roles)
                     .push_bind(ms(now));
             });
+            // A NULL role map keeps the row's: most steps assign no contacts.
             q.push(
                 ") UPDATE instances SET state = v.state, owner = v.owner, status = v.status, seq = v.seq, \
-                 body = v.body, updated_at = v.updated_at FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
+                 body = v.body, roles = COALESCE(v.roles, instances.roles), updated_at = v.updated_at \
+                 FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
             );
             let done = q
                 .build()
