@@ -309,6 +309,20 @@ async fn a_family_is_enrolled_moved_by_an_event_and_its_handoff_notice_is_in_the
     let bad = s.get("/v1/outbox?status=lost", READER).await;
     bad.problem(400, "bad-query");
 
+    // Who joins later comes with the event that says so; a role the pathway lacks is refused.
+    let stranger = json!({"event": "referral_accepted",
+        "contacts": {"volunteer": {"name": "Vera", "email": "vera@example.dk"}}});
+    s.post(&path, HOSPITAL, &stranger, None)
+        .await
+        .problem(422, "bad-contact");
+    let accepted = json!({"event": "referral_accepted",
+        "contacts": {"midwife": {"name": "Jordemoder Ida", "email": "ida@hvidovre.example.dk"}}});
+    let ack = s.post(&path, HOSPITAL, &accepted, None).await;
+    assert_eq!(ack.status, 200, "{:#}", ack.body);
+    let shown = s.get(&format!("/v1/instances/{id}"), HOSPITAL).await;
+    assert_eq!(shown.body["contacts"]["midwife"]["name"], "Jordemoder Ida");
+    assert!(!shown.body.to_string().contains("ida@"), "no addresses");
+
     // Lists, by pathway and state, a page at a time.
     for n in 1..=3 {
         s.enrol(&format!("FAM-10{n}")).await;
@@ -385,7 +399,8 @@ async fn a_family_is_enrolled_moved_by_an_event_and_its_handoff_notice_is_in_the
     assert_eq!(metrics.status, 200);
     let text = metrics.body.as_str().expect("text");
     assert!(
-        text.contains("carepath_events_total{outcome=\"applied\"} 1\n"),
+        text.contains("carepath_events_total{outcome=\"applied\"} 2\n")
+            && text.contains("carepath_events_total{outcome=\"rejected\"} 1\n"),
         "{text}"
     );
     assert!(
@@ -398,7 +413,7 @@ async fn a_family_is_enrolled_moved_by_an_event_and_its_handoff_notice_is_in_the
     );
     assert!(
         text.contains(
-            "carepath_http_requests_total{route=\"/v1/instances/{id}/events\",status=\"200\"} 2\n"
+            "carepath_http_requests_total{route=\"/v1/instances/{id}/events\",status=\"200\"} 3\n"
         ),
         "{text}"
     );

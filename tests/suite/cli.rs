@@ -251,3 +251,39 @@ fn validate_takes_the_segment_limit_from_the_configuration() {
         stdout(&o)
     );
 }
+
+#[test]
+fn validate_checks_one_pathway_with_those_beside_it_and_reports_on_that_one() {
+    // The standard track refers into the programmes beside it: named alone, it is checked
+    // with them as context, and only its own findings and SMS sizes are reported.
+    let o = run(&["validate", "--format", "json", "pathways/standard-track"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["diagnostics"].as_array().map(Vec::len), Some(0), "{v:#}");
+    let pathways: std::collections::BTreeSet<&str> = v["sms"]
+        .as_array()
+        .expect("sms")
+        .iter()
+        .filter_map(|e| e["pathway"].as_str())
+        .collect();
+    assert_eq!(pathways.into_iter().collect::<Vec<_>>(), ["standard-track"]);
+
+    // Copied away from them, the same file refers into pathways nobody knows.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alone = dir.path().join("standard-track");
+    std::fs::create_dir_all(alone.join("templates")).expect("mkdir");
+    let src = root().join("pathways/standard-track");
+    std::fs::copy(src.join("pathway.json"), alone.join("pathway.json")).expect("copy");
+    for e in std::fs::read_dir(src.join("templates")).expect("templates") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), alone.join("templates").join(e.file_name())).expect("copy");
+    }
+    let o = run(&["validate", &alone.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("error[unknown-pathway]")
+            && stdout(&o).contains("red-cross-good-start"),
+        "{}",
+        stdout(&o)
+    );
+}

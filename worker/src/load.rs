@@ -45,6 +45,43 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<PathwaySource>, LoadError> {
     Ok(out)
 }
 
+/// The pathways beside those at `paths` that `paths` do not name: when a single pathway
+/// folder is named, the others in its parent folder, which its `enroll` actions may refer
+/// into. Checked with the named ones as their context, they are not themselves reported on.
+/// Best effort: a parent that cannot be read adds nothing.
+pub fn beside(paths: &[PathBuf], named: &[PathwaySource]) -> Vec<PathwaySource> {
+    // A folder beside with a named pathway's id (a copy, an older draft) is no context.
+    let id = |s: &PathwaySource| {
+        serde_json::from_str::<serde_json::Value>(&s.pathway.text)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string))
+    };
+    let ids: Vec<Option<String>> = named.iter().map(id).collect();
+    let mut out: Vec<PathwaySource> = Vec::new();
+    for path in paths {
+        let single = path.is_file() || path.join(PATHWAY_FILE).is_file();
+        let folder = if path.is_file() {
+            path.parent().and_then(Path::parent)
+        } else {
+            path.parent()
+        };
+        let Some(parent) = folder.filter(|p| single && !p.as_os_str().is_empty()) else {
+            continue;
+        };
+        for file in pathway_files(parent).unwrap_or_default() {
+            let shown = display(&file);
+            let known = named.iter().chain(&out).any(|s| s.pathway.path == shown);
+            if !known
+                && let Ok(source) = read_pathway(&file)
+                && !ids.contains(&id(&source))
+            {
+                out.push(source);
+            }
+        }
+    }
+    out
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
     move |source| LoadError::Io {
         path: path.to_path_buf(),

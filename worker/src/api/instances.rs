@@ -373,6 +373,7 @@ fn rejection(record: &EventRecord) -> Problem {
         }
         "unknown-event" => Problem::invalid("/event", &detail).with_code(code),
         "bad-payload" => Problem::invalid("/payload", &detail).with_code(code),
+        "bad-contact" => Problem::invalid("/contacts", &detail).with_code(code),
         "unknown-instance" => Problem::not_found(&detail),
         _ => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, &detail),
     }

@@ -329,6 +329,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let sources = load::load(&paths)?;
+            let context = load::beside(&paths, &sources);
             let max_segments = match max_segments {
                 Some(n) => n,
                 None => crate::config::read(config.as_deref(), None)?
@@ -336,8 +337,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .and_then(|c| c.sms)
                     .map_or(sms::DEFAULT_MAX_SEGMENTS, |s| s.max_segments),
             };
-            let mut report = carepath_engine::check(&sources);
-            let estimates = sms::check(&mut report, max_segments);
+            let mut report = carepath_engine::check(&[&sources[..], &context[..]].concat());
+            let mut estimates = sms::check(&mut report, max_segments);
+            if !context.is_empty() {
+                // Report on the named pathways only: the others are there to refer into.
+                let files: std::collections::HashSet<&str> = sources
+                    .iter()
+                    .flat_map(|s| std::iter::once(&s.pathway).chain(&s.templates))
+                    .map(|f| f.path.as_str())
+                    .collect();
+                report
+                    .diagnostics
+                    .retain(|d| files.contains(d.file.as_str()));
+                for (_, list) in &mut estimates {
+                    list.retain(|e| files.contains(e.path.as_str()));
+                }
+                estimates.retain(|(_, list)| !list.is_empty());
+            }
             print_report(&mut out, &report, &estimates, format, sources.len())?;
             Ok(if report.has_errors() {
                 ExitCode::from(1)
