@@ -158,6 +158,7 @@ pub struct Enrolment {
     pub fields: Map<String, Value>,
     /// Who plays the other pathway's roles (its role → a role here); empty: the roles of the
     /// same name. Resolve with [`crate::pathway::enrolled_roles`].
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub roles: IndexMap<String, String>,
 }
 

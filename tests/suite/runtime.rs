@@ -441,14 +441,20 @@ async fn enrolment_refuses_bad_input_and_stores_nothing() {
     assert!(matches!(e, EnrolError::AlreadyEnrolled { .. }), "{e}");
 }
 
-#[tokio::test]
-async fn a_notice_to_a_role_nobody_plays_is_dead_lettered_not_dropped() {
+/// FAM-1 on a two-state chain, with no contact for any role.
+async fn enrolled_with_nobody() -> (Runtime<SqliteStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     write_pathway(dir.path(), &chain(2), &["entered", "counted"]);
     let (rt, _) = runtime(dir.path(), dir.path(), t("2027-03-01T08:00:00Z")).await;
     let mut req = enrol_chain("FAM-1");
     req.contacts.clear();
     rt.enrol(&req).await.expect("enrol");
+    (rt, dir)
+}
+
+#[tokio::test]
+async fn a_notice_to_a_role_nobody_plays_is_dead_lettered_not_dropped() {
+    let (rt, _dir) = enrolled_with_nobody().await;
     let dead = rt
         .store()
         .outbox(&OutboxFilter {
@@ -470,12 +476,7 @@ async fn a_notice_to_a_role_nobody_plays_is_dead_lettered_not_dropped() {
 
 #[tokio::test]
 async fn an_event_assigns_contacts_only_if_it_is_applied() {
-    let dir = tempfile::tempdir().expect("tmp");
-    write_pathway(dir.path(), &chain(2), &["entered", "counted"]);
-    let (rt, _) = runtime(dir.path(), dir.path(), t("2027-03-01T08:00:00Z")).await;
-    let mut req = enrol_chain("FAM-1");
-    req.contacts.clear();
-    rt.enrol(&req).await.expect("enrol");
+    let (rt, _dir) = enrolled_with_nobody().await;
     let with = |key: &str, payload: Value, role: &str, c: Contact| {
         let mut e = event(key, "FAM-1", "count", payload);
         e.contacts = [(role.to_string(), c)].into();

@@ -51,12 +51,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<PathwaySource>, LoadError> {
 /// Best effort: a parent that cannot be read adds nothing.
 pub fn beside(paths: &[PathBuf], named: &[PathwaySource]) -> Vec<PathwaySource> {
     // A folder beside with a named pathway's id (a copy, an older draft) is no context.
-    let id = |s: &PathwaySource| {
-        serde_json::from_str::<serde_json::Value>(&s.pathway.text)
-            .ok()
-            .and_then(|v| v["id"].as_str().map(str::to_string))
-    };
-    let ids: Vec<Option<String>> = named.iter().map(id).collect();
+    let ids: Vec<Option<String>> = named.iter().map(declared_id).collect();
     let mut out: Vec<PathwaySource> = Vec::new();
     for path in paths {
         let single = path.is_file() || path.join(PATHWAY_FILE).is_file();
@@ -73,13 +68,20 @@ pub fn beside(paths: &[PathBuf], named: &[PathwaySource]) -> Vec<PathwaySource> 
             let known = named.iter().chain(&out).any(|s| s.pathway.path == shown);
             if !known
                 && let Ok(source) = read_pathway(&file)
-                && !ids.contains(&id(&source))
+                && !ids.contains(&declared_id(&source))
             {
                 out.push(source);
             }
         }
     }
     out
+}
+
+/// The `id` a pathway file declares, read without checking the rest.
+pub fn declared_id(source: &PathwaySource) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(&source.pathway.text)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_string))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {

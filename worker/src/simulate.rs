@@ -240,11 +240,7 @@ fn pathway_id(path: &Path) -> Result<String, SimulateError> {
     let sources = crate::load::load(&[path.to_path_buf()]).map_err(CatalogError::from)?;
     let ids: Vec<String> = sources
         .iter()
-        .filter_map(|s| {
-            serde_json::from_str::<Value>(&s.pathway.text)
-                .ok()
-                .and_then(|v| v["id"].as_str().map(str::to_string))
-        })
+        .filter_map(crate::load::declared_id)
         .collect();
     match &ids[..] {
         [one] => Ok(one.clone()),
