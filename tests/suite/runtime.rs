@@ -537,6 +537,22 @@ async fn an_event_assigns_contacts_only_if_it_is_applied() {
             .any(|n| n == "contact assigned for coordinator")),
         "{history:?}"
     );
+    // Kept: a later event, in a batch of its own, still reaches Bo.
+    let row = &rt.store().instances_by_ref("FAM-1").await.expect("read")[0];
+    assert_eq!(row.roles.keys().collect::<Vec<_>>(), ["coordinator"]);
+    rt.apply_events(&[event("k4", "FAM-1", "count", json!({"n": 1}))])
+        .await
+        .expect("apply");
+    let to: Vec<Option<String>> = rt
+        .store()
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|n| n.template == "counted")
+        .map(|n| n.recipient)
+        .collect();
+    assert_eq!(to, [Some("Bo".to_string()), Some("Bo".to_string())]);
 }
 
 #[tokio::test]
