@@ -53,17 +53,8 @@ pub fn beside(paths: &[PathBuf], named: &[PathwaySource]) -> Vec<PathwaySource> 
     // A folder beside with a named pathway's id (a copy, an older draft) is no context.
     let ids: Vec<Option<String>> = named.iter().map(declared_id).collect();
     let mut out: Vec<PathwaySource> = Vec::new();
-    for path in paths {
-        let single = path.is_file() || path.join(PATHWAY_FILE).is_file();
-        let folder = if path.is_file() {
-            path.parent().and_then(Path::parent)
-        } else {
-            path.parent()
-        };
-        let Some(parent) = folder.filter(|p| single && !p.as_os_str().is_empty()) else {
-            continue;
-        };
-        for file in pathway_files(parent).unwrap_or_default() {
+    for parent in paths.iter().filter_map(|p| collection(p)) {
+        for file in pathway_files(&parent).unwrap_or_default() {
             let shown = display(&file);
             let known = named.iter().chain(&out).any(|s| s.pathway.path == shown);
             if !known
@@ -75,6 +66,23 @@ pub fn beside(paths: &[PathBuf], named: &[PathwaySource]) -> Vec<PathwaySource> 
         }
     }
     out
+}
+
+/// The folder that holds the pathway at `path` among others (`pathways/` for
+/// `pathways/standard-track` or its `pathway.json`); `None` when `path` is not a single
+/// pathway or has no parent folder.
+pub fn collection(path: &Path) -> Option<PathBuf> {
+    let folder = if path.is_file() {
+        path.parent()?
+    } else if path.join(PATHWAY_FILE).is_file() {
+        path
+    } else {
+        return None;
+    };
+    folder
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
 }
 
 /// The `id` a pathway file declares, read without checking the rest.

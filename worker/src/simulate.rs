@@ -224,12 +224,11 @@ pub fn pathway_paths(pathway: &Path) -> Vec<PathBuf> {
     } else {
         pathway.to_path_buf()
     };
-    if let Some(parent) = folder.parent()
-        && !parent.as_os_str().is_empty()
-        && crate::load::load(&[parent.to_path_buf()])
+    if let Some(parent) = crate::load::collection(&folder)
+        && crate::load::load(std::slice::from_ref(&parent))
             .is_ok_and(|s| !carepath_engine::check(&s).has_errors())
     {
-        return vec![parent.to_path_buf()];
+        return vec![parent];
     }
     vec![folder]
 }
