@@ -572,33 +572,8 @@ impl Checker<'_, '_> {
     }
 
     fn enroll_targets(&mut self, known: &HashMap<&str, &Pathway>) {
-        for (name, state) in &self.p.states {
-            let base = format!("/states/{}", escape_pointer(name));
-            let mut sites: Vec<(String, &Action)> = Vec::new();
-            sites.extend(
-                state
-                    .enter
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| (format!("{base}/enter/{i}"), a)),
-            );
-            for (j, t) in state.on.iter().enumerate() {
-                sites.extend(
-                    t.actions
-                        .iter()
-                        .enumerate()
-                        .map(|(i, a)| (format!("{base}/on/{j}/actions/{i}"), a)),
-                );
-            }
-            for (j, t) in state.timers.iter().enumerate() {
-                sites.extend(
-                    t.actions
-                        .iter()
-                        .enumerate()
-                        .map(|(i, a)| (format!("{base}/timers/{j}/actions/{i}"), a)),
-                );
-            }
-            for (ptr, a) in sites {
+        {
+            for (ptr, a) in self.p.action_sites() {
                 let Action::Enroll(e) = a else { continue };
                 match known.get(e.pathway.as_str()) {
                     None => {
@@ -907,7 +882,113 @@ impl Checker<'_, '_> {
                 );
             }
         }
+        if let Some(stop) = &p.on_horizon {
+            self.state(&stop.to, "/on_horizon/to");
+            if p.states.get(&stop.to).is_some_and(|s| !s.terminal) {
+                self.push(
+                    Code::HorizonStopNotTerminal,
+                    "/on_horizon/to",
+                    format!(
+                        "\"on_horizon\" moves the family to \"{}\", which is not terminal: it would stay on the pathway past its horizon {}",
+                        stop.to, p.horizon
+                    ),
+                    Some("name a terminal state (\"terminal\": true), such as a closing state".into()),
+                );
+            }
+            self.actions(&stop.actions, "/on_horizon/actions", None);
+        }
+        self.durations();
         self.enroll_targets(known);
+    }
+
+    /// Every duration must fit the horizon, and those that count forward (a deadline, a
+    /// reminder's lead, an expiry) must not be negative: a timer on such a duration could
+    /// never fire in time, or would fire at once for nothing.
+    fn durations(&mut self) {
+        #[derive(PartialEq)]
+        enum Sign {
+            /// Must not be negative.
+            Forward,
+            /// May be negative (an offset from a date).
+            Either,
+        }
+        let p = self.p;
+        let mut found: Vec<(String, &crate::duration::IsoDuration, Sign)> = Vec::new();
+        for (ptr, a) in p.action_sites() {
+            match a {
+                Action::Notify(n) => {
+                    if let Some(d) = &n.expires_after {
+                        found.push((format!("{ptr}/notify/expires_after"), d, Sign::Forward));
+                    }
+                }
+                Action::Handoff(h) => {
+                    if let Some(d) = &h.ack_within {
+                        found.push((format!("{ptr}/handoff/ack_within"), d, Sign::Forward));
+                    }
+                }
+                Action::Enroll(_) | Action::Set(_) => {}
+            }
+        }
+        for (name, state) in &p.states {
+            let base = format!("/states/{}", escape_pointer(name));
+            for (i, t) in state.timers.iter().enumerate() {
+                // A negative "after" has its own finding above.
+                if let Some(d) = &t.after {
+                    found.push((format!("{base}/timers/{i}/after"), d, Sign::Either));
+                }
+                if let Some(at) = &t.at {
+                    found.push((
+                        format!("{base}/timers/{i}/at/offset"),
+                        &at.offset,
+                        Sign::Either,
+                    ));
+                }
+            }
+            for (i, a) in state.activities.iter().enumerate() {
+                let ptr = format!("{base}/activities/{i}");
+                let window = if a.window.anchor.is_some() {
+                    Sign::Either
+                } else {
+                    Sign::Forward
+                };
+                found.push((format!("{ptr}/window/to"), &a.window.to, Sign::Either));
+                found.push((format!("{ptr}/window/from"), &a.window.from, window));
+                if let Some(d) = &a.remind_before {
+                    found.push((format!("{ptr}/remind_before"), d, Sign::Forward));
+                }
+            }
+        }
+        if let Some(a) = &p.appointments {
+            for (i, r) in a.reminders.iter().enumerate() {
+                found.push((
+                    format!("/appointments/reminders/{i}/before"),
+                    &r.before,
+                    Sign::Either,
+                ));
+            }
+        }
+        let limit = p.horizon.upper_days();
+        for (ptr, d, sign) in found {
+            let what = ptr.rsplit('/').next().unwrap_or_default().to_string();
+            if sign == Sign::Forward && d.span().signum() < 0 {
+                self.push(
+                    Code::DurationBeyondHorizon,
+                    &ptr,
+                    format!("\"{what}\" must not be negative, found {d}"),
+                    Some("count forward from the moment it is armed, such as P2D".into()),
+                );
+            } else if d.upper_days().abs() > limit {
+                self.push(
+                    Code::DurationBeyondHorizon,
+                    &ptr,
+                    format!(
+                        "\"{what}\" is {d}, longer than the pathway's horizon {}: a timer on it could never fire while the family is on the pathway",
+                        p.horizon
+                    ),
+                    Some(format!("use a duration within {} (a month counts as 31 days)", p.horizon)),
+                );
+            }
+        }
     }
 
     /// Compiles every template and checks its variables against where it is used.

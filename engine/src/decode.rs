@@ -384,6 +384,16 @@ impl Cx<'_, '_> {
         let default_language = self.opt(default_language, Self::name);
         let horizon = self.req(&mut o, "horizon");
         let horizon = self.opt(horizon, Self::duration);
+        let on_horizon = self.get(&mut o, "on_horizon");
+        let on_horizon = self.opt(on_horizon, |cx, n, p| {
+            let mut o = cx.obj(n, p)?;
+            let to = cx.req(&mut o, "to");
+            let to = cx.opt(to, Self::name);
+            let actions = cx.get(&mut o, "actions");
+            let actions = cx.list(actions, Self::action);
+            cx.finish(o);
+            Some(HorizonStop { to: to?, actions })
+        });
         let constants = self.get(&mut o, "constants");
         let constants = self
             .opt(constants, |cx, n, p| Some(cx.map(n, p, Self::string)))
@@ -420,6 +430,7 @@ impl Cx<'_, '_> {
             time_zone: time_zone.unwrap_or_else(|| DEFAULT_TIME_ZONE.to_string()),
             default_language: default_language.unwrap_or_else(|| DEFAULT_LANGUAGE.to_string()),
             horizon: horizon?,
+            on_horizon,
             constants,
             roles,
             fields,
@@ -724,13 +735,25 @@ impl Cx<'_, '_> {
         let has_every = every.is_some();
         let every = self.opt(every, |cx, n, p| {
             let s = cx.string(n, p)?;
-            if let Err(e) = crate::time::parse_cron(&s) {
+            let problem = match crate::cron::Cron::parse(&s) {
+                Err(e) => Some(e.to_string()),
+                // Any fixed start will do: a schedule that matches no day in eight years
+                // matches none ever (29 February comes every four).
+                Ok(c) if c
+                    .next_after(jiff::Timestamp::UNIX_EPOCH, &jiff::tz::TimeZone::UTC)
+                    .is_none() =>
+                {
+                    Some("it never fires: no date matches its day and month".into())
+                }
+                Ok(_) => None,
+            };
+            if let Some(e) = problem {
                 cx.report(
                     Code::BadCron,
                     p,
                     format!("invalid cron schedule {s:?}: {e}"),
                     Some(
-                        "write five fields, minute hour day-of-month month day-of-week, such as \"0 10 * * MON,THU\""
+                        "write five fields, minute hour day-of-month month day-of-week, as in crontab(5): \"0 10 * * MON,THU\" is Mondays and Thursdays at 10:00 (0 and 7 are Sunday)"
                             .into(),
                     ),
                 );
@@ -866,8 +889,14 @@ impl Cx<'_, '_> {
                 let to = self.opt(to, Self::name);
                 let template = self.req(&mut o, "template");
                 let template = self.opt(template, Self::name);
+                let expires_after = self.get(&mut o, "expires_after");
+                let expires_after = self.opt(expires_after, Self::duration);
                 match (to, template) {
-                    (Some(to), Some(template)) => Some(Action::Notify(Notify { to, template })),
+                    (Some(to), Some(template)) => Some(Action::Notify(Notify {
+                        to,
+                        template,
+                        expires_after,
+                    })),
                     _ => None,
                 }
             }

@@ -114,8 +114,14 @@ codes! {
         "A sensitive field is used in an email template.";
     HorizonExceeded = "horizon-exceeded", Error,
         "The longest run driven by timers alone outlasts the pathway's horizon.";
+    HorizonStopNotTerminal = "horizon-stop-not-terminal", Error,
+        "The state `on_horizon` moves a family to is not terminal: the family would outlive the horizon.";
+    DurationBeyondHorizon = "duration-beyond-horizon", Error,
+        "A duration longer than the pathway's horizon, or negative where only a positive one makes sense: its timer could never fire in time.";
     WaitWithoutTimeout = "wait-without-timeout", Warning,
         "A non-terminal state that only an event can leave: a family may wait forever.";
+    ExitWaitsForField = "exit-waits-for-field", Warning,
+        "A state whose only exits are timers on a date field that may never be set.";
     RoleAcrossSectors = "role-across-sectors", Warning,
         "An `enroll` without `roles` passes a contact to a role of the same name in another sector.";
     UnusedTemplate = "unused-template", Warning,

@@ -152,8 +152,15 @@ impl<'p> StateGraph<'p> {
 pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
     let g = StateGraph::new(p);
     let state_ptr = |n: NodeIndex| format!("/states/{}", escape_pointer(g.graph[n]));
-    let reachable = g.reachable();
+    let mut reachable = g.reachable();
     let terminal = |n: NodeIndex| p.is_terminal(g.graph[n]);
+    // The horizon's stop is reached from wherever a family may still be when it passes.
+    if let Some(stop) = &p.on_horizon
+        && let Some(i) = p.states.get_index_of(&stop.to)
+        && reachable.iter().any(|n| !terminal(*n))
+    {
+        reachable.insert(NodeIndex::new(i));
+    }
 
     // unreachable-state
     if g.initial.is_some() {
@@ -268,6 +275,43 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
                 ),
                 Some("add a timer that moves the family on or closes the pathway, or explain the wait in the description".into()),
             ));
+            continue;
+        }
+        // exit-waits-for-field: every way out is a timer on a date that may never be set.
+        let exits: Vec<&Edge> = g
+            .graph
+            .edges_directed(n, Direction::Outgoing)
+            .map(|e| e.weight())
+            .collect();
+        let mut fields: Vec<&str> = Vec::new();
+        let all_wait = exits.iter().all(|e| match &e.trigger {
+            Trigger::Timer(TimerKind::At { anchor, .. })
+                if p.fields.get(anchor).is_some_and(|f| !f.required) =>
+            {
+                if !fields.contains(&anchor.as_str()) {
+                    fields.push(anchor);
+                }
+                true
+            }
+            _ => false,
+        });
+        if all_wait && !fields.is_empty() {
+            let names = fields
+                .iter()
+                .map(|f| format!("\"{f}\""))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            out.push(located.at_key(
+                Code::ExitWaitsForField,
+                &state_ptr(n),
+                format!(
+                    "state \"{}\" can only be left by a timer on {names}, which may never be set: the family would wait until the horizon stops it",
+                    g.graph[n]
+                ),
+                Some(format!(
+                    "add an \"after\" timer or an event that moves the family on without {names}, or make the field required"
+                )),
+            ));
         }
     }
 
@@ -300,15 +344,19 @@ fn edge_days(p: &Pathway, trigger: &Trigger, from: i64) -> i64 {
 /// of slack absorbs the daylight-saving change).
 fn cron_gap_days(cron: &str, tz: &str) -> i64 {
     const START: i64 = 1_798_761_600; // 2027-01-01T00:00:00Z
-    let Ok(mut t) = jiff::Timestamp::new(START, 0)
-        .map_err(|_| ())
-        .and_then(|s| crate::time::next_cron(cron, s, tz).map_err(|_| ()))
-    else {
+    let (Ok(schedule), Ok(tz), Ok(start)) = (
+        crate::cron::Cron::parse(cron),
+        crate::time::zone(tz),
+        jiff::Timestamp::new(START, 0),
+    ) else {
+        return 366;
+    };
+    let Some(mut t) = schedule.next_after(start, &tz) else {
         return 366;
     };
     let mut longest = 0;
     while t.as_second() - START <= 366 * 86_400 {
-        let Ok(next) = crate::time::next_cron(cron, t, tz) else {
+        let Some(next) = schedule.next_after(t, &tz) else {
             return 366;
         };
         longest = longest.max(next.as_second() - t.as_second());

@@ -44,6 +44,7 @@ pub use step::{Effects, Input, Instance, StepError, start, step};
 
 pub mod catalogue;
 pub mod check;
+pub mod cron;
 pub mod decode;
 pub mod diagnostic;
 pub mod duration;

@@ -54,8 +54,15 @@ pub struct Pathway {
     #[serde(default = "default_language")]
     pub default_language: String,
     /// The longest a family may stay on the pathway, as an ISO 8601 duration (`P27M`). The
-    /// checker refuses a pathway whose timers alone can keep a family longer.
+    /// checker refuses a pathway whose timers alone can keep a family longer, and at run time
+    /// the horizon is a hard stop: an instance still active when it passes is moved to
+    /// `on_horizon`'s state, or closed.
     pub horizon: IsoDuration,
+    /// What happens to a family still on the pathway when its horizon passes: actions (tell
+    /// the owner) and a terminal state. Without it the instance is closed where it is, with a
+    /// line in its history and a warning in the worker's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_horizon: Option<HorizonStop>,
     /// Values that templates may use as `constants.NAME` (a rebooking phone number, an address).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub constants: IndexMap<String, String>,
@@ -78,6 +85,17 @@ pub struct Pathway {
     pub initial: String,
     /// The states, by name.
     pub states: IndexMap<String, State>,
+}
+
+/// The hard stop at a pathway's horizon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HorizonStop {
+    /// The terminal state the family is moved to.
+    pub to: String,
+    /// Actions run first (a `notify` to the owner, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
 }
 
 fn default_time_zone() -> String {
@@ -463,6 +481,10 @@ pub struct Notify {
     pub to: String,
     /// The template's name (files `templates/NAME.LANG.CHANNEL.hbs`).
     pub template: String,
+    /// The notice is stale this long after it was made: it is never sent later (status
+    /// `expired`), for a family reminder that means nothing once a day has passed, say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after: Option<IsoDuration>,
 }
 
 /// Pass ownership of the family to a role, with a notice and an acknowledgement deadline.
@@ -592,6 +614,31 @@ impl Pathway {
             payload,
             description: None,
         })
+    }
+
+    /// Every action of the pathway with its JSON pointer: each state's `enter`, transitions'
+    /// and timers' actions, then `on_horizon`'s, in declaration order.
+    pub fn action_sites(&self) -> Vec<(String, &Action)> {
+        let mut sites: Vec<(String, &Action)> = Vec::new();
+        fn add<'a>(sites: &mut Vec<(String, &'a Action)>, base: String, actions: &'a [Action]) {
+            for (i, a) in actions.iter().enumerate() {
+                sites.push((format!("{base}/{i}"), a));
+            }
+        }
+        for (name, state) in &self.states {
+            let base = format!("/states/{}", crate::json::escape_pointer(name));
+            add(&mut sites, format!("{base}/enter"), &state.enter);
+            for (j, t) in state.on.iter().enumerate() {
+                add(&mut sites, format!("{base}/on/{j}/actions"), &t.actions);
+            }
+            for (j, t) in state.timers.iter().enumerate() {
+                add(&mut sites, format!("{base}/timers/{j}/actions"), &t.actions);
+            }
+        }
+        if let Some(stop) = &self.on_horizon {
+            add(&mut sites, "/on_horizon/actions".into(), &stop.actions);
+        }
+        sites
     }
 
     /// Whether `state` is declared and terminal.

@@ -56,6 +56,10 @@ pub struct Instance {
     pub open_activities: Vec<String>,
     /// Booked appointments, by id.
     pub appointments: BTreeMap<String, Appointment>,
+    /// When the family was enrolled: activity windows that closed before it do not apply, and
+    /// the horizon counts from it. Absent on instances stored before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_at: Option<Timestamp>,
 }
 
 /// A booked appointment.
@@ -115,7 +119,12 @@ pub enum Purpose {
         /// Index into the policy's `reminders`.
         index: usize,
     },
+    /// The pathway's horizon: the family's time on it is up.
+    Horizon,
 }
+
+/// The key of the horizon timer: one per instance, armed at enrolment.
+pub const HORIZON_KEY: &str = "horizon";
 
 /// What happens to an instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,6 +156,29 @@ pub struct Notice {
     /// The template's data, except `recipient` and `instance`, which the caller adds. Sensitive
     /// fields are left out.
     pub data: Value,
+    /// After this moment the notice is stale and must not be sent: an appointment reminder
+    /// expires when the appointment starts, an activity reminder when its window closes, a
+    /// `notify` with `expires_after` that long after it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// What the notice is about, when something later can make it stale: `appointment:ID`.
+    /// A step that cancels or moves the appointment withdraws the notices of that topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// Notices not yet sent that a step makes stale: those of `topic` are not to be sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    /// The notices' topic ([`Notice::topic`]).
+    pub topic: String,
+    /// Why, for the notice's provenance.
+    pub reason: String,
+}
+
+/// The topic of an appointment's reminders.
+pub fn appointment_topic(id: &str) -> String {
+    format!("appointment:{id}")
 }
 
 /// A referral into another pathway.
@@ -215,6 +247,11 @@ pub struct Effects {
     pub notices: Vec<Notice>,
     /// Referrals into other pathways.
     pub enrolments: Vec<Enrolment>,
+    /// Notices of earlier steps, not yet sent, that this step made stale.
+    pub withdrawn: Vec<Withdrawal>,
+    /// Timers this step could not arm (a cron schedule that never fires again, a date out of
+    /// range), in words: the step went on without them, and the caller tells the owner.
+    pub problems: Vec<String>,
     /// The history entry.
     pub history: History,
 }
@@ -346,12 +383,35 @@ pub fn start(
             })?;
         }
     }
+    let tz = time::zone(&decl.time_zone)?;
     for (name, f) in &decl.fields {
         if f.required && fields.get(name).is_none_or(Value::is_null) {
             return Err(StepError::Field {
                 field: name.clone(),
                 reason: "required at enrolment".into(),
             });
+        }
+        // A date that timers count from must fall within what the pathway declares, or its
+        // timers would fire after the horizon (a due date typed with the wrong year).
+        if let (Some(within), Some(date)) = (
+            &f.within,
+            fields
+                .get(name)
+                .and_then(Value::as_str)
+                .and_then(|d| d.parse::<Date>().ok()),
+        ) {
+            let today = tz.to_datetime(now).date();
+            let latest = today
+                .checked_add(within.span())
+                .map_err(|e| TimeError::Range(e.to_string()))?;
+            if date > latest {
+                return Err(StepError::Field {
+                    field: name.clone(),
+                    reason: format!(
+                        "{date} is more than {within} after enrolment (at the latest {latest}): check the date"
+                    ),
+                });
+            }
         }
     }
     let instance = Instance {
@@ -365,8 +425,11 @@ pub fn start(
         timers: Vec::new(),
         open_activities: Vec::new(),
         appointments: BTreeMap::new(),
+        enrolled_at: Some(now),
     };
-    let mut s = Stepper::new(p, instance, now);
+    let mut s = Stepper::new(p, instance, now)?;
+    let horizon = time::after(now, decl.horizon.span(), &s.tz)?;
+    s.arm(HORIZON_KEY.into(), horizon, Purpose::Horizon);
     s.enter(&decl.initial, &Value::Null)?;
     Ok(s.finish(None, Cause::Enrolled))
 }
@@ -387,7 +450,7 @@ pub fn step(
         return Err(StepError::UnknownState(instance.state.clone()));
     }
     let from = instance.state.clone();
-    let mut s = Stepper::new(p, instance.clone(), now);
+    let mut s = Stepper::new(p, instance.clone(), now)?;
     s.instance.seq += 1;
     let cause = match input {
         Input::Event { name, payload } => {
@@ -425,15 +488,17 @@ struct Stepper<'p> {
     cancelled: Vec<String>,
     notices: Vec<Notice>,
     enrolments: Vec<Enrolment>,
+    withdrawn: Vec<Withdrawal>,
+    problems: Vec<String>,
     notes: Vec<String>,
     /// The owner before the state being entered set its own.
     owner_before: Option<String>,
 }
 
 impl<'p> Stepper<'p> {
-    fn new(p: &'p CheckedPathway, instance: Instance, now: Timestamp) -> Self {
-        let tz = time::zone(&p.pathway.time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
-        Stepper {
+    fn new(p: &'p CheckedPathway, instance: Instance, now: Timestamp) -> Result<Self, StepError> {
+        let tz = time::zone(&p.pathway.time_zone)?;
+        Ok(Stepper {
             owner_before: instance.owner.clone(),
             p,
             decl: &p.pathway,
@@ -444,8 +509,10 @@ impl<'p> Stepper<'p> {
             cancelled: Vec::new(),
             notices: Vec::new(),
             enrolments: Vec::new(),
+            withdrawn: Vec::new(),
+            problems: Vec::new(),
             notes: Vec::new(),
-        }
+        })
     }
 
     fn finish(mut self, from: Option<String>, cause: Cause) -> Effects {
@@ -467,6 +534,8 @@ impl<'p> Stepper<'p> {
             cancelled: self.cancelled,
             notices: self.notices,
             enrolments: self.enrolments,
+            withdrawn: self.withdrawn,
+            problems: self.problems,
             history,
         }
     }
@@ -493,6 +562,18 @@ impl<'p> Stepper<'p> {
     }
 
     fn notice(&mut self, to: &str, template: &str, extra: Option<(&str, Value)>) {
+        self.notice_until(to, template, extra, None, None);
+    }
+
+    /// A notice that is stale after `expires_at`, and withdrawn with `topic`.
+    fn notice_until(
+        &mut self,
+        to: &str,
+        template: &str,
+        extra: Option<(&str, Value)>,
+        expires_at: Option<Timestamp>,
+        topic: Option<String>,
+    ) {
         let state = &self.decl.states[&self.instance.state];
         let fields: Map<String, Value> = self
             .instance
@@ -516,6 +597,8 @@ impl<'p> Stepper<'p> {
             to: to.to_string(),
             template: template.to_string(),
             data,
+            expires_at,
+            topic,
         });
     }
 
@@ -639,6 +722,20 @@ impl<'p> Stepper<'p> {
             .to_string();
         let prefix = format!("appt:{id}:");
         self.cancel_where(|t| !t.key.starts_with(&prefix));
+        if let Some(old) = self.instance.appointments.get(&id) {
+            let what = if name == appointment_events::CANCELLED {
+                "cancelled".to_string()
+            } else {
+                format!("moved from {}", self.local(old.at))
+            };
+            self.withdrawn.push(Withdrawal {
+                topic: appointment_topic(&id),
+                reason: format!(
+                    "not sent: appointment {id} was {what} at {} before the reminder went out",
+                    self.local(self.now)
+                ),
+            });
+        }
         if name == appointment_events::CANCELLED {
             self.instance.appointments.remove(&id);
             self.notes.push(format!("appointment {id} cancelled"));
@@ -693,16 +790,22 @@ impl<'p> Stepper<'p> {
                     Some(to) => self.transition(to, &Value::Null)?,
                     None => {
                         if let Some(cron) = &t.every {
-                            let next = time::next_cron(
-                                cron,
-                                self.now.max(timer.due),
-                                &self.decl.time_zone,
-                            )?;
-                            self.arm(
-                                format!("{}t{index}:{}", self.state_prefix(), self.instance.seq),
-                                next,
-                                Purpose::State { index: *index },
-                            );
+                            match time::next_cron(cron, self.now.max(timer.due), &self.tz) {
+                                Ok(next) => self.arm(
+                                    format!(
+                                        "{}t{index}:{}",
+                                        self.state_prefix(),
+                                        self.instance.seq
+                                    ),
+                                    next,
+                                    Purpose::State { index: *index },
+                                ),
+                                Err(e) => {
+                                    let what =
+                                        t.name.clone().unwrap_or_else(|| format!("timer {index}"));
+                                    self.problem(format!("{what} (every {cron})"), &e.into());
+                                }
+                            }
                         }
                     }
                 }
@@ -728,16 +831,19 @@ impl<'p> Stepper<'p> {
                 else {
                     return Err(StepError::StaleTimer { key: key.into() });
                 };
-                let (from, to) = self.window(&a)?;
+                let w = self.window(&a)?;
+                let to = w.escalates;
                 let data = json!({
                     "name": a.name,
                     "title": a.title.clone().unwrap_or_else(|| a.name.clone()),
-                    "due_from": from.map(|t| self.local(t)),
-                    "due_to": to.map(|t| self.local(t)),
+                    "due_from": w.opens.map(|t| self.local(t)),
+                    "due_to": w.closes.map(|t| self.local(t)),
                 });
                 if matches!(timer.purpose, Purpose::ActivityReminder { .. }) {
                     if let Some(t) = &a.reminder_template {
-                        self.notice(&a.role, t, Some(("activity", data)));
+                        // A reminder after the window closed would be stale: the escalation
+                        // has gone by then.
+                        self.notice_until(&a.role, t, Some(("activity", data)), to, None);
                     }
                 } else {
                     self.notes.push(format!(
@@ -751,6 +857,7 @@ impl<'p> Stepper<'p> {
                     );
                 }
             }
+            Purpose::Horizon => self.horizon()?,
             Purpose::AppointmentReminder { appointment, index } => {
                 if let (Some(policy), Some(appt)) = (
                     &self.decl.appointments,
@@ -758,12 +865,45 @@ impl<'p> Stepper<'p> {
                 ) {
                     let r = &policy.reminders[*index];
                     let data = json!({"at": self.local(appt.at), "place": appt.place});
-                    let (to, template) = (policy.to.clone(), r.template.clone());
-                    self.notice(&to, &template, Some(("appointment", data)));
+                    let (to, template, at) = (policy.to.clone(), r.template.clone(), appt.at);
+                    // Never after the appointment it announces.
+                    self.notice_until(
+                        &to,
+                        &template,
+                        Some(("appointment", data)),
+                        Some(at),
+                        Some(appointment_topic(appointment)),
+                    );
                 }
             }
         }
         Ok(timer.purpose)
+    }
+
+    /// The horizon passed with the family still on the pathway: `on_horizon` moves it to its
+    /// terminal state, or it is closed where it is.
+    fn horizon(&mut self) -> Result<(), StepError> {
+        let horizon = &self.decl.horizon;
+        match &self.decl.on_horizon {
+            Some(stop) => {
+                self.notes.push(format!(
+                    "horizon {horizon} reached: moved to \"{}\"",
+                    stop.to
+                ));
+                self.actions(&stop.actions, &Value::Null)?;
+                self.transition(&stop.to, &Value::Null)?;
+            }
+            None => {
+                self.notes.push(format!(
+                    "horizon {horizon} reached in \"{}\": the pathway was closed",
+                    self.instance.state
+                ));
+                self.instance.status = Status::Finished;
+                self.cancel_where(|_| false);
+                self.instance.open_activities.clear();
+            }
+        }
+        Ok(())
     }
 
     fn eval(&self, text: &str, payload: &Value) -> Result<Value, StepError> {
@@ -784,7 +924,13 @@ impl<'p> Stepper<'p> {
     fn actions(&mut self, actions: &[Action], payload: &Value) -> Result<(), StepError> {
         for a in actions {
             match a {
-                Action::Notify(n) => self.notice(&n.to, &n.template, None),
+                Action::Notify(n) => {
+                    let expires_at = match &n.expires_after {
+                        Some(d) => Some(time::after(self.now, d.span(), &self.tz)?),
+                        None => None,
+                    };
+                    self.notice_until(&n.to, &n.template, None, expires_at, None);
+                }
                 Action::Handoff(h) => {
                     self.instance.owner = Some(h.to.clone());
                     let from = self.owner_before.clone();
@@ -920,7 +1066,7 @@ impl<'p> Stepper<'p> {
             let mine = |t: &ArmedTimer| matches!(&t.purpose, Purpose::ActivityReminder { activity } | Purpose::ActivityOverdue { activity } if *activity == a.name);
             self.cancel_where(|t| !mine(t));
             self.arm_activity(&a)?;
-            if let (_, Some(to)) = self.window(&a)? {
+            if let Some(to) = self.window(&a)?.escalates {
                 self.notes.push(format!(
                     "activity {} now escalates at {}",
                     a.name,
@@ -939,51 +1085,64 @@ impl<'p> Stepper<'p> {
         let Some(date) = self.anchor_date(&at.anchor) else {
             return Ok(None);
         };
-        let tod =
-            parse_time_of_day(at.time.as_deref().unwrap_or(DEFAULT_TIME_OF_DAY)).unwrap_or((9, 0));
+        let tod = time_of_day(at.time.as_deref().unwrap_or(DEFAULT_TIME_OF_DAY))?;
         let due = time::at(date, at.offset.span(), tod, &self.tz)?;
         Ok(Some(due.max(self.now)))
     }
 
-    /// The moments an activity's window opens and closes (the close is when it escalates).
-    fn window(&self, a: &Activity) -> Result<(Option<Timestamp>, Option<Timestamp>), StepError> {
+    /// When an activity's window opens, when it closes, and when it escalates.
+    fn window(&self, a: &Activity) -> Result<WindowTimes, StepError> {
         match &a.window.anchor {
-            None => Ok((
-                Some(time::after(
-                    self.instance.entered_at,
-                    a.window.from.span(),
-                    &self.tz,
-                )?),
-                Some(time::after(
-                    self.instance.entered_at,
-                    a.window.to.span(),
-                    &self.tz,
-                )?),
-            )),
+            None => {
+                let closes = time::after(self.instance.entered_at, a.window.to.span(), &self.tz)?;
+                Ok(WindowTimes {
+                    opens: Some(time::after(
+                        self.instance.entered_at,
+                        a.window.from.span(),
+                        &self.tz,
+                    )?),
+                    closes: Some(closes),
+                    escalates: Some(closes),
+                })
+            }
             Some(anchor) => {
                 let Some(date) = self.anchor_date(anchor) else {
-                    return Ok((None, None));
+                    return Ok(WindowTimes::default());
                 };
-                let tod = parse_time_of_day(DEFAULT_TIME_OF_DAY).unwrap_or((9, 0));
-                let from = time::at(date, a.window.from.span(), tod, &self.tz)?;
-                // The window includes its last day: it escalates the morning after.
-                let to = time::at(
-                    date,
-                    a.window
-                        .to
-                        .span()
-                        .checked_add(jiff::Span::new().days(1))
-                        .unwrap_or(a.window.to.span()),
-                    tod,
-                    &self.tz,
-                )?;
-                Ok((Some(from), Some(to)))
+                let tod = time_of_day(DEFAULT_TIME_OF_DAY)?;
+                let opens = time::at(date, a.window.from.span(), tod, &self.tz)?;
+                let closes = time::at(date, a.window.to.span(), tod, &self.tz)?;
+                // The window includes its last day: it escalates the morning after, at the
+                // same wall-clock time. The day is added after the window's own calendar
+                // units, so `P2M` and `-P18W2D` alike escalate the day after their last day.
+                let escalates = time::after(closes, jiff::Span::new().days(1), &self.tz)?;
+                Ok(WindowTimes {
+                    opens: Some(opens),
+                    closes: Some(closes),
+                    escalates: Some(escalates),
+                })
             }
         }
     }
 
     fn arm_activity(&mut self, a: &Activity) -> Result<(), StepError> {
-        let (from, to) = self.window(a)?;
+        let WindowTimes {
+            opens: from,
+            escalates: to,
+            ..
+        } = self.window(a)?;
+        // A family enrolled after the window closed did not miss it: it does not apply.
+        if let (Some(to), Some(enrolled)) = (to, self.instance.enrolled_at)
+            && to <= enrolled
+        {
+            self.instance.open_activities.retain(|x| *x != a.name);
+            self.notes.push(format!(
+                "activity {} not applicable (enrolled later): its window closed before enrolment, at {}",
+                a.name,
+                self.local(to)
+            ));
+            return Ok(());
+        }
         let prefix = self.state_prefix();
         if let (Some(before), Some(from)) = (&a.remind_before, from) {
             let due = time::after(from, before.span().negate(), &self.tz)?;
@@ -1039,37 +1198,70 @@ impl<'p> Stepper<'p> {
         let prefix = self.state_prefix();
         for (index, t) in state.timers.iter().enumerate() {
             let due = if let Some(after) = &t.after {
-                Some(time::after(self.now, after.span(), &self.tz)?)
+                time::after(self.now, after.span(), &self.tz)
+                    .map(Some)
+                    .map_err(StepError::from)
             } else if let Some(at) = &t.at {
-                self.at_due(at)?
+                self.at_due(at)
             } else if let Some(cron) = &t.every {
-                Some(time::next_cron(cron, self.now, &self.decl.time_zone)?)
+                time::next_cron(cron, self.now, &self.tz)
+                    .map(Some)
+                    .map_err(StepError::from)
             } else {
-                None
+                Ok(None)
             };
+            let timer_name = || t.name.clone().unwrap_or_else(|| format!("timer {index}"));
             match due {
-                Some(due) => self.arm(
+                Ok(Some(due)) => self.arm(
                     format!("{prefix}t{index}:{}", self.instance.seq),
                     due,
                     Purpose::State { index },
                 ),
-                None => {
+                Ok(None) => {
                     if let Some(at) = &t.at {
-                        self.notes.push(format!(
-                            "{} waits for {}",
-                            t.name.clone().unwrap_or_else(|| format!("timer {index}")),
-                            at.anchor
-                        ));
+                        self.notes
+                            .push(format!("{} waits for {}", timer_name(), at.anchor));
                     }
                 }
+                Err(e) => self.problem(format!("{} of state \"{name}\"", timer_name()), &e),
             }
         }
         for a in &state.activities {
             self.instance.open_activities.push(a.name.clone());
-            self.arm_activity(a)?;
+            if let Err(e) = self.arm_activity(a) {
+                self.problem(format!("activity {} of state \"{name}\"", a.name), &e);
+            }
         }
         Ok(())
     }
+
+    /// A timer that cannot be armed is never silent: the step goes on without it, its
+    /// history says so, and the caller tells the owner.
+    fn problem(&mut self, what: String, e: &StepError) {
+        let text = format!("{what} could not be armed: {e}");
+        self.notes.push(text.clone());
+        self.problems.push(text);
+    }
+}
+
+/// The moments of an activity's window; all `None` while its anchor date is unset.
+#[derive(Default)]
+struct WindowTimes {
+    /// The window opens.
+    opens: Option<Timestamp>,
+    /// Its last moment as shown to people: for a date anchor, its last day at the time of day.
+    closes: Option<Timestamp>,
+    /// When it escalates if not done: for a date anchor, the morning after its last day.
+    escalates: Option<Timestamp>,
+}
+
+/// A checked `HH:MM`; the checker refuses any other, so an error here is a corrupt pathway.
+fn time_of_day(text: &str) -> Result<(i8, i8), StepError> {
+    parse_time_of_day(text).ok_or_else(|| {
+        StepError::Time(TimeError::Range(format!(
+            "invalid time of day {text:?}: expected HH:MM"
+        )))
+    })
 }
 
 /// Checks a payload against the event's declared members; returns it as an object.

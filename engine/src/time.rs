@@ -4,11 +4,11 @@
 //! calendar units in the pathway's zone, so `P1M` from 31 January is the last day of February
 //! and `P1D` across the spring daylight-saving change is 23 hours.
 
-use std::str::FromStr;
-
-use jiff::civil::Date;
-use jiff::tz::TimeZone;
+use jiff::civil::{Date, DateTime};
+use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{Span, Timestamp};
+
+use crate::cron::Cron;
 
 /// Why a moment could not be computed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +39,9 @@ pub fn after(from: Timestamp, span: Span, tz: &TimeZone) -> Result<Timestamp, Ti
 }
 
 /// The moment `offset` after the date `anchor`, at `time` (hour, minute) local time in `tz`.
-/// A local time that does not exist (in the spring gap) moves forward, as people expect.
+/// A local time that does not exist (in the spring gap) is the first valid moment after the
+/// gap, and one that occurs twice (in the autumn) is its first occurrence: the same policy as
+/// cron schedules ([`crate::cron`]).
 pub fn at(
     anchor: Date,
     offset: Span,
@@ -48,12 +50,32 @@ pub fn at(
 ) -> Result<Timestamp, TimeError> {
     let range = |e: jiff::Error| TimeError::Range(e.to_string());
     let day = anchor.checked_add(calendar_part(offset)).map_err(range)?;
-    let local = day.at(time.0, time.1, 0, 0);
-    let zoned = local.to_zoned_datetime(tz.clone()).map_err(range)?;
-    zoned
+    let start = local(day.at(time.0, time.1, 0, 0), tz)?;
+    start
+        .to_zoned_datetime(tz.clone())
         .checked_add(clock_part(offset))
         .map(|z| z.timestamp())
         .map_err(range)
+}
+
+/// The instant a local date and time names in `tz`: in a spring-forward gap, the first valid
+/// moment after the gap (02:30 on the change day is 03:00); in an autumn fold, the first of
+/// the two (02:30 summer time).
+pub fn local(dt: DateTime, tz: &TimeZone) -> Result<Timestamp, TimeError> {
+    let range = |e: jiff::Error| TimeError::Range(e.to_string());
+    let ambiguous = tz.to_ambiguous_timestamp(dt);
+    match ambiguous.offset() {
+        AmbiguousOffset::Gap { after, .. } => {
+            // Read with the later offset, the time falls before the change; the change itself
+            // is the first valid moment after the gap.
+            let before_change = after.to_timestamp(dt).map_err(range)?;
+            tz.following(before_change)
+                .next()
+                .map(|t| t.timestamp())
+                .ok_or_else(|| TimeError::Range(format!("no transition after the gap at {dt}")))
+        }
+        _ => ambiguous.earlier().map_err(range),
+    }
 }
 
 fn calendar_part(span: Span) -> Span {
@@ -71,30 +93,16 @@ fn clock_part(span: Span) -> Span {
         .seconds(span.get_seconds())
 }
 
-/// Parses a cron schedule: five fields (`min hour day month weekday`), or six/seven with
-/// seconds first (and a year last), as the `cron` crate reads them.
-pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
-    let fields = text.split_whitespace().count();
-    let full = match fields {
-        5 => format!("0 {text}"),
-        6 | 7 => text.to_string(),
-        n => return Err(format!("expected 5 fields, found {n}")),
-    };
-    cron::Schedule::from_str(&full).map_err(|e| e.to_string())
-}
-
 /// The first time strictly after `from` that the cron schedule `text` names, read in `tz`.
-pub fn next_cron(text: &str, from: Timestamp, tz_name: &str) -> Result<Timestamp, TimeError> {
-    let schedule = parse_cron(text).map_err(|e| TimeError::Cron(text.to_string(), e))?;
-    let tz = chrono_tz::Tz::from_str(tz_name).map_err(|_| TimeError::TimeZone(tz_name.into()))?;
-    let start = chrono::DateTime::from_timestamp(from.as_second(), from.subsec_nanosecond() as u32)
-        .ok_or_else(|| TimeError::Range(from.to_string()))?
-        .with_timezone(&tz);
-    let next = schedule
-        .after(&start)
-        .next()
-        .ok_or_else(|| TimeError::Cron(text.to_string(), "never fires again".into()))?;
-    Timestamp::new(next.timestamp(), 0).map_err(|e| TimeError::Range(e.to_string()))
+pub fn next_cron(text: &str, from: Timestamp, tz: &TimeZone) -> Result<Timestamp, TimeError> {
+    let schedule =
+        Cron::parse(text).map_err(|e| TimeError::Cron(text.to_string(), e.to_string()))?;
+    schedule.next_after(from, tz).ok_or_else(|| {
+        TimeError::Cron(
+            text.to_string(),
+            "never fires again (no matching day in the next eight years)".into(),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -138,26 +146,26 @@ mod tests {
     #[test]
     fn cron_in_local_time_across_dst() {
         // Mondays and Thursdays at 10:00 local: before and after the autumn change.
-        let first = next_cron(
-            "0 10 * * MON,THU",
-            ts("2027-10-28T12:00:00Z"),
-            "Europe/Copenhagen",
-        )
-        .unwrap();
+        let first = next_cron("0 10 * * MON,THU", ts("2027-10-28T12:00:00Z"), &cph()).unwrap();
         assert_eq!(first, ts("2027-11-01T10:00:00+01:00"));
-        let summer = next_cron(
-            "0 10 * * MON,THU",
-            ts("2027-10-20T00:00:00Z"),
-            "Europe/Copenhagen",
-        )
-        .unwrap();
+        let summer = next_cron("0 10 * * MON,THU", ts("2027-10-20T00:00:00Z"), &cph()).unwrap();
         assert_eq!(summer, ts("2027-10-21T10:00:00+02:00"));
     }
 
     #[test]
-    fn cron_refuses_nonsense() {
-        assert!(parse_cron("every tuesday").is_err());
-        assert!(parse_cron("0 25 * * *").is_err());
-        assert!(parse_cron("0 10 * * MON").is_ok());
+    fn cron_that_never_fires_is_an_error() {
+        let e = next_cron("0 0 30 2 *", ts("2027-01-01T00:00:00Z"), &cph()).unwrap_err();
+        assert!(e.to_string().contains("never fires again"), "{e}");
+        assert!(next_cron("0 25 * * *", ts("2027-01-01T00:00:00Z"), &cph()).is_err());
+    }
+
+    #[test]
+    fn at_in_the_spring_gap_is_the_first_moment_after_it() {
+        let day = jiff::civil::date(2027, 3, 28);
+        let got = at(day, Span::new(), (2, 30), &cph()).unwrap();
+        assert_eq!(got, ts("2027-03-28T03:00:00+02:00"));
+        let fold = jiff::civil::date(2027, 10, 31);
+        let got = at(fold, Span::new(), (2, 30), &cph()).unwrap();
+        assert_eq!(got, ts("2027-10-31T02:30:00+02:00"));
     }
 }

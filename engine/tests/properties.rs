@@ -138,7 +138,13 @@ fn invariants(p: &CheckedPathway, i: &Instance) {
             );
         }
         Status::Finished => {
-            assert!(state.terminal, "finished in non-terminal state {}", i.state);
+            // Only the horizon closes an instance where it is, and only when the pathway
+            // names no state to stop in.
+            assert!(
+                state.terminal || decl.on_horizon.is_none(),
+                "finished in non-terminal state {}",
+                i.state
+            );
             assert!(
                 i.timers.is_empty(),
                 "a finished instance keeps timers: {:?}",
@@ -157,6 +163,8 @@ fn invariants(p: &CheckedPathway, i: &Instance) {
                     "reminder for an unknown appointment"
                 );
             }
+            // The horizon belongs to the instance, not to a visit of a state.
+            Purpose::Horizon => assert_eq!(t.key, carepath_engine::step::HORIZON_KEY),
             _ => assert!(
                 t.key.starts_with(&visit),
                 "timer {} does not belong to the current visit of {}",
@@ -187,8 +195,14 @@ proptest! {
         let mut fields = serde_json::Map::new();
         for (name, f) in &p.pathway.fields {
             if f.required {
+                // A date no later than the pathway allows after enrolment (`within`).
+                let latest = f.within.as_ref().map(|w| {
+                    jiff::civil::date(2027, 1, 4).checked_add(w.span()).expect("latest")
+                });
                 let v = match f.ty {
-                    carepath_engine::pathway::FieldType::Date => json!(due.to_string()),
+                    carepath_engine::pathway::FieldType::Date => {
+                        json!(latest.map_or(due, |l| due.min(l)).to_string())
+                    }
                     carepath_engine::pathway::FieldType::Int => json!(1),
                     carepath_engine::pathway::FieldType::Bool => json!(true),
                     carepath_engine::pathway::FieldType::Enum => json!(f.values.as_ref().and_then(|v| v.first()).cloned().unwrap_or_default()),

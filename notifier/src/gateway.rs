@@ -138,12 +138,20 @@ impl SmsChannel {
                     "Authorization",
                     format!("Token {}", self.token.as_deref().unwrap_or_default()),
                 )
-                .json(&json!({
-                    "sender": self.sender,
-                    "message": m.body,
-                    "recipients": [{"msisdn": msisdn}],
-                    "userref": m.key,
-                })),
+                .json(&{
+                    let mut body = json!({
+                        "sender": self.sender,
+                        "message": m.body,
+                        "recipients": [{"msisdn": msisdn}],
+                        "userref": m.key,
+                    });
+                    // GatewayAPI sends GSM 03.38 unless told otherwise, which garbles Arabic,
+                    // Farsi or Ukrainian: a text outside GSM-7 goes as UCS-2, as documented.
+                    if crate::sms::segments(&m.body).encoding == crate::sms::Encoding::Ucs2 {
+                        body["encoding"] = json!("UCS2");
+                    }
+                    body
+                }),
             Gateway::Cpsms => self
                 .client
                 .post(format!("{}/v2/send", self.url))

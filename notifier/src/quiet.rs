@@ -97,6 +97,17 @@ impl QuietHours {
         Ok(at)
     }
 
+    /// `at` as local time in the quiet hours' zone, for people (`2027-03-06 10:00 +01:00`).
+    pub fn local(&self, at: Timestamp) -> String {
+        match TimeZone::get(&self.time_zone) {
+            Ok(tz) => at
+                .to_zoned_datetime(tz)
+                .strftime("%Y-%m-%d %H:%M %:z")
+                .to_string(),
+            Err(_) => at.to_string(),
+        }
+    }
+
     /// The window on `day`, or `None` when the day is closed.
     fn window(&self, day: Date) -> Option<Window> {
         if self.holidays && danish_holiday(day).is_some() {

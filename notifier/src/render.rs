@@ -161,10 +161,13 @@ impl Renderer {
         } else {
             None
         };
+        // A template file ends with a newline, as editors save it: that newline is not part
+        // of the message, so it is neither sent nor counted towards an SMS segment.
+        let body = render(&k)?.trim_end().to_string();
         Ok(Rendered {
             language: language.to_string(),
             subject,
-            body: render(&k)?,
+            body,
             html,
         })
     }

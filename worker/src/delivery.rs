@@ -50,6 +50,8 @@ pub struct Delivered {
     pub held: usize,
     /// Not sent: the recipient opted out.
     pub skipped: usize,
+    /// Not sent: stale before it could go (its appointment began, its window closed).
+    pub expired: usize,
 }
 
 impl Notifier {
@@ -141,6 +143,7 @@ impl Notifier {
                     Delivery::Dead { .. } => total.dead += 1,
                     Delivery::Held { .. } => total.held += 1,
                     Delivery::Skipped { .. } => total.skipped += 1,
+                    Delivery::Expired { .. } => total.expired += 1,
                 }
             }
             store.record_deliveries(&outcomes, now).await?;
@@ -170,6 +173,19 @@ impl Notifier {
         let mut outcomes = Vec::with_capacity(rows.len());
         let mut to_send: Vec<(&OutboxRow, Message)> = Vec::new();
         for r in rows {
+            // Never a stale message: a notice whose moment has passed is not sent, whether it
+            // waited for quiet hours, a hold, a retry or a worker that was down.
+            if let Some(expires) = r.expires_at
+                && expires <= now
+            {
+                outcomes.push(Delivery::Expired {
+                    id: r.id,
+                    reason: format!(
+                        "not sent: it expired at {expires}, before it could go out at {now}"
+                    ),
+                });
+                continue;
+            }
             let (Some(channel), Some(address), Some(body)) = (r.channel, &r.address, &r.text.body)
             else {
                 outcomes.push(Delivery::Dead {
@@ -187,11 +203,25 @@ impl Notifier {
                     });
                     continue;
                 }
+                if let Some(expires) = r.expires_at
+                    && quiet_until >= expires
+                {
+                    outcomes.push(Delivery::Expired {
+                        id: r.id,
+                        reason: format!(
+                            "not sent: quiet hours last until {quiet_until}, and it expires at {expires}"
+                        ),
+                    });
+                    continue;
+                }
                 if quiet_until > now {
                     outcomes.push(Delivery::Held {
                         id: r.id,
                         until: quiet_until,
-                        reason: format!("quiet hours: a family notice waits until {quiet_until}"),
+                        reason: format!(
+                            "quiet hours: a family notice waits until {}",
+                            self.quiet.local(quiet_until)
+                        ),
                     });
                     continue;
                 }

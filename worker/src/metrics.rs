@@ -83,6 +83,7 @@ impl Metrics {
                 Delivery::Dead { id, .. } => (id, "dead"),
                 Delivery::Held { id, .. } => (id, "held"),
                 Delivery::Skipped { id, .. } => (id, "skipped"),
+                Delivery::Expired { id, .. } => (id, "expired"),
             };
             let channel = channels
                 .get(id)

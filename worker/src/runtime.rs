@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{
     Changes, Contact, ContactRef, EventRecord, InstanceRow, InstanceUpdate, NewInstance, NewNotice,
-    NoticeStatus, NoticeText, Outcome, Storage, StoreError, Target, Tx,
+    NoticeStatus, NoticeText, Outcome, Storage, StoreError, Target, Tx, Withdraw, Withdrawn,
 };
 
 /// How many times a batch is retried when another writer moved one of its instances.
@@ -165,6 +165,10 @@ pub struct EventResult {
     pub record: EventRecord,
     /// True when the key had been seen: this is the first answer, repeated.
     pub replayed: bool,
+    /// True when the key had been seen with another request (another family, instance,
+    /// event, payload or contacts): nothing was applied, and `record` is what the key was
+    /// first used for. A conflict, never a silent replay.
+    pub conflict: bool,
     /// The state before and after, when applied now.
     pub transition: Option<(String, String)>,
 }
@@ -319,19 +323,18 @@ impl<S: Storage> Runtime<S> {
         let mut results: Vec<EventResult> = Vec::with_capacity(requests.len());
         let mut this_batch: HashMap<&str, usize> = HashMap::new();
         for req in requests {
-            if let Some(first) = seen.get(&req.key) {
+            let fingerprint = fingerprint(req);
+            let first = match this_batch.get(req.key.as_str()) {
+                Some(&i) => Some(results[i].record.clone()),
+                None => seen.get(&req.key).cloned(),
+            };
+            if let Some(first) = first {
                 results.push(EventResult {
-                    record: first.clone(),
+                    conflict: !same_request(&first, req, &fingerprint),
+                    record: first,
                     replayed: true,
                     transition: None,
                 });
-                continue;
-            }
-            if let Some(&i) = this_batch.get(req.key.as_str()) {
-                let mut first = results[i].clone();
-                first.replayed = true;
-                first.transition = None;
-                results.push(first);
                 continue;
             }
             this_batch.insert(&req.key, results.len());
@@ -410,6 +413,38 @@ impl<S: Storage> Runtime<S> {
             steps,
             due: due.iter().map(|t| t.due).collect(),
         })
+    }
+}
+
+/// A hash of everything an event request says, so that a key reused for another request is
+/// told apart from a repeat of the same one.
+pub fn fingerprint(req: &EventRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let said = json!({
+        "ref": req.reference,
+        "pathway": req.pathway,
+        "instance_id": req.instance_id,
+        "event": req.event,
+        "payload": req.payload,
+        "contacts": req.contacts,
+    });
+    let digest = Sha256::digest(said.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `req` repeats the request `first` recorded. Records from before fingerprints were
+/// kept are compared by what they hold.
+fn same_request(first: &EventRecord, req: &EventRequest, fingerprint: &str) -> bool {
+    match &first.fingerprint {
+        Some(f) => f == fingerprint,
+        None => {
+            first.reference == req.reference
+                && first.name == req.event
+                && first.payload == req.payload
+                && req
+                    .instance_id
+                    .is_none_or(|id| first.instance_id == Some(id))
+        }
     }
 }
 
@@ -677,6 +712,7 @@ impl<'c> Batch<'c> {
                     code: Some(e.code().into()),
                     reason: Some(e.to_string()),
                     seq: None,
+                    fingerprint: None,
                 };
                 self.changes.events.push((Some(Target::Id(id)), record));
                 Ok(())
@@ -715,6 +751,7 @@ impl<'c> Batch<'c> {
             code: None,
             reason: None,
             seq: None,
+            fingerprint: Some(fingerprint(req)),
         };
         let id = match self.resolve(tx, req).await? {
             Ok(id) => id,
@@ -725,6 +762,7 @@ impl<'c> Batch<'c> {
                 return Ok(EventResult {
                     record,
                     replayed: false,
+                    conflict: false,
                     transition: None,
                 });
             }
@@ -741,6 +779,7 @@ impl<'c> Batch<'c> {
             return Ok(EventResult {
                 record,
                 replayed: false,
+                conflict: false,
                 transition: None,
             });
         }
@@ -790,6 +829,7 @@ impl<'c> Batch<'c> {
         Ok(EventResult {
             record,
             replayed: false,
+            conflict: false,
             transition,
         })
     }
@@ -978,7 +1018,20 @@ impl<'c> Batch<'c> {
             .get(&id)
             .is_some_and(|w| w.instance.status == Status::Active);
         if was_active && effects.instance.status == Status::Finished {
-            self.cancel_family_notices(id, &effects.instance.state, now);
+            self.withdraw(
+                id,
+                Withdrawn::Family,
+                format!(
+                    "not sent: the pathway ended in \"{}\" at {now} before the notice went out",
+                    effects.instance.state
+                ),
+            );
+        }
+        for w in std::mem::take(&mut effects.withdrawn) {
+            self.withdraw(id, Withdrawn::Topic(w.topic), w.reason);
+        }
+        if !effects.problems.is_empty() {
+            self.problems(id, version, &roles, &reference, &effects, now);
         }
         for n in &effects.notices {
             let notice = render(version, &roles, n, &reference, now);
@@ -992,21 +1045,57 @@ impl<'c> Batch<'c> {
         Ok(())
     }
 
-    /// A life event ended the pathway (the pregnancy ended, the family moved, the child
-    /// grew out of it): every family notice of the instance not yet sent is skipped, with the
-    /// reason — those from earlier steps of this batch here, older ones by the store.
-    /// Professionals' notices still go: they need to know.
-    fn cancel_family_notices(&mut self, id: i64, state: &str, now: Timestamp) {
-        let reason = format!(
-            "not sent: the pathway ended in \"{state}\" at {now} before the notice went out"
-        );
+    /// Notices of the instance not yet sent that a step made stale are skipped, with the
+    /// reason — those from earlier steps of this batch here, older ones by the store. A life
+    /// event that ended the pathway (the pregnancy ended, the family moved) withdraws every
+    /// family notice; professionals' notices still go: they need to know. A cancelled or
+    /// moved appointment withdraws its reminders.
+    fn withdraw(&mut self, id: i64, which: Withdrawn, reason: String) {
         for (target, notice) in &mut self.changes.outbox {
-            if *target == Target::Id(id) && notice.family && notice.status == NoticeStatus::Queued {
+            let hit = match &which {
+                Withdrawn::Family => notice.family,
+                Withdrawn::Topic(t) => notice.topic.as_ref() == Some(t),
+            };
+            if *target == Target::Id(id) && hit && notice.status == NoticeStatus::Queued {
                 notice.status = NoticeStatus::Skipped;
                 notice.error = Some(reason.clone());
             }
         }
-        self.changes.cancel_family_notices.push((id, reason));
+        self.changes.withdrawals.push(Withdraw {
+            instance_id: id,
+            which,
+            reason,
+        });
+    }
+
+    /// Timers a step could not arm: logged at WARN and told to the instance's owner, so a
+    /// family is never left waiting on a timer that will not come.
+    fn problems(
+        &mut self,
+        id: i64,
+        version: &Version,
+        roles: &RoleMap,
+        reference: &str,
+        effects: &Effects,
+        now: Timestamp,
+    ) {
+        for (i, problem) in effects.problems.iter().enumerate() {
+            tracing::warn!(instance = id, pathway = %version.checked.pathway.id, %problem, "a timer could not be armed; the owner is told");
+            let Some(owner) = effects.instance.owner.clone() else {
+                continue;
+            };
+            let notice = problem_notice(
+                version,
+                roles,
+                &owner,
+                format!("{}:problem:{i}", effects.history.seq),
+                reference,
+                &effects.history.to,
+                problem,
+                now,
+            );
+            self.changes.outbox.push((Target::Id(id), notice));
+        }
     }
 
     /// Starts the family on other pathways; returns what happened, in words, for the
@@ -1199,48 +1288,12 @@ fn render(
     reference: &str,
     now: Timestamp,
 ) -> NewNotice {
-    let decl = &version.checked.pathway;
-    let family = decl
-        .roles
-        .get(&n.to)
-        .is_some_and(|r| r.sector == Sector::Family);
-    let mut notice = NewNotice {
-        key: n.key.clone(),
-        pathway_version_id: version.id,
-        template: n.template.clone(),
-        role: n.to.clone(),
-        family,
-        contact: None,
-        channel: None,
-        address: None,
-        text: NoticeText::default(),
-        status: NoticeStatus::Dead,
-        not_before: now,
-        error: None,
-    };
-    let Some((contact_ref, contact)) = roles.get(&n.to) else {
-        notice.error = Some(format!(
-            "nobody is assigned to role \"{}\" for this family: assign a contact, then retry the notice",
-            n.to
-        ));
+    let (mut notice, contact) = addressed(version, roles, &n.key, &n.template, &n.to, now);
+    notice.expires_at = n.expires_at;
+    notice.topic = n.topic.clone();
+    let (Some(contact), Some(channel)) = (contact, notice.channel) else {
         return notice;
     };
-    notice.contact = Some(*contact_ref);
-    let channels = decl
-        .roles
-        .get(&n.to)
-        .map(|r| r.channels())
-        .unwrap_or_default();
-    let Some((channel, addr)) = address(&channels, contact) else {
-        notice.error = Some(format!(
-            "the contact for role \"{}\" has no address for {}",
-            n.to,
-            channel_list(&channels)
-        ));
-        return notice;
-    };
-    notice.channel = Some(channel);
-    notice.address = Some(addr);
     let mut data = n.data.clone();
     if let Some(obj) = data.as_object_mut() {
         obj.insert(
@@ -1264,6 +1317,126 @@ fn render(
         }
         Err(e) => notice.error = Some(e.to_string()),
     }
+    notice
+}
+
+/// A notice to `role` without its text yet: the contact who plays the role and the channel
+/// and address it goes by, or dead with the reason when there is none.
+fn addressed(
+    version: &Version,
+    roles: &RoleMap,
+    key: &str,
+    template: &str,
+    role: &str,
+    now: Timestamp,
+) -> (NewNotice, Option<Contact>) {
+    let decl = &version.checked.pathway;
+    let family = decl
+        .roles
+        .get(role)
+        .is_some_and(|r| r.sector == Sector::Family);
+    let mut notice = NewNotice {
+        key: key.to_string(),
+        pathway_version_id: version.id,
+        template: template.to_string(),
+        role: role.to_string(),
+        family,
+        contact: None,
+        channel: None,
+        address: None,
+        text: NoticeText::default(),
+        status: NoticeStatus::Dead,
+        not_before: now,
+        expires_at: None,
+        topic: None,
+        error: None,
+    };
+    let Some((contact_ref, contact)) = roles.get(role) else {
+        notice.error = Some(format!(
+            "nobody is assigned to role \"{role}\" for this family: assign a contact, then retry the notice"
+        ));
+        return (notice, None);
+    };
+    notice.contact = Some(*contact_ref);
+    let channels = decl
+        .roles
+        .get(role)
+        .map(|r| r.channels())
+        .unwrap_or_default();
+    let Some((channel, addr)) = address(&channels, contact) else {
+        notice.error = Some(format!(
+            "the contact for role \"{role}\" has no address for {}",
+            channel_list(&channels)
+        ));
+        return (notice, None);
+    };
+    notice.channel = Some(channel);
+    notice.address = Some(addr);
+    (notice, Some(contact.clone()))
+}
+
+/// The template name of the notice that tells an owner a timer could not be armed. It is
+/// carepath's own text, not a pathway template, so every pathway has it.
+pub const PROBLEM_TEMPLATE: &str = "carepath-timer-not-armed";
+
+/// Tells the owner that a timer could not be armed: in Danish, or English for a contact who
+/// reads English; by SMS only that something needs looking at, with nothing of the problem.
+#[allow(clippy::too_many_arguments)]
+fn problem_notice(
+    version: &Version,
+    roles: &RoleMap,
+    role: &str,
+    key: String,
+    reference: &str,
+    state: &str,
+    problem: &str,
+    now: Timestamp,
+) -> NewNotice {
+    let (mut notice, contact) = addressed(version, roles, &key, PROBLEM_TEMPLATE, role, now);
+    let (Some(contact), Some(channel)) = (contact, notice.channel) else {
+        return notice;
+    };
+    let title = &version.checked.pathway.title;
+    let english = contact.language == "en";
+    let (subject, body) = match (channel, english) {
+        (Channel::Sms, false) => (
+            None,
+            format!(
+                "carepath: forløbet for familie {reference} mangler en påmindelse. Se carepath status {reference}."
+            ),
+        ),
+        (Channel::Sms, true) => (
+            None,
+            format!(
+                "carepath: the pathway of family {reference} is missing a reminder. See carepath status {reference}."
+            ),
+        ),
+        (Channel::Email, false) => (
+            Some(format!(
+                "carepath: en timer kunne ikke sættes for familie {reference}"
+            )),
+            format!(
+                "Kære {}\n\nFamilien {reference} er i \"{state}\" på forløbet \"{title}\", hvor du er ansvarlig.\n\n{problem}.\n\nForløbet venter nu uden denne timer: følg selv op, og bed koordinatoren rette forløbet. Se `carepath status {reference}`.",
+                contact.name
+            ),
+        ),
+        (Channel::Email, true) => (
+            Some(format!(
+                "carepath: a timer could not be set for family {reference}"
+            )),
+            format!(
+                "Dear {}\n\nFamily {reference} is in \"{state}\" on the pathway \"{title}\", where you are responsible.\n\n{problem}.\n\nThe pathway now waits without this timer: follow up yourself, and ask the coordinator to correct the pathway. See `carepath status {reference}`.",
+                contact.name
+            ),
+        ),
+    };
+    notice.text = NoticeText {
+        language: Some(if english { "en" } else { "da" }.into()),
+        subject,
+        body: Some(body),
+        html: None,
+    };
+    notice.status = NoticeStatus::Queued;
     notice
 }
 

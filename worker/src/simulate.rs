@@ -389,6 +389,7 @@ fn describe(cause: &Cause) -> String {
                 Purpose::AppointmentReminder { appointment, .. } => {
                     format!("reminder for appointment {appointment}")
                 }
+                Purpose::Horizon => "horizon reached".into(),
             }
         }
     }

@@ -15,7 +15,7 @@ use carepath_engine::{PathwaySource, SourceFile};
 use carepath_worker::store::{
     Changes, Contact, ContactRef, Delivery, EventRecord, InstanceFilter, InstanceUpdate,
     KeptResponse, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome, Requeue,
-    SqliteStore, Storage, StoreError, Stored, Target, Tx,
+    SqliteStore, Storage, StoreError, Stored, Target, Tx, Withdraw, Withdrawn,
 };
 
 fn t0() -> Timestamp {
@@ -59,6 +59,7 @@ fn instance(state: &str, seq: u64, timers: Vec<ArmedTimer>) -> Instance {
         timers,
         open_activities: Vec::new(),
         appointments: BTreeMap::new(),
+        enrolled_at: Some(t0()),
     }
 }
 
@@ -105,6 +106,8 @@ fn notice(key: &str, version: i64, contact: Option<ContactRef>, status: NoticeSt
         },
         status,
         not_before: t0(),
+        expires_at: None,
+        topic: None,
         error: None,
     }
 }
@@ -122,6 +125,7 @@ fn event(key: &str, reference: &str, outcome: Outcome) -> EventRecord {
         code: (outcome == Outcome::Rejected).then(|| "guard-false".into()),
         reason: (outcome == Outcome::Rejected).then(|| "the guard is false".into()),
         seq: (outcome == Outcome::Applied).then_some(2),
+        fingerprint: Some(format!("fingerprint of {key}")),
     }
 }
 
@@ -832,7 +836,11 @@ async fn a_life_event_skips_the_familys_queued_notices<S: Storage>(store: &S) {
         store,
         Changes {
             now: minutes(1),
-            cancel_family_notices: vec![(id, "the family moved away".into())],
+            withdrawals: vec![Withdraw {
+                instance_id: id,
+                which: Withdrawn::Family,
+                reason: "the family moved away".into(),
+            }],
             outbox: vec![(Target::Id(id), later)],
             ..Changes::default()
         },
@@ -861,6 +869,97 @@ async fn a_life_event_skips_the_familys_queued_notices<S: Storage>(store: &S) {
     assert_eq!(skipped.last_error.as_deref(), Some("the family moved away"));
     let log = store.outbox_log(skipped.id).await.expect("log");
     assert_eq!(log.last().map(|e| e.status.as_str()), Some("skipped"));
+}
+
+async fn a_withdrawn_topic_skips_only_its_queued_notices<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-W", vec![]).await;
+    let version = version(store).await;
+    let reminder = |key: &str, topic: &str, status| {
+        let mut n = notice(key, version, None, status);
+        n.family = true;
+        n.topic = Some(topic.into());
+        n.expires_at = Some(minutes(90));
+        n
+    };
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            outbox: vec![
+                (
+                    Target::Id(id),
+                    reminder("1:a", "appointment:scan", NoticeStatus::Queued),
+                ),
+                (
+                    Target::Id(id),
+                    reminder("1:b", "appointment:visit", NoticeStatus::Queued),
+                ),
+                (
+                    Target::Id(id),
+                    reminder("1:c", "appointment:scan", NoticeStatus::Dead),
+                ),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
+    commit(
+        store,
+        Changes {
+            now: minutes(1),
+            withdrawals: vec![Withdraw {
+                instance_id: id,
+                which: Withdrawn::Topic("appointment:scan".into()),
+                reason: "appointment scan was cancelled".into(),
+            }],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    let status: Vec<(&str, NoticeStatus)> = rows
+        .iter()
+        .map(|r| (r.key.split_once(':').map_or("", |k| k.1), r.status))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("1:a", NoticeStatus::Skipped),
+            ("1:b", NoticeStatus::Queued),
+            ("1:c", NoticeStatus::Dead),
+        ],
+        "only the queued notice of the withdrawn topic is skipped"
+    );
+    assert!(rows.iter().all(|r| r.expires_at == Some(minutes(90))));
+    assert_eq!(
+        rows[0].last_error.as_deref(),
+        Some("appointment scan was cancelled")
+    );
+    // Delivery records an expired notice with its reason.
+    store
+        .record_deliveries(
+            &[Delivery::Expired {
+                id: rows[1].id,
+                reason: "it expired".into(),
+            }],
+            minutes(91),
+        )
+        .await
+        .expect("record");
+    let expired = store
+        .outbox(&OutboxFilter {
+            status: Some(NoticeStatus::Expired),
+            ..OutboxFilter::default()
+        })
+        .await
+        .expect("outbox");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].last_error.as_deref(), Some("it expired"));
+    let log = store.outbox_log(expired[0].id).await.expect("log");
+    assert_eq!(log.last().map(|e| e.status.as_str()), Some("expired"));
 }
 
 async fn an_update_assigns_contacts_or_keeps_them<S: Storage>(store: &S) {
@@ -947,6 +1046,7 @@ macro_rules! backend {
             property!(the_first_kept_response_wins);
             property!(a_life_event_skips_the_familys_queued_notices);
             property!(an_update_assigns_contacts_or_keeps_them);
+            property!(a_withdrawn_topic_skips_only_its_queued_notices);
         }
     };
 }

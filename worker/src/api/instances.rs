@@ -314,19 +314,15 @@ pub async fn event<S: Storage>(
             contacts: body.contacts.clone(),
         })
         .await?;
-    event_response(id, &body, result)
+    event_response(id, result)
 }
 
-fn event_response(id: i64, body: &EventBody, result: EventResult) -> Result<Response, Problem> {
+fn event_response(id: i64, result: EventResult) -> Result<Response, Problem> {
     let record = &result.record;
-    if result.replayed
-        && (record.instance_id != Some(id)
-            || record.name != body.event
-            || record.payload != body.payload)
-    {
+    if result.conflict {
         return Err(Problem::invalid(
             "",
-            "this Idempotency-Key was used for another event: use a new key for a new event",
+            "this Idempotency-Key was used for another request (another event, payload or contacts): use a new key for a new event",
         )
         .with_code("idempotency-key-reused"));
     }

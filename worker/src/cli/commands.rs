@@ -396,6 +396,13 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
     let Some(r) = results?.pop() else {
         bail!("no result for the event");
     };
+    if r.conflict {
+        eprintln!(
+            "carepath: key {} was used before for another event ({} for {}): nothing was applied; use a new key for a new event",
+            r.record.key, r.record.name, r.record.reference
+        );
+        return Ok(ExitCode::from(1));
+    }
     let again = if r.replayed {
         " (key seen before: this is the first answer)"
     } else {
@@ -443,6 +450,7 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
         eprintln!("carepath: no family {reference} in {}", db.display());
         return Ok(ExitCode::from(1));
     }
+    let now = Timestamp::now();
     let mut report = Vec::new();
     for inst in &instances {
         let version = catalog.version(inst.pathway_version_id);
@@ -481,6 +489,8 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
             "notices": notices.iter().map(|n| json!({
                 "id": n.id, "at": local(n.not_before), "to": n.role, "template": n.template,
                 "channel": n.channel, "status": n.status, "error": n.last_error,
+                "waits_until": waits_until(n, now).map(local),
+                "expires_at": n.expires_at.map(local),
             })).collect::<Vec<_>>(),
         }));
     }
@@ -566,13 +576,18 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
         for n in r["notices"].as_array().into_iter().flatten() {
             writeln!(
                 out,
-                "    {}  #{} to {} by {}: {} [{}]{}",
+                "    {}  #{} to {} by {}: {} [{}{}]{}",
                 s(&n["at"]),
                 s(&n["id"]),
                 s(&n["to"]),
                 s(&n["channel"]),
                 s(&n["template"]),
                 s(&n["status"]),
+                if n["waits_until"].is_null() {
+                    String::new()
+                } else {
+                    format!(", waits until {}", s(&n["waits_until"]))
+                },
                 if n["error"].is_null() {
                     String::new()
                 } else {
@@ -603,13 +618,17 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
         Some("queued") => Some(NoticeStatus::Queued),
         Some("sent") => Some(NoticeStatus::Sent),
         Some("skipped") => Some(NoticeStatus::Skipped),
+        Some("expired") => Some(NoticeStatus::Expired),
         Some("dead") => Some(NoticeStatus::Dead),
-        Some(other) => bail!("unknown status {other:?}: use queued, sent, skipped or dead"),
+        Some(other) => {
+            bail!("unknown status {other:?}: use queued, sent, skipped, expired or dead")
+        }
     };
     if !db.exists() {
         bail!("no database at {}: pass --db", db.display());
     }
     let store = SqliteStore::open(db).await?;
+    let catalog = Catalog::from_store(&store).await?;
     let rows = store
         .outbox(&OutboxFilter {
             status,
@@ -617,25 +636,47 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
         })
         .await?;
     store.close().await;
+    let now = Timestamp::now();
     let mut out = std::io::stdout().lock();
     for r in rows {
+        // Times as people there read them: in the pathway's zone, as `status` shows them.
+        let tz = catalog
+            .version(r.pathway_version_id)
+            .and_then(|v| carepath_engine::time::zone(&v.checked.pathway.time_zone).ok())
+            .unwrap_or(TimeZone::UTC);
+        let local = |t: Timestamp| {
+            t.to_zoned_datetime(tz.clone())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        };
         match format {
             Format::Json => writeln!(out, "{}", serde_json::to_string(&r)?)?,
             Format::Text => writeln!(
                 out,
-                "#{} {} {} to {} by {}: {} [{}]{}",
+                "#{} {} {} to {} by {}: {} [{}{}]{}",
                 r.id,
-                r.not_before,
+                local(r.not_before),
                 r.reference,
                 r.role,
                 r.channel.map(|c| c.as_str()).unwrap_or("-"),
                 r.template,
                 r.status.as_str(),
-                r.last_error.map(|e| format!(" — {e}")).unwrap_or_default()
+                waits_until(&r, now)
+                    .map(|t| format!(", waits until {}", local(t)))
+                    .unwrap_or_default(),
+                r.last_error
+                    .as_ref()
+                    .map(|e| format!(" — {e}"))
+                    .unwrap_or_default()
             )?,
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a queued notice will go, if it is waiting (for quiet hours, a retry, or its moment).
+fn waits_until(n: &crate::store::OutboxRow, now: Timestamp) -> Option<Timestamp> {
+    (n.status == NoticeStatus::Queued && n.not_before > now).then_some(n.not_before)
 }
 
 async fn outbox_action(

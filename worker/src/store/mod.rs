@@ -217,6 +217,10 @@ pub struct EventRecord {
     pub reason: Option<String>,
     /// The step it made.
     pub seq: Option<u64>,
+    /// A hash of the whole request (family, pathway, instance, event, payload, contacts): the
+    /// same key with another request is a conflict. `None` on records made before it was kept.
+    #[serde(skip)]
+    pub fingerprint: Option<String>,
 }
 
 /// An instance a batch refers to: one that exists, or one the batch creates.
@@ -279,6 +283,10 @@ pub struct NewNotice {
     pub status: NoticeStatus,
     /// Not to be sent before.
     pub not_before: Timestamp,
+    /// Never to be sent after: it is stale then (status `expired`).
+    pub expires_at: Option<Timestamp>,
+    /// What it is about, when a later step can withdraw it (`appointment:ID`).
+    pub topic: Option<String>,
     /// Why it is dead or skipped.
     pub error: Option<String>,
 }
@@ -306,8 +314,11 @@ pub enum NoticeStatus {
     Queued,
     /// Handed to the channel.
     Sent,
-    /// Not sent on purpose (opt-out, life event), with the reason.
+    /// Not sent on purpose (opt-out, life event, a cancelled appointment), with the reason.
     Skipped,
+    /// Not sent because it went stale first (its appointment began, its window closed), with
+    /// the reason.
+    Expired,
     /// Cannot be sent without someone acting: see its error.
     Dead,
 }
@@ -319,6 +330,7 @@ impl NoticeStatus {
             NoticeStatus::Queued => "queued",
             NoticeStatus::Sent => "sent",
             NoticeStatus::Skipped => "skipped",
+            NoticeStatus::Expired => "expired",
             NoticeStatus::Dead => "dead",
         }
     }
@@ -328,6 +340,7 @@ impl NoticeStatus {
             "queued" => NoticeStatus::Queued,
             "sent" => NoticeStatus::Sent,
             "skipped" => NoticeStatus::Skipped,
+            "expired" => NoticeStatus::Expired,
             "dead" => NoticeStatus::Dead,
             _ => return None,
         })
@@ -343,6 +356,9 @@ pub struct OutboxRow {
     pub key: String,
     /// The instance.
     pub instance_id: i64,
+    /// The pathway version that made it: its time zone is the one to show times in.
+    #[serde(skip)]
+    pub pathway_version_id: i64,
     /// The family's reference.
     pub reference: String,
     /// The template.
@@ -362,6 +378,8 @@ pub struct OutboxRow {
     pub status: NoticeStatus,
     /// Not before.
     pub not_before: Timestamp,
+    /// Never after: stale from then on.
+    pub expires_at: Option<Timestamp>,
     /// Delivery attempts so far.
     pub attempts: u32,
     /// The last error.
@@ -425,6 +443,13 @@ pub enum Delivery {
         /// Why.
         reason: String,
     },
+    /// Not at all: it went stale before it could go.
+    Expired {
+        /// The row.
+        id: i64,
+        /// Why, naming the moment it expired.
+        reason: String,
+    },
 }
 
 /// What asking to retry a notice found.
@@ -472,9 +497,29 @@ pub struct Changes {
     pub outbox: Vec<(Target, NewNotice)>,
     /// Events recorded.
     pub events: Vec<(Option<Target>, EventRecord)>,
-    /// Instances whose pathway ended (a life event): their queued family notices from
-    /// earlier steps are skipped with the reason, before this batch's notices are written.
-    pub cancel_family_notices: Vec<(i64, String)>,
+    /// Queued notices from earlier steps that a step made stale, skipped with the reason
+    /// before this batch's notices are written.
+    pub withdrawals: Vec<Withdraw>,
+}
+
+/// Queued notices of one instance to skip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Withdraw {
+    /// The instance.
+    pub instance_id: i64,
+    /// Which of its queued notices.
+    pub which: Withdrawn,
+    /// Why, for their provenance.
+    pub reason: String,
+}
+
+/// Which queued notices a [`Withdraw`] skips.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// Every notice to the family: the pathway ended (a life event).
+    Family,
+    /// The notices of one topic: an appointment was cancelled or moved.
+    Topic(String),
 }
 
 impl Changes {
@@ -488,7 +533,7 @@ impl Changes {
             && self.history.is_empty()
             && self.outbox.is_empty()
             && self.events.is_empty()
-            && self.cancel_family_notices.is_empty()
+            && self.withdrawals.is_empty()
     }
 }
 

@@ -25,7 +25,7 @@ use carepath_engine::step::History;
 use super::{
     Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord, InstanceFilter, InstanceRow,
     KeptResponse, NoticeStatus, NoticeText, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome,
-    Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx,
+    Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -252,6 +252,7 @@ fn event_row(r: &SqliteRow) -> Result<EventRecord> {
         code: r.try_get("code")?,
         reason: r.try_get("reason")?,
         seq: r.try_get::<Option<i64>, _>("seq")?.map(|s| s as u64),
+        fingerprint: r.try_get("fingerprint")?,
         key,
     })
 }
@@ -277,6 +278,7 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
         id,
         key: r.try_get("key")?,
         instance_id: r.try_get("instance_id")?,
+        pathway_version_id: r.try_get("pathway_version_id")?,
         reference: r.try_get("ref")?,
         template: r.try_get("template")?,
         role: r.try_get("role")?,
@@ -294,6 +296,10 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
             reason: format!("unknown status {status:?}"),
         })?,
         not_before: ts(r.try_get("not_before")?, &what)?,
+        expires_at: r
+            .try_get::<Option<i64>, _>("expires_at")?
+            .map(|t| ts(t, &what))
+            .transpose()?,
         attempts: r.try_get::<i64, _>("attempts")? as u32,
         last_error: r.try_get("last_error")?,
         created_at: ts(r.try_get("created_at")?, &what)?,
@@ -712,6 +718,7 @@ impl Storage for SqliteStore {
                         (*id, "queued", Some(ms(*until)), 0, reason.as_str())
                     }
                     Delivery::Skipped { id, reason } => (*id, "skipped", None, 0, reason.as_str()),
+                    Delivery::Expired { id, reason } => (*id, "expired", None, 0, reason.as_str()),
                 })
                 .collect();
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -1039,30 +1046,38 @@ impl Tx for SqliteTx {
             });
             q.build().persistent(false).execute(&mut *conn).await?;
         }
-        for (id, reason) in &changes.cancel_family_notices {
-            let family_queued =
-                "FROM outbox WHERE instance_id = ? AND family = 1 AND status = 'queued'";
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO outbox_log (outbox_id, at, status, detail) SELECT id, ?, 'skipped', ? {family_queued}"
+        for w in &changes.withdrawals {
+            let (which, topic) = match &w.which {
+                Withdrawn::Family => ("family = 1", None),
+                Withdrawn::Topic(t) => ("topic = ?", Some(t)),
+            };
+            let queued =
+                format!("FROM outbox WHERE instance_id = ? AND status = 'queued' AND {which}");
+            let mut log = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO outbox_log (outbox_id, at, status, detail) SELECT id, ?, 'skipped', ? {queued}"
             )))
             .bind(ms(now))
-            .bind(reason)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE outbox SET status = 'skipped', last_error = ?, updated_at = ? WHERE id IN (SELECT id {family_queued})"
+            .bind(&w.reason)
+            .bind(w.instance_id);
+            if let Some(t) = topic {
+                log = log.bind(t);
+            }
+            log.execute(&mut *conn).await?;
+            let mut skip = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE outbox SET status = 'skipped', last_error = ?, updated_at = ? WHERE id IN (SELECT id {queued})"
             )))
-            .bind(reason)
+            .bind(&w.reason)
             .bind(ms(now))
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            .bind(w.instance_id);
+            if let Some(t) = topic {
+                skip = skip.bind(t);
+            }
+            skip.execute(&mut *conn).await?;
         }
-        for chunk in changes.outbox.chunks(MAX_BINDS / 19) {
+        for chunk in changes.outbox.chunks(MAX_BINDS / 21) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
-                 channel, address, language, subject, body, html, status, not_before, attempts, last_error, created_at, updated_at) ",
+                 channel, address, language, subject, body, html, status, not_before, expires_at, topic, attempts, last_error, created_at, updated_at) ",
             );
             q.push_values(chunk, |mut b, (t, n)| {
                 let id = target(*t);
@@ -1081,6 +1096,8 @@ impl Tx for SqliteTx {
                     .push_bind(&n.text.html)
                     .push_bind(n.status.as_str())
                     .push_bind(ms(n.not_before))
+                    .push_bind(n.expires_at.map(ms))
+                    .push_bind(&n.topic)
                     .push_bind(0i64)
                     .push_bind(&n.error)
                     .push_bind(ms(now))
@@ -1111,7 +1128,7 @@ impl Tx for SqliteTx {
         }
         for chunk in changes.events.chunks(MAX_BINDS / 12) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, outcome, code, reason, seq) ",
+                "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, outcome, code, reason, seq, fingerprint) ",
             );
             q.push_values(chunk, |mut b, (t, e)| {
                 b.push_bind(&e.key)
@@ -1124,7 +1141,8 @@ impl Tx for SqliteTx {
                     .push_bind(e.outcome.as_str())
                     .push_bind(&e.code)
                     .push_bind(&e.reason)
-                    .push_bind(e.seq.map(|s| s as i64));
+                    .push_bind(e.seq.map(|s| s as i64))
+                    .push_bind(&e.fingerprint);
             });
             q.build().persistent(false).execute(&mut *conn).await?;
         }
