@@ -30,14 +30,19 @@ use carepath_worker::store::{
 use super::support::root;
 
 /// Local time in Copenhagen.
-fn local(s: &str) -> Timestamp {
+pub(super) fn local(s: &str) -> Timestamp {
     format!("{s}[Europe/Copenhagen]")
         .parse::<jiff::ZonedDateTime>()
         .expect("local time")
         .timestamp()
 }
 
-fn contact(name: &str, email: Option<&str>, phone: Option<&str>, language: &str) -> Contact {
+pub(super) fn contact(
+    name: &str,
+    email: Option<&str>,
+    phone: Option<&str>,
+    language: &str,
+) -> Contact {
     Contact {
         name: name.into(),
         email: email.map(str::to_string),
@@ -47,7 +52,7 @@ fn contact(name: &str, email: Option<&str>, phone: Option<&str>, language: &str)
     }
 }
 
-async fn runtime(dir: &Path) -> (Runtime<SqliteStore>, Arc<VirtualClock>) {
+pub(super) async fn runtime(dir: &Path) -> (Runtime<SqliteStore>, Arc<VirtualClock>) {
     let start = local("2027-01-11T08:00");
     let store = SqliteStore::open(&dir.join("carepath.db"))
         .await
@@ -63,7 +68,7 @@ async fn runtime(dir: &Path) -> (Runtime<SqliteStore>, Arc<VirtualClock>) {
 }
 
 /// Enrols a family whose midwife is `midwife` and whose phone is `phone`, language `lang`.
-async fn enrol(rt: &Runtime<SqliteStore>, reference: &str, midwife: &str, lang: &str) {
+pub(super) async fn enrol(rt: &Runtime<SqliteStore>, reference: &str, midwife: &str, lang: &str) {
     let contacts: BTreeMap<String, Contact> = [
         (
             "gp",
@@ -132,7 +137,7 @@ async fn event(rt: &Runtime<SqliteStore>, reference: &str, name: &str, payload: 
     );
 }
 
-async fn rows(rt: &Runtime<SqliteStore>, template: &str) -> Vec<OutboxRow> {
+pub(super) async fn rows(rt: &Runtime<SqliteStore>, template: &str) -> Vec<OutboxRow> {
     rt.store()
         .outbox(&OutboxFilter::default())
         .await
@@ -325,11 +330,11 @@ async fn a_handoff_email_arrives_at_a_real_smtp_server_and_a_refused_one_is_dead
 }
 
 /// What the gateway double received.
-async fn requests(server: &MockServer) -> Vec<wiremock::Request> {
+pub(super) async fn requests(server: &MockServer) -> Vec<wiremock::Request> {
     server.received_requests().await.unwrap_or_default()
 }
 
-async fn gateway(server: &MockServer) -> SmsConfig {
+pub(super) async fn gateway(server: &MockServer) -> SmsConfig {
     // SAFETY of the environment: each test names its own variable.
     unsafe { std::env::set_var("CAREPATH_TEST_GATEWAYAPI_TOKEN", "test-token") };
     SmsConfig {
@@ -347,7 +352,7 @@ async fn gateway(server: &MockServer) -> SmsConfig {
 /// Books a scan for Monday 15 February 2027 at 09:30: the family's reminders are due
 /// Saturday 13 February 09:30 (two days before) and Monday 06:30 (three hours before).
 /// A gateway double that accepts every message.
-async fn accepting_gateway() -> MockServer {
+pub(super) async fn accepting_gateway() -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ids": [1]})))
@@ -356,7 +361,7 @@ async fn accepting_gateway() -> MockServer {
     server
 }
 
-async fn book_scan(rt: &Runtime<SqliteStore>, clock: &VirtualClock, reference: &str) {
+pub(super) async fn book_scan(rt: &Runtime<SqliteStore>, clock: &VirtualClock, reference: &str) {
     clock.advance_to(local("2027-01-12T09:00"));
     event(rt, reference, "first_exam_done", json!({"care_level": 2})).await;
     event(rt, reference, "referral_accepted", json!({})).await;
@@ -412,6 +417,8 @@ async fn a_family_reminder_waits_for_quiet_hours_and_reaches_the_gateway_in_arab
     assert_eq!(body["sender"], "Kommunen");
     let message = body["message"].as_str().expect("message");
     assert!(message.starts_with("تذكير"), "in Arabic: {message}");
+    // Arabic is outside GSM-7: GatewayAPI is told to send UCS-2, or the family gets garble.
+    assert_eq!(body["encoding"], "UCS2", "{body}");
     assert!(message.contains("Hvidovre Hospital"), "{message}");
     let sent = rows(&rt, "appointment_reminder").await;
     assert_eq!(body["userref"].as_str(), Some(sent[0].key.as_str()));

@@ -9,3 +9,4 @@ mod process;
 mod runtime;
 mod schema;
 mod support;
+mod timing;

@@ -33,7 +33,7 @@ fn contact(name: &str) -> Contact {
 }
 
 /// A runtime on a fresh database file in `dir`, with the pathways under `pathways`.
-async fn runtime(
+pub(super) async fn runtime(
     dir: &Path,
     pathways: &Path,
     start: Timestamp,
@@ -51,7 +51,7 @@ async fn runtime(
     )
 }
 
-fn event(key: &str, reference: &str, name: &str, payload: Value) -> EventRequest {
+pub(super) fn event(key: &str, reference: &str, name: &str, payload: Value) -> EventRequest {
     EventRequest {
         instance_id: None,
         key: key.into(),

@@ -156,7 +156,7 @@ pub enum Entry {
         subject: Option<String>,
         /// The text.
         body: Option<String>,
-        /// sent, skipped, dead, or queued (not yet due when the simulation ended).
+        /// sent, skipped, expired, dead, or queued (not yet due when the simulation ended).
         status: String,
         /// Why it waited past its creation (a family's quiet hours), if it did.
         #[serde(skip_serializing_if = "Option::is_none")]

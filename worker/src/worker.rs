@@ -62,6 +62,8 @@ pub struct Summary {
     pub delivered: usize,
     /// Notices that became dead letters.
     pub dead: usize,
+    /// Notices that went stale before they could go, and were not sent.
+    pub expired: usize,
     /// Whether a signal stopped it.
     pub stopped_by_signal: bool,
 }
@@ -200,6 +202,7 @@ pub async fn run<S: Storage>(
             let d = n.deliver(rt.store(), horizon).await?;
             summary.delivered += d.sent;
             summary.dead += d.dead;
+            summary.expired += d.expired;
         }
         if opts.until.is_some_and(|u| now >= u) {
             return Ok(summary);

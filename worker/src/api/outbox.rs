@@ -20,7 +20,7 @@ use crate::store::{NoticeStatus, OutboxFilter, OutboxRow, Storage};
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct OutboxQuery {
-    /// Only this status: queued, sent, skipped or dead.
+    /// Only this status: queued, sent, skipped, expired or dead.
     pub status: Option<String>,
     /// Only this instance.
     pub instance: Option<i64>,
@@ -48,7 +48,7 @@ pub struct OutboxEntry {
     pub channel: Option<String>,
     /// The address, masked (`+45 •••• ••78`).
     pub address: Option<String>,
-    /// queued, sent, skipped or dead.
+    /// queued, sent, skipped, expired or dead.
     pub status: String,
     /// Not to be sent before.
     #[schema(value_type = String, format = DateTime)]
@@ -96,18 +96,12 @@ pub async fn outbox<S: Storage>(
     Query(q): Query<OutboxQuery>,
 ) -> Result<Json<Vec<OutboxEntry>>, Problem> {
     caller.require(Scope::Read)?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some("queued") => Some(NoticeStatus::Queued),
-        Some("sent") => Some(NoticeStatus::Sent),
-        Some("skipped") => Some(NoticeStatus::Skipped),
-        Some("dead") => Some(NoticeStatus::Dead),
-        Some(other) => {
-            return Err(Problem::bad_query(&format!(
-                "status={other}: expected queued, sent, skipped or dead"
-            )));
-        }
-    };
+    let status = q
+        .status
+        .as_deref()
+        .map(NoticeStatus::from_name)
+        .transpose()
+        .map_err(|e| Problem::bad_query(&format!("status: {e}")))?;
     let rows = api
         .runtime
         .store()

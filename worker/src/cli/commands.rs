@@ -339,6 +339,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
         fired = summary.fired,
         delivered = summary.delivered,
         dead = summary.dead,
+        expired = summary.expired,
         lateness_p50 = late(0.5),
         lateness_p99 = late(0.99),
         "worker stopped"
@@ -613,17 +614,10 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
 }
 
 async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Result<ExitCode> {
-    let status = match status {
-        None => None,
-        Some("queued") => Some(NoticeStatus::Queued),
-        Some("sent") => Some(NoticeStatus::Sent),
-        Some("skipped") => Some(NoticeStatus::Skipped),
-        Some("expired") => Some(NoticeStatus::Expired),
-        Some("dead") => Some(NoticeStatus::Dead),
-        Some(other) => {
-            bail!("unknown status {other:?}: use queued, sent, skipped, expired or dead")
-        }
-    };
+    let status = status
+        .map(NoticeStatus::from_name)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     if !db.exists() {
         bail!("no database at {}: pass --db", db.display());
     }
@@ -1005,10 +999,11 @@ async fn demo(
         .len();
     rt.store().close().await;
     println!(
-        "\n{} timers fired, {} notices delivered to {}, {dead} dead letters",
+        "\n{} timers fired, {} notices delivered to {}, {} expired unsent (stale before they could go), {dead} dead letters",
         summary.fired,
         summary.delivered,
-        notices.display()
+        notices.display(),
+        summary.expired
     );
     for (state, n) in states {
         println!("  {n} × {state}");

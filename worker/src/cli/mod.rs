@@ -135,7 +135,7 @@ pub enum Command {
         /// Show or retry one notice.
         #[command(subcommand)]
         action: Option<OutboxAction>,
-        /// Only this status: queued, sent, skipped, dead.
+        /// Only this status: queued, sent, skipped, expired, dead.
         #[arg(long)]
         status: Option<String>,
         /// The database file.

@@ -335,6 +335,23 @@ impl NoticeStatus {
         }
     }
 
+    /// Every status, in the order a notice can reach them.
+    pub const ALL: [NoticeStatus; 5] = [
+        NoticeStatus::Queued,
+        NoticeStatus::Sent,
+        NoticeStatus::Skipped,
+        NoticeStatus::Expired,
+        NoticeStatus::Dead,
+    ];
+
+    /// Reads a status as a user writes it (`dead`), or says which ones there are.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        Self::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown status {name:?}: use {}", names.join(", "))
+        })
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "queued" => NoticeStatus::Queued,
