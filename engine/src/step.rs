@@ -167,6 +167,27 @@ pub struct Notice {
     pub topic: Option<String>,
 }
 
+/// Something the owner of an instance must be told by carepath itself, since no template of
+/// the pathway covers it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Alert {
+    /// A timer could not be armed (a date out of range, a schedule that never fires again):
+    /// the step went on without it, so nothing will move the family on by that timer.
+    TimerNotArmed {
+        /// What could not be armed and why, in words.
+        what: String,
+    },
+    /// The horizon passed and the pathway declares no `on_horizon`: the instance was closed
+    /// where it was.
+    HorizonClosed {
+        /// The horizon, as written.
+        horizon: String,
+        /// The state the family was in.
+        state: String,
+    },
+}
+
 /// Notices not yet sent that a step makes stale: those of `topic` are not to be sent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Withdrawal {
@@ -249,9 +270,9 @@ pub struct Effects {
     pub enrolments: Vec<Enrolment>,
     /// Notices of earlier steps, not yet sent, that this step made stale.
     pub withdrawn: Vec<Withdrawal>,
-    /// Timers this step could not arm (a cron schedule that never fires again, a date out of
-    /// range), in words: the step went on without them, and the caller tells the owner.
-    pub problems: Vec<String>,
+    /// What the instance's owner must hear of from carepath itself, not from a pathway
+    /// template: a timer this step could not arm, the horizon closing the instance.
+    pub alerts: Vec<Alert>,
     /// The history entry.
     pub history: History,
 }
@@ -489,7 +510,7 @@ struct Stepper<'p> {
     notices: Vec<Notice>,
     enrolments: Vec<Enrolment>,
     withdrawn: Vec<Withdrawal>,
-    problems: Vec<String>,
+    alerts: Vec<Alert>,
     notes: Vec<String>,
     /// The owner before the state being entered set its own.
     owner_before: Option<String>,
@@ -510,7 +531,7 @@ impl<'p> Stepper<'p> {
             notices: Vec::new(),
             enrolments: Vec::new(),
             withdrawn: Vec::new(),
-            problems: Vec::new(),
+            alerts: Vec::new(),
             notes: Vec::new(),
         })
     }
@@ -535,7 +556,7 @@ impl<'p> Stepper<'p> {
             notices: self.notices,
             enrolments: self.enrolments,
             withdrawn: self.withdrawn,
-            problems: self.problems,
+            alerts: self.alerts,
             history,
         }
     }
@@ -898,6 +919,10 @@ impl<'p> Stepper<'p> {
                     "horizon {horizon} reached in \"{}\": the pathway was closed",
                     self.instance.state
                 ));
+                self.alerts.push(Alert::HorizonClosed {
+                    horizon: horizon.to_string(),
+                    state: self.instance.state.clone(),
+                });
                 self.instance.status = Status::Finished;
                 self.cancel_where(|_| false);
                 self.instance.open_activities.clear();
@@ -1240,7 +1265,7 @@ impl<'p> Stepper<'p> {
     fn problem(&mut self, what: String, e: &StepError) {
         let text = format!("{what} could not be armed: {e}");
         self.notes.push(text.clone());
-        self.problems.push(text);
+        self.alerts.push(Alert::TimerNotArmed { what: text });
     }
 }
 

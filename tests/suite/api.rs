@@ -604,6 +604,15 @@ async fn refused_requests_say_why_and_change_nothing() {
     s.post(&events, HOSPITAL, &exam, Some("k-2"))
         .await
         .problem(422, "idempotency-key-reused");
+    // So is the same event with other contacts: the whole request is the key's.
+    let with_contact = json!({
+        "event": "birth_registered",
+        "payload": {"birth_date": "2027-08-01"},
+        "contacts": {"health_visitor": {"name": "Hanne", "email": "hanne@example.dk"}}
+    });
+    s.post(&events, HOSPITAL, &with_contact, Some("k-2"))
+        .await
+        .problem(422, "idempotency-key-reused");
     let bad_key = s.post(&events, HOSPITAL, &exam, Some("")).await;
     bad_key.problem(400, "bad-idempotency-key");
 

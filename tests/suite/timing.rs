@@ -556,7 +556,15 @@ async fn the_horizon_closes_a_family_nothing_moves_on_or_moves_it_where_the_path
         // Follow-ups on 1 February, March and April, and none after the horizon.
         assert_eq!(timer_fired_at(&history, "follow_up").len(), 3);
     }
-    assert_eq!(rows(&rt, "closing").await.len(), 1, "the owner is told");
+    // The owner hears of it either way: from the pathway's own action, or from carepath.
+    assert_eq!(rows(&rt, "closing").await.len(), 1);
+    let closed = rows(&rt, carepath_worker::runtime::HORIZON_CLOSED).await;
+    assert_eq!(closed.len(), 1, "only where the pathway says nothing");
+    assert_eq!(closed[0].role, "coordinator");
+    assert_eq!(
+        closed[0].text.subject.as_deref(),
+        Some("carepath: forløbet for familie FAM-PLAIN er lukket ved sin tidshorisont")
+    );
 }
 
 #[tokio::test]
@@ -594,7 +602,7 @@ async fn a_timer_that_cannot_be_armed_is_told_to_the_owner_not_dropped() {
             .any(|n| n.starts_with("one_month_old of state \"infant\" could not be armed")),
         "{notes:?}"
     );
-    let told = rows(&rt, carepath_worker::runtime::PROBLEM_TEMPLATE).await;
+    let told = rows(&rt, carepath_worker::runtime::TIMER_NOT_ARMED).await;
     assert_eq!(told.len(), 1);
     assert_eq!(told[0].role, "coordinator");
     assert_eq!(told[0].status, NoticeStatus::Queued);

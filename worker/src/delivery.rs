@@ -168,7 +168,12 @@ impl Notifier {
             .filter_map(|r| Some((Self::opt_out_key(r.address.as_deref()?), r.channel?)))
             .collect();
         let opted_out = store.opted_out(&family).await?;
-        let quiet_until = self.quiet.next_allowed(now).unwrap_or(now);
+        // Quiet hours that cannot be computed (a time zone the configuration check let
+        // through) hold family notices for an hour and say why: never sent at night by default.
+        let quiet_until = self.quiet.next_allowed(now).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "quiet hours cannot be computed: family notices wait");
+            now + jiff::SignedDuration::from_hours(1)
+        });
 
         let mut outcomes = Vec::with_capacity(rows.len());
         let mut to_send: Vec<(&OutboxRow, Message)> = Vec::new();
@@ -290,11 +295,19 @@ impl Notifier {
             Err(e) => {
                 let attempt = r.attempts + 1;
                 let error = scrub(&e.to_string());
-                match (e.is_transient(), self.retry.next(attempt, fastrand::f64())) {
-                    (true, Some(wait)) => {
-                        let not_before = now
-                            .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default())
-                            .unwrap_or(now);
+                // A retry time that cannot be computed is a dead letter that says so, never a
+                // retry at once.
+                let retry_at = self.retry.next(attempt, fastrand::f64()).map(|wait| {
+                    jiff::SignedDuration::try_from(wait)
+                        .ok()
+                        .and_then(|w| now.checked_add(w).ok())
+                });
+                match (e.is_transient(), retry_at) {
+                    (true, Some(None)) => Delivery::Dead {
+                        id: r.id,
+                        error: format!("{error}; the next retry falls outside the calendar"),
+                    },
+                    (true, Some(Some(not_before))) => {
                         tracing::warn!(notice = r.id, to = %to, attempt, %error, retry_at = %not_before, "send failed; will retry");
                         Delivery::Retry {
                             id: r.id,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use carepath_engine::pathway::{Channel, Sector, enrolled_roles};
-use carepath_engine::step::{ArmedTimer, Effects, Enrolment, Input, Instance, Status};
+use carepath_engine::step::{Alert, ArmedTimer, Effects, Enrolment, Input, Instance, Status};
 use carepath_engine::{StepError, start, step};
 use carepath_notifier::channel::{mask_email, mask_phone};
 
@@ -1030,8 +1030,8 @@ impl<'c> Batch<'c> {
         for w in std::mem::take(&mut effects.withdrawn) {
             self.withdraw(id, Withdrawn::Topic(w.topic), w.reason);
         }
-        if !effects.problems.is_empty() {
-            self.problems(id, version, &roles, &reference, &effects, now);
+        if !effects.alerts.is_empty() {
+            self.alerts(id, version, &roles, &reference, &effects, now);
         }
         for n in &effects.notices {
             let notice = render(version, &roles, n, &reference, now);
@@ -1068,9 +1068,10 @@ impl<'c> Batch<'c> {
         });
     }
 
-    /// Timers a step could not arm: logged at WARN and told to the instance's owner, so a
-    /// family is never left waiting on a timer that will not come.
-    fn problems(
+    /// What carepath itself must tell the instance's owner (a timer that could not be armed,
+    /// the horizon closing the instance): logged at WARN and sent to the owner, so a family is
+    /// never left waiting on a timer that will not come, nor closed without anyone knowing.
+    fn alerts(
         &mut self,
         id: i64,
         version: &Version,
@@ -1079,19 +1080,26 @@ impl<'c> Batch<'c> {
         effects: &Effects,
         now: Timestamp,
     ) {
-        for (i, problem) in effects.problems.iter().enumerate() {
-            tracing::warn!(instance = id, pathway = %version.checked.pathway.id, %problem, "a timer could not be armed; the owner is told");
+        for (i, alert) in effects.alerts.iter().enumerate() {
+            let pathway = &version.checked.pathway.id;
+            match alert {
+                Alert::TimerNotArmed { what } => {
+                    tracing::warn!(instance = id, %pathway, problem = %what, "a timer could not be armed; the owner is told");
+                }
+                Alert::HorizonClosed { horizon, state } => {
+                    tracing::warn!(instance = id, %pathway, %horizon, %state, "the horizon closed an instance still on its pathway; the owner is told");
+                }
+            }
             let Some(owner) = effects.instance.owner.clone() else {
                 continue;
             };
-            let notice = problem_notice(
+            let notice = alert_notice(
                 version,
                 roles,
                 &owner,
-                format!("{}:problem:{i}", effects.history.seq),
+                format!("{}:alert:{i}", effects.history.seq),
                 reference,
-                &effects.history.to,
-                problem,
+                alert,
                 now,
             );
             self.changes.outbox.push((Target::Id(id), notice));
@@ -1375,60 +1383,67 @@ fn addressed(
     (notice, Some(contact.clone()))
 }
 
-/// The template name of the notice that tells an owner a timer could not be armed. It is
-/// carepath's own text, not a pathway template, so every pathway has it.
-pub const PROBLEM_TEMPLATE: &str = "carepath-timer-not-armed";
+/// The template name of carepath's own notice that a timer could not be armed.
+pub const TIMER_NOT_ARMED: &str = "carepath-timer-not-armed";
 
-/// Tells the owner that a timer could not be armed: in Danish, or English for a contact who
-/// reads English; by SMS only that something needs looking at, with nothing of the problem.
+/// The template name of carepath's own notice that the horizon closed an instance.
+pub const HORIZON_CLOSED: &str = "carepath-horizon-closed";
+
+/// Tells the owner what carepath itself noticed ([`Alert`]): carepath's own text, not a
+/// pathway template, so every pathway has it. In Danish, or English for a contact who reads
+/// English; by SMS only that something needs looking at, with nothing of the detail.
 #[allow(clippy::too_many_arguments)]
-fn problem_notice(
+fn alert_notice(
     version: &Version,
     roles: &RoleMap,
     role: &str,
     key: String,
     reference: &str,
-    state: &str,
-    problem: &str,
+    alert: &Alert,
     now: Timestamp,
 ) -> NewNotice {
-    let (mut notice, contact) = addressed(version, roles, &key, PROBLEM_TEMPLATE, role, now);
+    let template = match alert {
+        Alert::TimerNotArmed { .. } => TIMER_NOT_ARMED,
+        Alert::HorizonClosed { .. } => HORIZON_CLOSED,
+    };
+    let (mut notice, contact) = addressed(version, roles, &key, template, role, now);
     let (Some(contact), Some(channel)) = (contact, notice.channel) else {
         return notice;
     };
     let title = &version.checked.pathway.title;
+    let name = &contact.name;
     let english = contact.language == "en";
+    let see = format!("carepath status {reference}");
+    let (subject, body) = match (alert, english) {
+        (Alert::TimerNotArmed { what }, false) => (
+            format!("carepath: en timer kunne ikke sættes for familie {reference}"),
+            format!(
+                "Kære {name}\n\nFamilien {reference} er på forløbet \"{title}\", hvor du er ansvarlig.\n\n{what}.\n\nForløbet venter nu uden denne timer: følg selv op, og bed koordinatoren rette forløbet. Se `{see}`."
+            ),
+        ),
+        (Alert::TimerNotArmed { what }, true) => (
+            format!("carepath: a timer could not be set for family {reference}"),
+            format!(
+                "Dear {name}\n\nFamily {reference} is on the pathway \"{title}\", where you are responsible.\n\n{what}.\n\nThe pathway now waits without this timer: follow up yourself, and ask the coordinator to correct the pathway. See `{see}`."
+            ),
+        ),
+        (Alert::HorizonClosed { horizon, state }, false) => (
+            format!("carepath: forløbet for familie {reference} er lukket ved sin tidshorisont"),
+            format!(
+                "Kære {name}\n\nFamilien {reference} var stadig i \"{state}\" på forløbet \"{title}\", da forløbets tidshorisont ({horizon} fra henvisningen) var nået. Forløbet er lukket, og der sendes ikke flere beskeder fra det.\n\nFølg op, hvis familien stadig har brug for hjælp. Se `{see}`."
+            ),
+        ),
+        (Alert::HorizonClosed { horizon, state }, true) => (
+            format!("carepath: the pathway of family {reference} closed at its horizon"),
+            format!(
+                "Dear {name}\n\nFamily {reference} was still in \"{state}\" on the pathway \"{title}\" when the pathway's horizon ({horizon} from enrolment) passed. The pathway is closed, and it sends nothing more.\n\nFollow up if the family still needs help. See `{see}`."
+            ),
+        ),
+    };
     let (subject, body) = match (channel, english) {
-        (Channel::Sms, false) => (
-            None,
-            format!(
-                "carepath: forløbet for familie {reference} mangler en påmindelse. Se carepath status {reference}."
-            ),
-        ),
-        (Channel::Sms, true) => (
-            None,
-            format!(
-                "carepath: the pathway of family {reference} is missing a reminder. See carepath status {reference}."
-            ),
-        ),
-        (Channel::Email, false) => (
-            Some(format!(
-                "carepath: en timer kunne ikke sættes for familie {reference}"
-            )),
-            format!(
-                "Kære {}\n\nFamilien {reference} er i \"{state}\" på forløbet \"{title}\", hvor du er ansvarlig.\n\n{problem}.\n\nForløbet venter nu uden denne timer: følg selv op, og bed koordinatoren rette forløbet. Se `carepath status {reference}`.",
-                contact.name
-            ),
-        ),
-        (Channel::Email, true) => (
-            Some(format!(
-                "carepath: a timer could not be set for family {reference}"
-            )),
-            format!(
-                "Dear {}\n\nFamily {reference} is in \"{state}\" on the pathway \"{title}\", where you are responsible.\n\n{problem}.\n\nThe pathway now waits without this timer: follow up yourself, and ask the coordinator to correct the pathway. See `carepath status {reference}`.",
-                contact.name
-            ),
-        ),
+        (Channel::Email, _) => (Some(subject), body),
+        (Channel::Sms, false) => (None, format!("{subject}. Se {see}.")),
+        (Channel::Sms, true) => (None, format!("{subject}. See {see}.")),
     };
     notice.text = NoticeText {
         language: Some(if english { "en" } else { "da" }.into()),
