@@ -16,6 +16,83 @@ use crate::pathway::{
 };
 use crate::template::{self, TemplateFile};
 
+/// The largest pathway or template file the checker reads, in bytes.
+pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most findings listed for one file; the rest are counted in a last one.
+pub const MAX_DIAGNOSTICS_PER_FILE: usize = 100;
+
+/// Keeps at most [`MAX_DIAGNOSTICS_PER_FILE`] findings per file, errors first, in reading
+/// order, and says how many more there were: a broken 20 MB file gives a short report.
+fn cap(diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut files: Vec<(String, Vec<Diagnostic>)> = Vec::new();
+    for d in diagnostics {
+        match files.iter_mut().find(|(f, _)| *f == d.file) {
+            Some((_, list)) => list.push(d),
+            None => files.push((d.file.clone(), vec![d])),
+        }
+    }
+    let mut out = Vec::new();
+    for (file, mut list) in files {
+        if list.len() <= MAX_DIAGNOSTICS_PER_FILE {
+            out.extend(list);
+            continue;
+        }
+        // Stable: errors first, each kind in reading order.
+        list.sort_by_key(|d| d.severity);
+        let rest = list.split_off(MAX_DIAGNOSTICS_PER_FILE);
+        list.sort_by_key(|d| (d.line, d.column));
+        let errors = rest
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        let code = Code::TooManyDiagnostics;
+        out.extend(list);
+        out.push(Diagnostic {
+            severity: code.severity(),
+            code,
+            message: format!(
+                "{} more findings in this file ({}, {}) are not listed",
+                rest.len(),
+                count(errors, "error"),
+                count(rest.len() - errors, "warning")
+            ),
+            file,
+            line: 1,
+            column: 1,
+            pointer: String::new(),
+            hint: Some("fix the findings above and check again".into()),
+            source_line: String::new(),
+            caret: 1,
+            width: 1,
+        });
+    }
+    out
+}
+
+/// Whether a template's path (`fields.*`, `fields`, the whole data as ``) can show the
+/// value at `target` (`fields.cpr`).
+fn reaches(path: &str, target: &str) -> bool {
+    if path.is_empty() {
+        return true;
+    }
+    let mut p = path.split('.');
+    let mut t = target.split('.');
+    loop {
+        match (p.next(), t.next()) {
+            (None, _) => return true,
+            (Some(_), None) => return false,
+            (Some(a), Some(b)) if a == b || a == "*" => {}
+            _ => return false,
+        }
+    }
+}
+
+/// `1 error`, `2 errors`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// One file's name (as it should be shown) and text.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceFile {
@@ -110,6 +187,21 @@ pub fn check(sources: &[PathwaySource]) -> Report {
             .iter()
             .partition(|f| template::html_file_name(&f.path).is_some());
         for file in text {
+            if file.text.len() > MAX_FILE_BYTES {
+                diagnostics.push(at_template(
+                    file.path.as_str(),
+                    "",
+                    Code::FileTooLarge,
+                    &format!(
+                        "the template has {} bytes, more than the {MAX_FILE_BYTES} carepath reads",
+                        file.text.len()
+                    ),
+                    1,
+                    1,
+                    Some("a notice is a few lines: shorten the template".into()),
+                ));
+                continue;
+            }
             match template::read(&file.path, &file.text) {
                 Ok(t) => templates.push(t),
                 Err(problem) => {
@@ -151,7 +243,7 @@ pub fn check(sources: &[PathwaySource]) -> Report {
             ))
         });
         let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
-        report.diagnostics.extend(diagnostics);
+        report.diagnostics.extend(cap(diagnostics));
         if let (false, Some(p)) = (failed, &d.pathway) {
             report.pathways.push(CheckedPathway {
                 pathway: p.clone(),
@@ -378,6 +470,15 @@ impl Checker<'_, '_> {
         };
         // Parse each distinct text once: a large pathway repeats its guards.
         if !self.expressions.contains_key(text) {
+            if let Err(e) = crate::expr::limits(text) {
+                self.push(
+                    Code::GuardTooComplex,
+                    pointer,
+                    e,
+                    Some("keep a guard to a short condition; compute anything longer into a field with an event".into()),
+                );
+                return;
+            }
             match Expression::compile(text) {
                 Ok(e) => {
                     self.expressions.insert(text.to_string(), e);
@@ -1066,7 +1167,27 @@ impl Checker<'_, '_> {
             }
         };
         let mut reported = HashSet::new();
+        let sensitive: Vec<String> = self
+            .p
+            .fields
+            .iter()
+            .filter(|(_, f)| f.sensitive)
+            .map(|(name, _)| format!("fields.{name}"))
+            .collect();
         for u in uses {
+            if let Some(why) = &u.unsafe_construct {
+                let d = at_template(
+                    path,
+                    text,
+                    Code::UnsafeTemplateConstruct,
+                    why,
+                    u.line,
+                    u.column,
+                    Some("a notice's template names each value it shows, as fields.NAME or appointment.at: carepath must be able to tell what it sends".into()),
+                );
+                self.out.push(d);
+                continue;
+            }
             if u.helper {
                 if !template::HELPERS.contains(&u.name.as_str()) {
                     let d = at_template(
@@ -1082,14 +1203,51 @@ impl Checker<'_, '_> {
                 }
                 continue;
             }
-            if let Some(field) = u.name.strip_prefix("fields.")
-                && self.p.fields.get(field).is_some_and(|f| f.sensitive)
-            {
+            let reached: Vec<&str> = sensitive
+                .iter()
+                .filter(|s| reaches(&u.name, s))
+                .map(|s| &s["fields.".len()..])
+                .collect();
+            if !reached.is_empty() {
                 let code = match t.channel {
                     Channel::Sms => Code::SensitiveInSms,
                     Channel::Email => Code::SensitiveInEmail,
                 };
-                let d = at_template(path, text, code, &format!("sensitive field \"{field}\" in an {} template", t.channel.as_str()), u.line, u.column, Some("a notice may hold time, place and a rebooking number; never sensitive data. Remove the field".into()));
+                let what = if u.name.strip_prefix("fields.") == reached.first().copied() {
+                    format!("sensitive field \"{}\"", reached[0])
+                } else {
+                    let shown = if u.name.is_empty() { "this" } else { &u.name };
+                    format!(
+                        "\"{shown}\" reaches the sensitive field{} {}",
+                        if reached.len() == 1 { "" } else { "s" },
+                        reached
+                            .iter()
+                            .map(|f| format!("\"{f}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                let d = at_template(path, text, code, &format!("{what} in an {} template", t.channel.as_str()), u.line, u.column, Some("a notice may hold time, place and a rebooking number; never sensitive data. Remove the field".into()));
+                self.out.push(d);
+                continue;
+            }
+            if u.name == "appointment.place"
+                && t.channel == Channel::Sms
+                && !self
+                    .p
+                    .appointments
+                    .as_ref()
+                    .is_some_and(|a| a.neutral_place)
+            {
+                let d = at_template(
+                    path,
+                    text,
+                    Code::SensitiveInSms,
+                    "\"appointment.place\" is free text from the booking system, and the pathway does not declare it neutral: it could name a service that signals vulnerability",
+                    u.line,
+                    u.column,
+                    Some("declare \"neutral_place\": true under \"appointments\" once the booking systems send neutral addresses only, or leave the place out of the SMS".into()),
+                );
                 self.out.push(d);
                 continue;
             }

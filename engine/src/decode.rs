@@ -75,6 +75,29 @@ pub struct Decoded<'a> {
 /// Decodes the text of a `pathway.json`.
 pub fn decode<'a>(file: &'a str, text: &'a str) -> Decoded<'a> {
     let index = LineIndex::new(text);
+    if text.len() > crate::check::MAX_FILE_BYTES {
+        let d = index.diagnostic(
+            file,
+            Code::FileTooLarge,
+            format!(
+                "the file has {} bytes, more than the {} a pathway may have",
+                text.len(),
+                crate::check::MAX_FILE_BYTES
+            ),
+            json::Span { start: 0, end: 1 },
+            "",
+            Some("a pathway is a few hundred kilobytes at most: split it into pathways that refer to each other with enroll".into()),
+        );
+        return Decoded {
+            pathway: None,
+            located: Located {
+                file,
+                index,
+                locations: Locations::default(),
+            },
+            diagnostics: vec![d],
+        };
+    }
     let root = match json::parse(text) {
         Ok(root) => root,
         Err(e) => {
@@ -628,6 +651,8 @@ impl Cx<'_, '_> {
         let mut o = self.obj(node, pointer)?;
         let to = self.req(&mut o, "to");
         let to = self.opt(to, Self::name);
+        let neutral_place = self.get(&mut o, "neutral_place");
+        let neutral_place = self.opt(neutral_place, Self::boolean).unwrap_or(false);
         let reminders = self.req(&mut o, "reminders");
         let reminders = self.list(reminders, |cx, n, p| {
             let mut o = cx.obj(n, p)?;
@@ -642,7 +667,11 @@ impl Cx<'_, '_> {
             })
         });
         self.finish(o);
-        Some(AppointmentPolicy { to: to?, reminders })
+        Some(AppointmentPolicy {
+            to: to?,
+            reminders,
+            neutral_place,
+        })
     }
 
     fn state(&mut self, node: &Node, pointer: &str) -> Option<State> {

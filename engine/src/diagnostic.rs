@@ -60,6 +60,8 @@ macro_rules! codes {
 codes! {
     ParseError = "parse-error", Error,
         "The file is not valid JSON (or a template file cannot be read as a template).";
+    FileTooLarge = "file-too-large", Error,
+        "A pathway or template file larger than carepath reads (16 MiB).";
     UnknownKey = "unknown-key", Error,
         "A key the language does not know: usually a typo.";
     MissingKey = "missing-key", Error,
@@ -100,6 +102,8 @@ codes! {
         "A cron schedule that does not parse.";
     BadGuard = "bad-guard", Error,
         "A guard or `set` expression that does not parse or uses undeclared names.";
+    GuardTooComplex = "guard-too-complex", Error,
+        "A guard or `set` expression nested deeper or longer than carepath evaluates safely.";
     BadTimeZone = "bad-time-zone", Error,
         "A time zone that is not an IANA name.";
     TemplateError = "template-error", Error,
@@ -108,6 +112,8 @@ codes! {
         "A template uses a variable the pathway does not provide where the template is used.";
     MissingTranslation = "missing-translation", Error,
         "A template has no file in the pathway's default language.";
+    UnsafeTemplateConstruct = "unsafe-template-construct", Error,
+        "A template construct whose output cannot be known before sending (a partial, a computed key, a helper with the wrong parameters).";
     SensitiveInSms = "sensitive-in-sms", Error,
         "A sensitive field is used in an SMS template.";
     SensitiveInEmail = "sensitive-in-email", Error,
@@ -126,6 +132,8 @@ codes! {
         "An `enroll` without `roles` passes a contact to a role of the same name in another sector.";
     UnusedTemplate = "unused-template", Warning,
         "A template file that no notice uses.";
+    TooManyDiagnostics = "too-many-diagnostics", Warning,
+        "A file has more findings than are shown (100): the rest are counted, not listed.";
     SmsSegments = "sms-segments", Warning,
         "An SMS template that, with sample values, needs more segments than configured (`carepath validate`, from the notifier).";
 }
@@ -162,12 +170,45 @@ pub struct Diagnostic {
     pub pointer: String,
     /// What to do about it.
     pub hint: Option<String>,
-    /// The source line, for rendering with a caret.
+    /// The source line, for rendering with a caret: for a long line, only a window of it
+    /// around the column (with `…` where it was cut), so a 20 MB one-line file gives short
+    /// diagnostics.
     #[serde(skip)]
     pub source_line: String,
+    /// The 1-based column of the caret in `source_line` (the column itself, unless the line
+    /// was cut).
+    #[serde(skip)]
+    pub caret: usize,
     /// How many characters the caret underlines.
     #[serde(skip)]
     pub width: usize,
+}
+
+/// The most characters of a source line a diagnostic shows.
+pub const SNIPPET_WIDTH: usize = 100;
+
+/// A window of at most [`SNIPPET_WIDTH`] characters of `line` around the 1-based `column`,
+/// with `…` where it was cut; returns it with the caret's column in it and the width the
+/// caret may underline.
+pub fn snippet(line: &str, column: usize, width: usize) -> (String, usize, usize) {
+    let length = line.chars().count();
+    if length <= SNIPPET_WIDTH {
+        return (line.to_string(), column, width.max(1));
+    }
+    // Some context before the column, most of the window after it.
+    let start = column.saturating_sub(1).saturating_sub(30).min(length);
+    let end = (start + SNIPPET_WIDTH).min(length);
+    let mut window: String = line.chars().skip(start).take(end - start).collect();
+    let mut caret = column - start;
+    if start > 0 {
+        window.insert(0, '…');
+        caret += 1;
+    }
+    let room = end.saturating_sub(column - 1).max(1);
+    if end < length {
+        window.push('…');
+    }
+    (window, caret, width.clamp(1, room))
 }
 
 impl Diagnostic {
@@ -199,7 +240,7 @@ impl Diagnostic {
             let _ = writeln!(
                 out,
                 "{pad} | {}{}",
-                " ".repeat(self.column.saturating_sub(1)),
+                " ".repeat(self.caret.saturating_sub(1)),
                 "^".repeat(self.width.max(1))
             );
         }
@@ -284,13 +325,20 @@ impl<'a> LineIndex<'a> {
         hint: Option<String>,
     ) -> Diagnostic {
         let (line, column) = self.line_col(span.start);
-        let source_line = self.line(line).to_string();
-        let available = source_line.chars().count().saturating_sub(column - 1);
-        let width = self
+        let whole = self.line(line);
+        // The span's first line, counted only as far as a snippet can show.
+        let spanned = self
             .text
             .get(span.start..span.end.max(span.start))
-            .map_or(1, |s| s.lines().next().unwrap_or("").chars().count())
-            .clamp(1, available.max(1));
+            .map_or(1, |s| {
+                s.lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(SNIPPET_WIDTH)
+                    .count()
+            });
+        let (source_line, caret, width) = snippet(whole, column, spanned);
         Diagnostic {
             severity: code.severity(),
             code,
@@ -301,6 +349,7 @@ impl<'a> LineIndex<'a> {
             pointer: pointer.to_string(),
             hint,
             source_line,
+            caret,
             width,
         }
     }

@@ -55,6 +55,57 @@ impl std::fmt::Debug for Expression {
     }
 }
 
+/// The longest expression carepath parses, in characters.
+pub const MAX_LENGTH: usize = 500;
+/// The deepest nesting of brackets an expression may have.
+pub const MAX_NESTING: usize = 12;
+/// The most operators an expression may chain.
+pub const MAX_OPERATORS: usize = 48;
+
+/// Refuses an expression too long, too deeply nested or with too many operators for the
+/// parser and evaluator, which recurse, to handle safely on a thread's stack. A guard is a
+/// short condition; anything near these limits belongs in a field set by an event.
+pub fn limits(text: &str) -> Result<(), String> {
+    let length = text.chars().count();
+    if length > MAX_LENGTH {
+        return Err(format!(
+            "expression of {length} characters is longer than {MAX_LENGTH}"
+        ));
+    }
+    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q && previous != '\\' => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                '+' | '-' | '*' | '/' | '%' | '<' | '>' | '!' | '?' | ',' => operators += 1,
+                '&' | '|' | '=' if previous != c => operators += 1,
+                _ => {}
+            },
+        }
+        previous = c;
+    }
+    if deepest > MAX_NESTING {
+        return Err(format!(
+            "expression nests {deepest} brackets deep, more than {MAX_NESTING}"
+        ));
+    }
+    if operators > MAX_OPERATORS {
+        return Err(format!(
+            "expression has {operators} operators, more than {MAX_OPERATORS}"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses `text` and checks every name in it against `scope`.
 pub fn check(text: &str, scope: &Scope<'_>) -> Result<(), String> {
     Expression::compile(text)?.check(scope)
@@ -155,6 +206,7 @@ fn walk(e: &IdedExpr, scope: &Scope<'_>, bound: &mut Vec<String>) -> Result<(), 
 impl Expression {
     /// Compiles an expression (checked before, so this only fails on text never checked).
     pub fn compile(text: &str) -> Result<Expression, String> {
+        limits(text)?;
         cel::Program::compile(text)
             .map(|program| Expression { program })
             .map_err(|e| format!("expression {text:?} does not parse: {}", first_error(&e)))

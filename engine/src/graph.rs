@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use petgraph::Direction;
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, EdgeRef, Reversed};
 
@@ -188,7 +188,7 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
             can_finish.insert(n);
         }
     }
-    for scc in tarjan_scc(&g.graph).into_iter().rev() {
+    for scc in kosaraju_scc(&g.graph).into_iter().rev() {
         let mut trapped: Vec<NodeIndex> = scc
             .into_iter()
             .filter(|n| reachable.contains(n) && !can_finish.contains(n))
@@ -232,7 +232,7 @@ pub fn check(p: &Pathway, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
             _ => None,
         },
     );
-    for scc in tarjan_scc(&instant) {
+    for scc in kosaraju_scc(&instant) {
         let cyclic = scc.len() > 1 || instant.contains_edge(scc[0], scc[0]);
         if !cyclic {
             continue;
@@ -365,6 +365,21 @@ fn cron_gap_days(cron: &str, tz: &str) -> i64 {
     (longest - 3600 + 86_399) / 86_400
 }
 
+/// A path of states for a message: the first few and the last, so a message stays short
+/// however long the pathway.
+fn shorten_path(path: &[&str]) -> String {
+    const HEAD: usize = 6;
+    if path.len() <= HEAD + 2 {
+        return path.join(" → ");
+    }
+    format!(
+        "{} → … {} more … → {}",
+        path[..HEAD].join(" → "),
+        path.len() - HEAD - 1,
+        path[path.len() - 1]
+    )
+}
+
 fn horizon(p: &Pathway, g: &StateGraph<'_>, located: &Located<'_>, out: &mut Vec<Diagnostic>) {
     let limit = p.horizon.upper_days();
     let exceed = |days: i64| {
@@ -417,7 +432,7 @@ fn horizon(p: &Pathway, g: &StateGraph<'_>, located: &Located<'_>, out: &mut Vec
     let Some(s) = sub.node_indices().find(|n| sub[*n] == timers[start]) else {
         return;
     };
-    if let Some(cycle) = tarjan_scc(&sub)
+    if let Some(cycle) = kosaraju_scc(&sub)
         .into_iter()
         .find(|c| c.len() > 1 || sub.contains_edge(c[0], c[0]))
     {
@@ -472,7 +487,7 @@ fn horizon(p: &Pathway, g: &StateGraph<'_>, located: &Located<'_>, out: &mut Vec
             "/horizon",
             format!(
                 "timers alone can keep a family on the pathway ({}) {}",
-                path.join(" → "),
+                shorten_path(&path),
                 exceed(days)
             ),
             Some("shorten the timers on that path, or lengthen \"horizon\"".into()),

@@ -319,6 +319,12 @@ pub struct AppointmentPolicy {
     pub to: String,
     /// One reminder per entry, at `before` ahead of the appointment.
     pub reminders: Vec<Reminder>,
+    /// The places the booking systems send are neutral addresses ("Hvidovre Hospital,
+    /// indgang 3"), never the name of a service that signals vulnerability
+    /// ("Familieambulatoriet"): only then may an SMS show `appointment.place`, since the place
+    /// is free text from another system.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub neutral_place: bool,
 }
 
 /// One reminder before an appointment.

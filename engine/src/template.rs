@@ -18,7 +18,7 @@ pub const HELPERS: &[&str] = &[
     "datetime", // the notifier's, in the recipient's language and the pathway's zone
 ];
 
-/// Block helpers inside which `this` is something else, so paths are not checked.
+/// Block helpers inside which `this` is something else: the walker follows it.
 const SCOPING: &[&str] = &["each", "with"];
 
 /// One template file, parsed from its name and text.
@@ -153,10 +153,17 @@ pub fn read(path: &str, text: &str) -> Result<TemplateFile, TemplateProblem> {
 /// A variable or helper a template uses, with its position in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Use {
-    /// A dotted path (`fields.due_date`), or a helper's name.
+    /// A helper's name, or a variable as a dotted path from the top of the notice's data
+    /// (`fields.due_date`), whatever way the template reached it: `this.fields.x`,
+    /// `@root.fields.x`, `{{#with fields}}{{x}}`, `(lookup this "fields")` all name
+    /// `fields.x`. `*` stands for every member (`{{#each fields}}` reaches `fields.*`); the
+    /// empty path is the whole data (`{{this}}` at the top).
     pub name: String,
     /// Whether it is a helper call rather than a variable.
     pub helper: bool,
+    /// Why the template cannot be read statically here (a partial, a computed key): such a
+    /// template is refused, since nobody could say what it sends.
+    pub unsafe_construct: Option<String>,
     /// 1-based line in the file.
     pub line: usize,
     /// 1-based column.
@@ -169,10 +176,10 @@ impl TemplateFile {
         let mut out = Vec::new();
         if let Some(subject) = &self.subject {
             let ast = compile(subject, 1, 10)?;
-            walk(&ast, 1, 10, &mut out);
+            Walker::new(1, 10, &mut out).walk(&ast);
         }
         let ast = compile(&self.body, self.body_line, 1)?;
-        walk(&ast, self.body_line, 1, &mut out);
+        Walker::new(self.body_line, 1, &mut out).walk(&ast);
         Ok(out)
     }
 
@@ -182,7 +189,7 @@ impl TemplateFile {
         let html = self.html.as_ref()?;
         Some(compile(&html.body, 1, 1).map(|ast| {
             let mut out = Vec::new();
-            walk(&ast, 1, 1, &mut out);
+            Walker::new(1, 1, &mut out).walk(&ast);
             out
         }))
     }
@@ -258,94 +265,322 @@ fn unbalanced_block(text: &str) -> Option<(String, usize, usize)> {
     ))
 }
 
-fn walk(ast: &Ast, line0: usize, col0: usize, out: &mut Vec<Use>) {
-    for (i, element) in ast.elements.iter().enumerate() {
-        let (line, column) = ast.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
-        let pos = (
-            line0 + line - 1,
-            if line == 1 { col0 + column - 1 } else { column },
-        );
-        match element {
-            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
-                if h.params.is_empty() && h.hash.is_empty() {
-                    param(&h.name, pos, out);
-                } else {
-                    helper(&h.name, pos, out);
-                    for p in h.params.iter().chain(h.hash.values()) {
-                        param(p, pos, out);
-                    }
-                }
-            }
-            TemplateElement::HelperBlock(h) => {
-                helper(&h.name, pos, out);
-                for p in h.params.iter().chain(h.hash.values()) {
-                    param(p, pos, out);
-                }
-                let scoping =
-                    matches!(&h.name, Parameter::Name(n) if SCOPING.contains(&n.as_str()));
-                if !scoping {
-                    for inner in h.template.iter().chain(h.inverse.iter()) {
-                        walk(inner, line0, col0, out);
-                    }
-                }
-            }
-            TemplateElement::DecoratorExpression(_)
-            | TemplateElement::DecoratorBlock(_)
-            | TemplateElement::PartialExpression(_)
-            | TemplateElement::PartialBlock(_) => out.push(Use {
-                name: ">".into(),
-                helper: true,
-                line: pos.0,
-                column: pos.1,
-            }),
-            _ => {}
-        }
-    }
+/// How many parameters each helper takes: (at least, at most).
+fn arity(helper: &str) -> Option<(usize, usize)> {
+    Some(match helper {
+        "if" | "unless" | "each" | "with" | "not" | "len" | "date" | "time" | "datetime" => (1, 1),
+        "lookup" | "eq" | "ne" | "gt" | "gte" | "lt" | "lte" => (2, 2),
+        "and" | "or" => (2, usize::MAX),
+        _ => return None,
+    })
 }
 
-fn helper(name: &Parameter, pos: (usize, usize), out: &mut Vec<Use>) {
-    if let Parameter::Name(n) = name {
-        out.push(Use {
-            name: n.clone(),
+/// Reads a template the way the renderer will, keeping track of what `this` is inside
+/// `with` and `each`, so that every path it can take is named from the top of the data.
+struct Walker<'o> {
+    line0: usize,
+    col0: usize,
+    /// What `this` is, innermost last; the top of the data is the empty path.
+    scopes: Vec<String>,
+    out: &'o mut Vec<Use>,
+}
+
+/// What a parameter stands for.
+enum Resolved {
+    /// A path in the data.
+    Path(String),
+    /// A literal, or a value computed by a helper: no path.
+    Value,
+    /// Cannot be known before rendering: why.
+    Unknown(String),
+}
+
+impl<'o> Walker<'o> {
+    fn new(line0: usize, col0: usize, out: &'o mut Vec<Use>) -> Self {
+        Walker {
+            line0,
+            col0,
+            scopes: vec![String::new()],
+            out,
+        }
+    }
+
+    fn walk(&mut self, ast: &Ast) {
+        for (i, element) in ast.elements.iter().enumerate() {
+            let (line, column) = ast.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
+            let pos = (
+                self.line0 + line - 1,
+                if line == 1 {
+                    self.col0 + column - 1
+                } else {
+                    column
+                },
+            );
+            match element {
+                TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+                    if h.params.is_empty() && h.hash.is_empty() {
+                        match &h.name {
+                            // `{{name}}` is a helper call only when a helper has that name.
+                            Parameter::Name(n) if HELPERS.contains(&n.as_str()) => {
+                                self.helper(n, pos);
+                                self.arity(n, 0, pos);
+                            }
+                            p => self.variable(p, pos),
+                        }
+                    } else {
+                        self.call(h, pos);
+                    }
+                }
+                TemplateElement::HelperBlock(h) => {
+                    let name = match &h.name {
+                        Parameter::Name(n) => n.as_str(),
+                        _ => "",
+                    };
+                    if SCOPING.contains(&name) {
+                        // The parameter opens a scope: what is used inside is the use.
+                        self.helper(name, pos);
+                        self.arity(name, h.params.len(), pos);
+                    } else {
+                        self.call(h, pos);
+                    }
+                    if h.block_param.is_some() {
+                        self.refuse(
+                            "block parameters (`as |x|`) cannot be followed statically: use `this` inside the block",
+                            pos,
+                        );
+                        continue;
+                    }
+                    let scope = if SCOPING.contains(&name) {
+                        match h.params.first().map(|p| self.resolve(p)) {
+                            Some(Resolved::Path(path)) if name == "each" => Some(join(&path, "*")),
+                            Some(Resolved::Path(path)) => Some(path),
+                            Some(Resolved::Unknown(why)) => {
+                                self.refuse(&why, pos);
+                                continue;
+                            }
+                            _ => {
+                                self.refuse(
+                                    &format!("{{{{#{name}}}}} needs a path to the data it opens"),
+                                    pos,
+                                );
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    if let Some(scope) = &scope {
+                        self.scopes.push(scope.clone());
+                    }
+                    if let Some(inner) = &h.template {
+                        self.walk(inner);
+                    }
+                    if scope.is_some() {
+                        self.scopes.pop();
+                    }
+                    // `{{else}}` of `each` and `with` renders in the outer scope.
+                    if let Some(inverse) = &h.inverse {
+                        self.walk(inverse);
+                    }
+                }
+                TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
+                    self.refuse("decorators cannot be followed statically", pos)
+                }
+                TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => self
+                    .refuse(
+                        "partials cannot be followed statically: write the text into the template",
+                        pos,
+                    ),
+                _ => {}
+            }
+        }
+    }
+
+    /// A helper call: its name, how many parameters it got, and every parameter. `lookup`
+    /// shows the member it looks up.
+    fn call(&mut self, h: &handlebars::template::HelperTemplate, pos: (usize, usize)) {
+        if let Parameter::Name(n) = &h.name {
+            self.helper(n, pos);
+            self.arity(n, h.params.len(), pos);
+            if n == "lookup" && h.params.len() == 2 {
+                match self.lookup(h) {
+                    Resolved::Path(name) => self.out.push(Use {
+                        name,
+                        helper: false,
+                        unsafe_construct: None,
+                        line: pos.0,
+                        column: pos.1,
+                    }),
+                    Resolved::Value => {}
+                    Resolved::Unknown(why) => self.refuse(&why, pos),
+                }
+                return;
+            }
+        }
+        for p in h.params.iter().chain(h.hash.values()) {
+            self.variable(p, pos);
+        }
+    }
+
+    fn arity(&mut self, helper: &str, got: usize, pos: (usize, usize)) {
+        if let Some((least, most)) = arity(helper)
+            && (got < least || got > most)
+        {
+            let wants = if least == most {
+                format!("{least}")
+            } else {
+                format!("at least {least}")
+            };
+            self.out.push(Use {
+                name: format!("{helper}/{got}"),
+                helper: true,
+                unsafe_construct: Some(format!(
+                    "helper \"{helper}\" takes {wants} parameter{}, found {got}: it would fail when the notice is rendered",
+                    if wants == "1" { "" } else { "s" }
+                )),
+                line: pos.0,
+                column: pos.1,
+            });
+        }
+    }
+
+    fn helper(&mut self, name: &str, pos: (usize, usize)) {
+        self.out.push(Use {
+            name: name.to_string(),
             helper: true,
+            unsafe_construct: None,
             line: pos.0,
             column: pos.1,
         });
     }
+
+    fn refuse(&mut self, why: &str, pos: (usize, usize)) {
+        self.out.push(Use {
+            name: String::new(),
+            helper: false,
+            unsafe_construct: Some(why.to_string()),
+            line: pos.0,
+            column: pos.1,
+        });
+    }
+
+    /// A parameter that is used for its value: its path is a use.
+    fn variable(&mut self, p: &Parameter, pos: (usize, usize)) {
+        match self.resolve(p) {
+            Resolved::Path(name) => self.out.push(Use {
+                name,
+                helper: false,
+                unsafe_construct: None,
+                line: pos.0,
+                column: pos.1,
+            }),
+            Resolved::Value => {}
+            Resolved::Unknown(why) => self.refuse(&why, pos),
+        }
+    }
+
+    /// What a parameter stands for, from the top of the data.
+    fn resolve(&mut self, p: &Parameter) -> Resolved {
+        match p {
+            Parameter::Name(n) => self.path(n),
+            Parameter::Path(handlebars::Path::Relative((_, raw))) => self.path(raw),
+            // `@index`, `@key`, `@first`, `@last`: the loop's own counters.
+            Parameter::Path(handlebars::Path::Local(_)) => Resolved::Value,
+            Parameter::Literal(_) => Resolved::Value,
+            Parameter::Subexpression(sub) => {
+                let TemplateElement::Expression(h) = sub.element.as_ref() else {
+                    return Resolved::Unknown("a sub-expression that is not a helper call".into());
+                };
+                let name = match &h.name {
+                    Parameter::Name(n) => n.clone(),
+                    _ => String::new(),
+                };
+                if name == "lookup" {
+                    return self.lookup(h);
+                }
+                // Any other helper computes a value from its parameters, each a use.
+                let pos = self
+                    .out
+                    .last()
+                    .map_or((self.line0, self.col0), |u| (u.line, u.column));
+                self.helper(&name, pos);
+                self.arity(&name, h.params.len(), pos);
+                for p in h.params.iter().chain(h.hash.values()) {
+                    self.variable(p, pos);
+                }
+                Resolved::Value
+            }
+            _ => Resolved::Unknown("a parameter this version of carepath cannot read".into()),
+        }
+    }
+
+    /// `(lookup PATH "key")`: the path's member, when the key is written in the template.
+    fn lookup(&mut self, h: &handlebars::template::HelperTemplate) -> Resolved {
+        let [base, key] = &h.params[..] else {
+            return Resolved::Unknown("lookup takes a path and a key".into());
+        };
+        let key = match key {
+            Parameter::Literal(serde_json::Value::String(k)) => k.clone(),
+            Parameter::Literal(serde_json::Value::Number(n)) => n.to_string(),
+            _ => {
+                return Resolved::Unknown(
+                    "lookup with a key computed when rendering: write the key in the template, or the path itself"
+                        .into(),
+                );
+            }
+        };
+        match self.resolve(base) {
+            Resolved::Path(path) => Resolved::Path(join(&path, &key)),
+            Resolved::Value => Resolved::Unknown("lookup in a computed value".into()),
+            unknown => unknown,
+        }
+    }
+
+    /// A path as written (`this.a`, `../a`, `@root.a`, `a/b`, `a.[b]`), from the top.
+    fn path(&self, raw: &str) -> Resolved {
+        let mut rest = raw.trim();
+        let mut base = match rest.strip_prefix("@root") {
+            Some(after) => {
+                rest = after.trim_start_matches(['.', '/']);
+                String::new()
+            }
+            None => {
+                if rest.starts_with('@') {
+                    return Resolved::Value;
+                }
+                let mut depth = self.scopes.len() - 1;
+                while let Some(after) = rest.strip_prefix("../") {
+                    if depth == 0 {
+                        return Resolved::Unknown(format!(
+                            "\"{raw}\" climbs above the top of the data"
+                        ));
+                    }
+                    depth -= 1;
+                    rest = after;
+                }
+                self.scopes[depth].clone()
+            }
+        };
+        let normal = rest.replace(['[', ']'], "").replace('/', ".");
+        for segment in normal.split('.') {
+            match segment {
+                "" | "this" => {}
+                ".." => {
+                    return Resolved::Unknown(format!("\"{raw}\" climbs in the middle of a path"));
+                }
+                s => base = join(&base, s),
+            }
+        }
+        Resolved::Path(base)
+    }
 }
 
-fn param(p: &Parameter, pos: (usize, usize), out: &mut Vec<Use>) {
-    let name = match p {
-        Parameter::Name(n) => n.clone(),
-        Parameter::Path(path) => match path {
-            handlebars::Path::Relative((_, raw)) => raw.clone(),
-            handlebars::Path::Local(_) => return,
-        },
-        Parameter::Literal(_) => return,
-        Parameter::Subexpression(sub) => {
-            if let TemplateElement::Expression(h) = sub.element.as_ref() {
-                helper(&h.name, pos, out);
-                for p in h.params.iter().chain(h.hash.values()) {
-                    param(p, pos, out);
-                }
-            }
-            return;
-        }
-        _ => return,
-    };
-    if name == "this"
-        || name.starts_with("this.")
-        || name.starts_with("../")
-        || name.starts_with('@')
-    {
-        return;
+fn join(base: &str, member: &str) -> String {
+    if base.is_empty() {
+        member.to_string()
+    } else {
+        format!("{base}.{member}")
     }
-    out.push(Use {
-        name,
-        helper: false,
-        line: pos.0,
-        column: pos.1,
-    });
 }
 
 #[cfg(test)]
@@ -405,10 +640,87 @@ mod tests {
                 "appointment.at",
                 "appointment.place",
                 "appointment.place",
-                "xs"
+                "xs.*.name"
             ]
         );
         assert_eq!(helpers, vec!["datetime", "if", "each"]);
+    }
+
+    fn paths(body: &str) -> Vec<(String, Option<String>)> {
+        read("a.da.sms.hbs", body)
+            .unwrap()
+            .uses()
+            .unwrap()
+            .into_iter()
+            .filter(|u| !u.helper || u.unsafe_construct.is_some())
+            .map(|u| (u.name, u.unsafe_construct))
+            .collect()
+    }
+
+    #[test]
+    fn every_way_to_a_value_is_named_from_the_top() {
+        let named = |body: &str| -> Vec<String> {
+            paths(body)
+                .into_iter()
+                .map(|(n, why)| {
+                    assert_eq!(why, None, "{body}");
+                    n
+                })
+                .collect()
+        };
+        assert_eq!(named("{{this.fields.cpr}}"), ["fields.cpr"]);
+        assert_eq!(named("{{@root.fields.cpr}}"), ["fields.cpr"]);
+        assert_eq!(named("{{./fields/cpr}}"), ["fields.cpr"]);
+        assert_eq!(named("{{fields.[cpr]}}"), ["fields.cpr"]);
+        assert_eq!(
+            named("{{#with this}}{{fields.cpr}}{{/with}}"),
+            ["fields.cpr"]
+        );
+        assert_eq!(
+            named("{{#with fields}}{{cpr}}{{../instance.ref}}{{/with}}"),
+            ["fields.cpr", "instance.ref"]
+        );
+        assert_eq!(
+            named("{{#with fields}}{{@root.fields.cpr}}{{/with}}"),
+            ["fields.cpr"]
+        );
+        assert_eq!(
+            named("{{lookup (lookup this \"fields\") \"cpr\"}}"),
+            ["fields.cpr"]
+        );
+        assert_eq!(
+            named("{{#each (lookup this \"fields\")}}{{this}}{{/each}}"),
+            ["fields.*"]
+        );
+        assert_eq!(
+            named("{{#each fields}}{{@key}}{{/each}}"),
+            Vec::<String>::new()
+        );
+        assert_eq!(named("{{this}}"), [""]);
+        assert_eq!(
+            named("{{#if fields.a}}{{fields.b}}{{else}}{{fields.c}}{{/if}}"),
+            ["fields.a", "fields.b", "fields.c"]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_followed_is_refused() {
+        let refused = |body: &str| -> String {
+            paths(body)
+                .into_iter()
+                .find_map(|(_, why)| why)
+                .unwrap_or_else(|| panic!("{body} was not refused: {:?}", paths(body)))
+        };
+        assert!(refused("{{> footer}}").contains("partials"));
+        assert!(refused("{{lookup fields recipient.name}}").contains("key computed"));
+        assert!(
+            refused("{{#with (lookup fields recipient.name)}}{{this}}{{/with}}")
+                .contains("key computed")
+        );
+        assert!(refused("{{#each fields as |v k|}}{{v}}{{/each}}").contains("block parameters"));
+        assert!(refused("{{#if}}x{{/if}}").contains("takes 1 parameter, found 0"));
+        assert!(refused("{{../fields.cpr}}").contains("climbs above"));
+        assert!(refused("{{#with (eq 1 1)}}{{this}}{{/with}}").contains("path"));
     }
 
     #[test]

@@ -148,7 +148,12 @@ fn warnings(estimates: &[Estimate], p: &CheckedPathway, max_segments: usize) -> 
                 return None;
             }
             let t = p.templates.iter().find(|t| t.path == e.path)?;
-            let source_line = t.body.lines().next().unwrap_or("").to_string();
+            let first = t.body.lines().next().unwrap_or("");
+            let (source_line, caret, width) = carepath_engine::diagnostic::snippet(
+                first,
+                1,
+                first.chars().count(),
+            );
             let (single, part) = match size.encoding {
                 Encoding::Gsm7 => (160, 153),
                 Encoding::Ucs2 => (70, 67),
@@ -172,7 +177,8 @@ fn warnings(estimates: &[Estimate], p: &CheckedPathway, max_segments: usize) -> 
                 hint: Some(format!(
                     "an SMS holds time, place and a rebooking number: shorten it to {single} units ({part} a segment when split), or raise [sms] max_segments"
                 )),
-                width: source_line.chars().count().max(1),
+                width,
+                caret,
                 source_line,
             })
         })

@@ -37,8 +37,16 @@ fn fixtures() -> Vec<(String, PathBuf)> {
 
 /// One side (`bad` or `fixed`) of a fixture, with the pathway in its `with/` folder when it
 /// has one: the other end of an `enroll`, checked together with it.
+///
+/// A `pathway.json.pad` beside a `pathway.json` holds a number of blanks to append to it, so a
+/// fixture for a file too large to keep in the repository stays small.
 fn sources(dir: &Path, side: &str) -> Vec<PathwaySource> {
-    let mut out = vec![read_folder(&dir.join(side))];
+    let mut main = read_folder(&dir.join(side));
+    if let Ok(pad) = std::fs::read_to_string(dir.join(side).join("pathway.json.pad")) {
+        let blanks: usize = pad.trim().parse().expect("a number of blanks");
+        main.pathway.text.push_str(&" ".repeat(blanks));
+    }
+    let mut out = vec![main];
     if dir.join("with").is_dir() {
         out.push(read_folder(&dir.join("with")));
     }
@@ -381,4 +389,80 @@ fn html_bodies_are_checked_in_their_own_files() {
             .any(|p| p.pathway.id == "standard-track"),
         "errors refuse the pathway whole"
     );
+}
+
+/// Every way the template language can reach a sensitive field is seen, in SMS and email:
+/// through `this`, `@root`, `with`, `each`, `lookup` and sub-expressions; what cannot be
+/// followed statically is refused.
+#[test]
+fn the_privacy_lint_sees_every_way_to_a_sensitive_field() {
+    let pathway = serde_json::json!({
+        "id": "private", "version": 1, "title": "Private", "horizon": "P1M",
+        "roles": {"family": {"sector": "family"}, "midwife": {"sector": "region"}},
+        "fields": {"cpr": {"type": "text", "sensitive": true}, "language": {"type": "text"}},
+        "events": {"seen": {}},
+        "initial": "waiting",
+        "states": {
+            "waiting": {
+                "owner": "midwife",
+                "enter": [
+                    {"notify": {"to": "family", "template": "hello"}},
+                    {"notify": {"to": "midwife", "template": "hello"}}
+                ],
+                "on": [{"event": "seen", "to": "done"}]
+            },
+            "done": {"terminal": true}
+        }
+    });
+    for body in [
+        "{{this.fields.cpr}}",
+        "{{@root.fields.cpr}}",
+        "{{#with this}}{{fields.cpr}}{{/with}}",
+        "{{#with fields}}{{cpr}}{{/with}}",
+        "{{lookup (lookup this \"fields\") \"cpr\"}}",
+        "{{#each (lookup this \"fields\")}}{{this}}{{/each}}",
+        "{{#each fields}}{{this}}{{/each}}",
+        "{{this}}",
+        "{{lookup fields fields.language}}",
+        "{{> secrets}}",
+        "{{#each fields as |value|}}{{value}}{{/each}}",
+    ] {
+        for (channel, subject, code) in [
+            ("sms", "", Code::SensitiveInSms),
+            ("email", "Subject: Hej\n\n", Code::SensitiveInEmail),
+        ] {
+            let report = carepath_engine::check(&[PathwaySource {
+                pathway: carepath_engine::SourceFile {
+                    path: "pathway.json".into(),
+                    text: pathway.to_string(),
+                },
+                templates: vec![
+                    carepath_engine::SourceFile {
+                        path: format!("templates/hello.da.{channel}.hbs"),
+                        text: format!("{subject}Hej {body}"),
+                    },
+                    carepath_engine::SourceFile {
+                        path: format!(
+                            "templates/hello.da.{}.hbs",
+                            if channel == "sms" { "email" } else { "sms" }
+                        ),
+                        text: format!(
+                            "{}Hej",
+                            if channel == "sms" {
+                                "Subject: Hej\n\n"
+                            } else {
+                                ""
+                            }
+                        ),
+                    },
+                ],
+            }]);
+            let codes: Vec<Code> = report.diagnostics.iter().map(|d| d.code).collect();
+            assert!(
+                report.pathways.is_empty()
+                    && (codes.contains(&code) || codes.contains(&Code::UnsafeTemplateConstruct)),
+                "{body} in {channel} was not refused: {codes:?}"
+            );
+        }
+    }
 }
