@@ -288,7 +288,7 @@ fn attach_html(templates: &mut [TemplateFile], html: &[&SourceFile], out: &mut V
         match sibling {
             Some(t) if t.html.is_none() => {
                 t.html = Some(template::HtmlBody {
-                    body: file.text.clone(),
+                    body: file.text.trim_start_matches('\u{feff}').to_string(),
                     path: file.path.clone(),
                 });
             }

@@ -274,6 +274,56 @@ impl Cx<'_, '_> {
             );
             return None;
         }
+        if s.chars().any(char::is_control) {
+            self.report(
+                Code::WrongType,
+                pointer,
+                format!(
+                    "{} {:?} holds a control character",
+                    describe_pointer(pointer),
+                    s
+                ),
+                Some("names are printable text".into()),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    /// A pathway's id: lowercase letters and digits in words joined by dashes, as documented;
+    /// it becomes part of file names, keys and URLs, so nothing else is accepted.
+    fn pathway_id(&mut self, node: &Node, pointer: &str) -> Option<String> {
+        let s = self.name(node, pointer)?;
+        let ok = s.len() <= 64
+            && s.split('-').all(|w| {
+                !w.is_empty()
+                    && w.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        if !ok {
+            let suggestion: String = s
+                .to_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>()
+                .split('-')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join("-");
+            self.report(
+                Code::WrongType,
+                pointer,
+                format!(
+                    "pathway id {s:?} is not lowercase words joined by dashes (at most 64 characters)"
+                ),
+                Some(if suggestion.is_empty() {
+                    "use an id such as \"standard-track\"".into()
+                } else {
+                    format!("use an id such as {suggestion:?}")
+                }),
+            );
+            return None;
+        }
         Some(s)
     }
 
@@ -365,7 +415,7 @@ impl Cx<'_, '_> {
         let schema = self.get(&mut o, "$schema");
         let schema = self.opt(schema, Self::string);
         let id = self.req(&mut o, "id");
-        let id = self.opt(id, Self::name);
+        let id = self.opt(id, Self::pathway_id);
         let version = self.req(&mut o, "version");
         let version = self.opt(version, |cx, n, p| match &n.kind {
             Kind::Number(num) => match num.as_u64().and_then(|v| u32::try_from(v).ok()) {

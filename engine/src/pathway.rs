@@ -38,9 +38,11 @@ pub struct Pathway {
     pub schema: Option<String>,
     /// Stable identifier, lowercase with dashes (`standard-track`); other pathways enrol into it
     /// by this name.
+    #[schemars(regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$"), length(max = 64))]
     pub id: String,
     /// Version number. A pathway version is immutable once loaded: change the number to change
     /// the pathway.
+    #[schemars(range(min = 1))]
     pub version: u32,
     /// Human title.
     pub title: String,

@@ -103,6 +103,8 @@ pub fn parse_file_name(file_name: &str) -> Result<(String, String, Channel), Str
 
 /// Reads a template file: its name parts and, for email, the subject line.
 pub fn read(path: &str, text: &str) -> Result<TemplateFile, TemplateProblem> {
+    // A byte-order mark is what some Windows editors write first: not part of the text.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let file_name = path.rsplit(['/', '\\']).next().unwrap_or(path);
     let (name, language, channel) =
         parse_file_name(file_name).map_err(|message| TemplateProblem {
@@ -596,6 +598,14 @@ mod tests {
         assert!(parse_file_name("birth_notice.email.hbs").is_err());
         assert!(parse_file_name("birth_notice.da.fax.hbs").is_err());
         assert!(parse_file_name("birth_notice.dan.sms.hbs").is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_text() {
+        let t = read("a.da.email.hbs", "\u{feff}Subject: Hej\n\nKrop\n").unwrap();
+        assert_eq!(t.subject.as_deref(), Some("Hej"));
+        let t = read("a.da.sms.hbs", "\u{feff}Hej").unwrap();
+        assert_eq!(t.body, "Hej");
     }
 
     #[test]

@@ -287,3 +287,132 @@ fn validate_checks_one_pathway_with_those_beside_it_and_reports_on_that_one() {
         stdout(&o)
     );
 }
+
+/// Commands that only use a database never create or migrate one, and say what is wrong.
+#[test]
+fn read_only_commands_leave_a_wrong_file_as_it_was() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, "").expect("empty file");
+    let db = empty.to_string_lossy().to_string();
+    for args in [
+        vec!["status", "FAM-0001", "--db", &db],
+        vec!["outbox", "--db", &db],
+        vec!["outbox", "show", "1", "--db", &db],
+        vec!["optout", "+4512345678", "--db", &db],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(
+                "is not a carepath database ready for this command: it holds no carepath tables"
+            ),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::metadata(&empty).expect("still there").len(),
+            0,
+            "{args:?} wrote into the file"
+        );
+    }
+    let missing = dir.path().join("missing.db");
+    let o = run(&["outbox", "--db", &missing.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!missing.exists(), "outbox created a database");
+}
+
+/// Options may come after a subcommand's own subcommand, an empty list says so, and a
+/// reader that goes away is no error.
+#[test]
+fn outbox_takes_its_options_anywhere_and_says_when_there_is_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("carepath.db");
+    let db = db.to_string_lossy().to_string();
+    // `enroll` makes the database, with the family's first notices queued.
+    let o = run(&[
+        "enroll",
+        "examples/families/standard-track.json",
+        "--db",
+        &db,
+        "--clock",
+        "fixed:2027-01-11T08:00:00Z",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let none = run(&["outbox", "--db", &db]);
+    assert_eq!(stdout(&none), "no notices\n");
+    // The first exam hands the family to the midwife: one notice.
+    let o = run(&[
+        "event",
+        "FAM-0001",
+        "first_exam_done",
+        "--payload",
+        r#"{"care_level": 1}"#,
+        "--db",
+        &db,
+        "--clock",
+        "fixed:2027-01-12T08:00:00Z",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let listed = run(&["outbox", "--db", &db]);
+    let first = stdout(&listed);
+    let id = first
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.strip_prefix('#'))
+        .expect("a notice id");
+    let shown = run(&["outbox", "show", id, "--db", &db, "--format", "json"]);
+    assert_eq!(
+        shown.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(v["notice"]["id"].to_string(), id);
+    let none = run(&["outbox", "--status", "dead", "--db", &db]);
+    assert_eq!(stdout(&none), "no dead notices\n");
+
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} schema | head -c 10 >/dev/null",
+            super::support::carepath().get_program().to_string_lossy()
+        ))
+        .output()
+        .expect("sh");
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stderr),
+        "",
+        "no broken pipe shown"
+    );
+}
+
+/// A path that cannot be looked at says so, instead of "no pathway.json".
+#[test]
+fn a_symbolic_link_loop_is_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let folder = dir.path().join("looping");
+    std::fs::create_dir(&folder).expect("mkdir");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("pathway.json", folder.join("pathway.json")).expect("link");
+    let o = run(&["validate", &dir.path().to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot read")
+            && err.contains("looping/pathway.json")
+            && err.contains("symbolic links"),
+        "{err}"
+    );
+}

@@ -65,9 +65,14 @@ pub fn read_folder(dir: &Path) -> PathwaySource {
     }
 }
 
-/// The `carepath` binary, built if `cargo test` did not build it already.
+/// The `carepath` binary beside this test binary (`target/debug/deps/tests-…` →
+/// `target/debug/carepath`), wherever `CARGO_TARGET_DIR` puts them; built if `cargo test`
+/// did not build it already.
 pub fn carepath() -> Command {
-    let exe = root().join("target/debug/carepath");
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|t| Some(t.parent()?.parent()?.join("carepath")))
+        .expect("the test binary lives in a target directory");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
@@ -77,6 +82,11 @@ pub fn carepath() -> Command {
             .expect("cargo build");
         assert!(status.success(), "building carepath failed");
     });
+    assert!(
+        exe.is_file(),
+        "no carepath binary at {} after building it",
+        exe.display()
+    );
     let mut cmd = Command::new(exe);
     cmd.current_dir(root());
     cmd

@@ -13,7 +13,7 @@ use carepath_engine::{PathwaySource, SourceFile};
 #[non_exhaustive]
 pub enum LoadError {
     /// The path does not exist or cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -106,14 +106,14 @@ fn pathway_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
         return Ok(vec![path.to_path_buf()]);
     }
     let direct = path.join(PATHWAY_FILE);
-    if direct.is_file() {
+    if is_file(&direct)? {
         return Ok(vec![direct]);
     }
     let mut found = Vec::new();
     for entry in std::fs::read_dir(path).map_err(io(path))? {
         let entry = entry.map_err(io(path))?;
         let candidate = entry.path().join(PATHWAY_FILE);
-        if candidate.is_file() {
+        if is_file(&candidate)? {
             found.push(candidate);
         }
     }
@@ -121,8 +121,46 @@ fn pathway_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(found)
 }
 
+/// Whether `path` is a file: absent is `false`, but a path that cannot be looked at (a
+/// symbolic link that loops, a folder without permission) is an error naming it, not a
+/// silent "no pathway.json".
+fn is_file(path: &Path) -> Result<bool, LoadError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(meta.is_file()),
+        // Absent, a link to nothing, or inside a file: no file here. A link to itself, or a
+        // folder that may not be read, fails otherwise.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(LoadError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Reads a file of at most [`carepath_engine::check::MAX_FILE_BYTES`] and one byte more:
+/// the checker refuses a larger one with a located diagnostic, and memory stays bounded
+/// however large the file is.
+fn read_bounded(file: &Path) -> Result<String, LoadError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| {
+            f.take(carepath_engine::check::MAX_FILE_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(io(file))?;
+    Ok(text)
+}
+
 fn read_pathway(file: &Path) -> Result<PathwaySource, LoadError> {
-    let text = std::fs::read_to_string(file).map_err(io(file))?;
+    let text = read_bounded(file)?;
     let dir = file.parent().unwrap_or(Path::new("."));
     let templates_dir = dir.join(TEMPLATES_DIR);
     let mut templates = Vec::new();
@@ -130,13 +168,13 @@ fn read_pathway(file: &Path) -> Result<PathwaySource, LoadError> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&templates_dir).map_err(io(&templates_dir))? {
             let p = entry.map_err(io(&templates_dir))?.path();
-            if p.is_file() {
+            if is_file(&p)? {
                 names.push(p);
             }
         }
         names.sort();
         for p in names {
-            let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+            let text = read_bounded(&p)?;
             templates.push(SourceFile {
                 path: display(&p),
                 text,

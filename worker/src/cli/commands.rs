@@ -443,7 +443,7 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
             db.display()
         );
     }
-    let store = SqliteStore::open(db).await?;
+    let store = SqliteStore::open_existing(db).await?;
     let catalog = Catalog::from_store(&store).await?;
     let instances = store.instances_by_ref(reference).await?;
     if instances.is_empty() {
@@ -570,10 +570,16 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
             )?;
         }
         writeln!(out, "  upcoming timers:")?;
+        if r["upcoming_timers"].as_array().is_none_or(Vec::is_empty) {
+            writeln!(out, "    none")?;
+        }
         for t in r["upcoming_timers"].as_array().into_iter().flatten() {
             writeln!(out, "    {}  {}", s(&t["due"]), s(&t["key"]))?;
         }
         writeln!(out, "  notices:")?;
+        if r["notices"].as_array().is_none_or(Vec::is_empty) {
+            writeln!(out, "    no notices")?;
+        }
         for n in r["notices"].as_array().into_iter().flatten() {
             writeln!(
                 out,
@@ -621,7 +627,7 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
     if !db.exists() {
         bail!("no database at {}: pass --db", db.display());
     }
-    let store = SqliteStore::open(db).await?;
+    let store = SqliteStore::open_existing(db).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rows = store
         .outbox(&OutboxFilter {
@@ -632,6 +638,15 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
     store.close().await;
     let now = Timestamp::now();
     let mut out = std::io::stdout().lock();
+    if rows.is_empty() && format == Format::Text {
+        writeln!(
+            out,
+            "no {}notices",
+            status
+                .map(|s| format!("{} ", s.as_str()))
+                .unwrap_or_default()
+        )?;
+    }
     for r in rows {
         // Times as people there read them: in the pathway's zone, as `status` shows them.
         let tz = catalog
@@ -681,7 +696,7 @@ async fn outbox_action(
     if !db.exists() {
         bail!("no database at {}: pass --db", db.display());
     }
-    let store = SqliteStore::open(db).await?;
+    let store = SqliteStore::open_existing(db).await?;
     let code = match action {
         OutboxAction::Retry { id } => match store.requeue(id, Timestamp::now()).await? {
             Requeue::Queued => {
@@ -770,7 +785,7 @@ async fn optout(
     undo: bool,
 ) -> anyhow::Result<ExitCode> {
     let (key, channel) = Notifier::opt_out_target(address, channel).map_err(anyhow::Error::msg)?;
-    let store = SqliteStore::open(db).await?;
+    let store = SqliteStore::open_existing(db).await?;
     let changed = store
         .set_opt_out(&key, channel, !undo, "cli", Timestamp::now())
         .await?;

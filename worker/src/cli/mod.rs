@@ -136,13 +136,18 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<OutboxAction>,
         /// Only this status: queued, sent, skipped, expired, dead.
-        #[arg(long)]
+        #[arg(long, global = true)]
         status: Option<String>,
-        /// The database file.
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database file (before or after `show`/`retry`).
+        #[arg(
+            long,
+            env = "CAREPATH_DB",
+            default_value = "carepath.db",
+            global = true
+        )]
         db: PathBuf,
-        /// Output.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
+        /// Output (before or after `show`/`retry`).
+        #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
         format: Format,
     },
     /// Opt a family's phone number or email address out of a channel (or back in, with
@@ -279,12 +284,12 @@ pub struct DbArgs {
     pub clock: String,
 }
 
-/// How diagnostics are printed.
+/// How a command prints what it found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// With the source line and a caret.
+    /// Text for people (diagnostics with the source line and a caret).
     Text,
-    /// `{"diagnostics": [...]}`.
+    /// JSON for tools (diagnostics as `{"diagnostics": [...]}`).
     Json,
 }
 
@@ -311,11 +316,21 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader went away (`carepath status … | head`): not an error of ours.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("carepath: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether an error is a write to a pipe whose reader closed it.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Runs one parsed command.

@@ -57,6 +57,15 @@ pub enum StoreError {
     /// The schema could not be brought up to date.
     #[error("cannot apply database migrations: {0}")]
     Migrate(String),
+    /// A command that only uses a database found none, or one carepath did not make, or one
+    /// whose schema is older than this carepath: it creates and migrates nothing.
+    #[error("{path} is not a carepath database ready for this command: {reason}")]
+    NotReady {
+        /// The file.
+        path: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// A pathway's files changed but its version did not.
     #[error(
         "pathway \"{pathway}\" version {version} is already stored with different content; versions are immutable: give the changed pathway a new \"version\""

@@ -73,6 +73,64 @@ impl SqliteStore {
         Ok(SqliteStore { pool, path: shown })
     }
 
+    /// Opens a database that `carepath run` or `carepath enroll` made, for commands that
+    /// only use one (`status`, `outbox`, `optout`): it creates nothing and migrates nothing,
+    /// so pointing them at a wrong or empty file leaves that file as it was.
+    pub async fn open_existing(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let not_ready = |reason: String| StoreError::NotReady {
+            path: shown.clone(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(not_ready(
+                "there is no such file: run `carepath run` or `carepath enroll` first, or pass --db".into(),
+            ));
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| not_ready(e.to_string()))?
+            .filename(path)
+            .create_if_missing(false)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(|e| classify(e, &shown))?;
+        let applied: Vec<i64> = match sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&pool)
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                pool.close().await;
+                return Err(match classify(e, &shown) {
+                    StoreError::Database(_) => not_ready(
+                        "it holds no carepath tables: run `carepath run` or `carepath enroll` to make one, or pass --db"
+                            .into(),
+                    ),
+                    other => other,
+                });
+            }
+        };
+        let known: Vec<i64> = sqlx::migrate!("./migrations/sqlite")
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        if applied != known {
+            pool.close().await;
+            return Err(not_ready(format!(
+                "its schema is at version {}, this carepath's at {}: run `carepath run` once to bring it up to date",
+                applied.last().copied().unwrap_or(0),
+                known.last().copied().unwrap_or(0)
+            )));
+        }
+        Ok(SqliteStore { pool, path: shown })
+    }
+
     /// The file's path, as given.
     pub fn path(&self) -> &str {
         &self.path
