@@ -518,7 +518,7 @@ pub fn to_dot(p: &Pathway) -> String {
     );
     for (cluster, (sector, nodes)) in by_sector(p).into_iter().enumerate() {
         let _ = writeln!(out, "  subgraph cluster_{cluster} {{");
-        let _ = writeln!(out, "    label=\"{sector}\"; style=dashed;");
+        let _ = writeln!(out, "    label=\"{}\"; style=dashed;", sector_title(sector));
         for name in nodes {
             let s = &p.states[name];
             let shape = if s.terminal {
@@ -526,17 +526,15 @@ pub fn to_dot(p: &Pathway) -> String {
             } else {
                 ""
             };
-            let owner = s
-                .owner
-                .as_deref()
-                .map(|o| format!("\\n({o})"))
+            // `\n` is DOT's line break inside a label: the parts are escaped, the break not.
+            let owner = owner_of(s)
+                .map(|o| format!("\\n({})", escape_dot(o)))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "    \"{}\" [label=\"{}{}\", fillcolor=\"{}\"{shape}];",
+                "    \"{}\" [label=\"{}{owner}\", fillcolor=\"{}\"{shape}];",
                 escape_dot(name),
                 escape_dot(s.title.as_deref().unwrap_or(name)),
-                escape_dot(&owner),
                 sector_colour(sector)
             );
         }
@@ -576,14 +574,17 @@ pub fn to_mermaid(p: &Pathway) -> String {
     let mut out = String::from("flowchart LR\n");
     let _ = writeln!(out, "  start((start)) --> {}", id(&p.initial));
     for (sector, nodes) in by_sector(p) {
-        let _ = writeln!(out, "  subgraph {sector}");
+        // Subgraph ids are prefixed: `end` is a Mermaid keyword, and so may others become.
+        let _ = writeln!(
+            out,
+            "  subgraph sector_{sector}[\"{}\"]",
+            sector_title(sector)
+        );
         for name in nodes {
             let s = &p.states[name];
             let label = escape_mermaid(s.title.as_deref().unwrap_or(name));
-            let owner = s
-                .owner
-                .as_deref()
-                .map(|o| format!("<br/>({o})"))
+            let owner = owner_of(s)
+                .map(|o| format!("<br/>({})", escape_mermaid(o)))
                 .unwrap_or_default();
             if s.terminal {
                 let _ = writeln!(out, "    {}((\"{label}\"))", id(name));
@@ -608,20 +609,45 @@ pub fn to_mermaid(p: &Pathway) -> String {
         );
     }
     for (sector, _) in by_sector(p) {
-        let _ = writeln!(out, "  style {sector} fill:{}", sector_colour(sector));
+        let _ = writeln!(
+            out,
+            "  style sector_{sector} fill:{}",
+            sector_colour(sector)
+        );
     }
     out
 }
 
-/// States grouped by the sector of their owner (terminal and ownerless states under "end").
+/// Who is responsible for a family in `state`: its owner, or the role an `enter` handoff
+/// passes the family to.
+fn owner_of(state: &crate::pathway::State) -> Option<&str> {
+    state.owner.as_deref().or_else(|| {
+        state.enter.iter().find_map(|a| match a {
+            Action::Handoff(h) => Some(h.to.as_str()),
+            _ => None,
+        })
+    })
+}
+
+/// A group's title in a drawing.
+fn sector_title(sector: &str) -> &'static str {
+    match sector {
+        "region" => "region",
+        "municipality" => "municipality",
+        "civil_society" => "civil society",
+        "family" => "family",
+        _ => "ends",
+    }
+}
+
+/// States grouped by the sector of who is responsible there (its owner, or the receiver of
+/// its entry handoff); terminal states, which have nobody, under "ends".
 fn by_sector(p: &Pathway) -> Vec<(&'static str, Vec<&str>)> {
     let mut groups: Vec<(&'static str, Vec<&str>)> = Vec::new();
     for (name, s) in &p.states {
-        let sector = s
-            .owner
-            .as_deref()
+        let sector = owner_of(s)
             .and_then(|o| p.roles.get(o))
-            .map_or("end", |r| r.sector.as_str());
+            .map_or("ends", |r| r.sector.as_str());
         match groups.iter_mut().find(|(k, _)| *k == sector) {
             Some((_, v)) => v.push(name),
             None => groups.push((sector, vec![name])),
@@ -646,6 +672,9 @@ fn escape_dot(s: &str) -> String {
 
 fn escape_mermaid(s: &str) -> String {
     s.replace('"', "#quot;")
+        .replace('<', "#lt;")
+        .replace('>', "#gt;")
+        .replace('|', "#124;")
 }
 
 #[cfg(test)]

@@ -121,42 +121,6 @@ fn several_paths_are_checked_together() {
 }
 
 #[test]
-fn graph_draws_mermaid_and_dot_by_sector() {
-    let o = run(&["graph", "pathways/standard-track", "--format", "mermaid"]);
-    assert_eq!(o.status.code(), Some(0));
-    let m = stdout(&o);
-    assert!(m.starts_with("flowchart LR\n"), "{m}");
-    assert!(
-        m.contains("subgraph region") && m.contains("subgraph municipality"),
-        "{m}"
-    );
-    assert!(
-        m.contains("|\"birth_registered\"|"),
-        "events label edges: {m}"
-    );
-    assert!(
-        m.contains("-.->|\"at birth_date P7W\"|"),
-        "timers are dashed and labelled: {m}"
-    );
-
-    let o = run(&[
-        "graph",
-        "pathways/standard-track/pathway.json",
-        "--format",
-        "dot",
-    ]);
-    assert_eq!(o.status.code(), Some(0));
-    let d = stdout(&o);
-    assert!(d.starts_with("digraph \"standard-track\" {"), "{d}");
-    assert!(d.contains("subgraph cluster_"), "{d}");
-    assert!(
-        d.contains("\"pregnancy\" -> \"newborn\" [label=\"birth_registered\"]"),
-        "{d}"
-    );
-    assert!(d.contains("style=dashed"), "{d}");
-}
-
-#[test]
 fn graph_of_a_broken_file_shows_why() {
     let o = run(&["graph", "tests/fixtures/invalid/parse-error/bad"]);
     assert_eq!(o.status.code(), Some(1));

@@ -3,6 +3,7 @@ mod cli;
 mod delivery;
 mod diagnostics;
 mod fixtures;
+mod graphs;
 mod notices;
 mod pathways;
 mod process;

@@ -54,7 +54,7 @@ pub enum Command {
     Graph {
         /// A pathway folder or its pathway.json.
         path: PathBuf,
-        /// Graphviz DOT (`| dot -Tsvg`) or Mermaid (for Markdown).
+        /// Mermaid (for Markdown), Graphviz DOT, or SVG (laid out by Graphviz's `dot`).
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
@@ -309,6 +309,35 @@ pub enum GraphFormat {
     Dot,
     /// Mermaid flowchart.
     Mermaid,
+    /// SVG, laid out by Graphviz's `dot` (install Graphviz: `apt install graphviz`).
+    Svg,
+}
+
+/// Lays out DOT as SVG with Graphviz's `dot`, or says how to get it.
+fn svg(dot: &str) -> anyhow::Result<String> {
+    use std::process::{Command as Process, Stdio};
+    let mut child = Process::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--format svg lays the graph out with Graphviz's `dot`, which could not be run ({e}): install Graphviz (apt install graphviz), or use --format dot or mermaid"
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(dot.as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "dot could not lay the graph out: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -397,6 +426,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = match format {
                 GraphFormat::Dot => graph::to_dot(&pathway),
                 GraphFormat::Mermaid => graph::to_mermaid(&pathway),
+                GraphFormat::Svg => svg(&graph::to_dot(&pathway))?,
             };
             out.write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
