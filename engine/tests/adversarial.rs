@@ -85,3 +85,61 @@ fn deep_and_long_guards_end_in_a_diagnostic() {
     let fine = check_on_small_stack(with_guard("((fields.n + 1) * 2 > 3) && [1, 2].size() > 1"));
     assert!(!fine.has_errors(), "{:?}", fine.diagnostics);
 }
+
+use carepath_engine::expr::{Expression, Scope};
+use proptest::prelude::*;
+
+/// Guards as a hasty or hostile author writes them: real operators and names, nested to
+/// random depths, and plain noise.
+fn guard() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("fields.n".to_string()),
+        Just("payload.n".to_string()),
+        Just("1".to_string()),
+        Just("\"x\"".to_string()),
+        Just("[1, 2]".to_string()),
+        Just("has(fields.n)".to_string()),
+    ];
+    let nested = leaf.prop_recursive(24, 256, 4, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} + {b}")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} && {b}")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} >= {b}")),
+            inner.clone().prop_map(|a| format!("({a})")),
+            inner.clone().prop_map(|a| format!("[{a}]")),
+            inner.clone().prop_map(|a| format!("!{a}")),
+            (inner.clone(), inner).prop_map(|(a, b)| format!("{a} ? {b} : 0")),
+        ]
+    });
+    prop_oneof![nested, "[()\\[\\]{}a-z0-9 .+*/%<>=!&|?:,\"-]{0,300}"]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Every guard ends in a value, a refusal or an evaluation error, on a 2 MiB stack: the
+    /// limits keep the recursive parser and evaluator within it.
+    #[test]
+    fn guards_end_in_a_result_never_a_crash(text in guard()) {
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let fields = serde_json::from_value(json!({"n": {"type": "int"}})).expect("fields");
+                let scope = Scope { fields: &fields, payload: None };
+                match Expression::compile(&text) {
+                    Err(_) => "refused",
+                    Ok(e) => {
+                        let _ = e.check(&scope);
+                        let values = serde_json::from_value(json!({"n": 3})).expect("values");
+                        match e.eval(&values, &json!({"n": 2})) {
+                            Ok(_) => "value",
+                            Err(_) => "error",
+                        }
+                    }
+                }
+            })
+            .expect("spawn")
+            .join();
+        prop_assert!(outcome.is_ok(), "the guard crashed the thread");
+    }
+}

@@ -1,5 +1,6 @@
 mod api;
 mod cli;
+mod corpus;
 mod delivery;
 mod diagnostics;
 mod fixtures;
