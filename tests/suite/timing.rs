@@ -695,3 +695,41 @@ async fn a_template_s_trailing_newline_is_neither_sent_nor_counted() {
         Some("Hej Koordinator, se familie FAM-NL.")
     );
 }
+
+#[tokio::test]
+async fn notices_dead_from_the_start_are_counted_by_the_worker() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_pathway(
+        dir.path(),
+        &tracked(
+            "lonely",
+            "P12M",
+            json!([{"after": "P1D", "actions": [{"notify": {"to": "coordinator", "template": "entered"}}]}]),
+            json!({}),
+        ),
+        &["entered"],
+    );
+    let (rt, clock) = runtime_on(dir.path(), dir.path(), local("2027-01-11T09:00")).await;
+    // Nobody plays the coordinator for this family: its notice cannot go to anyone.
+    rt.enrol(&EnrolRequest {
+        reference: "FAM-ALONE".into(),
+        pathway: "lonely".into(),
+        fields: Default::default(),
+        contacts: Default::default(),
+    })
+    .await
+    .expect("enrol");
+    clock.advance_to(local("2027-01-12T09:00"));
+    let fired = rt.fire_batch(clock.now(), 10).await.expect("fire");
+    assert_eq!((fired.steps, fired.dead), (1, 1), "{fired:?}");
+    let dead = rows(&rt, "entered").await;
+    assert_eq!(dead[0].status, NoticeStatus::Dead);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("nobody is assigned to role \"coordinator\"")),
+        "{:?}",
+        dead[0].last_error
+    );
+}

@@ -182,6 +182,9 @@ pub struct Fired {
     pub steps: usize,
     /// When the claimed timers were due, for measuring how late they fired.
     pub due: Vec<Timestamp>,
+    /// Notices these steps made that are dead letters from the start (nobody plays the role,
+    /// the template failed): counted and logged, since no delivery will ever see them fail.
+    pub dead: usize,
 }
 
 /// The runtime over one store.
@@ -279,7 +282,7 @@ impl<S: Storage> Runtime<S> {
                 0,
             )
             .await?;
-        let ids = self.commit(tx, batch.finish()).await?;
+        let (ids, _) = self.commit(tx, batch.finish()).await?;
         Ok(Enrolled {
             instance_id: ids.first().copied().unwrap_or_default(),
             ..enrolled
@@ -375,13 +378,31 @@ impl<S: Storage> Runtime<S> {
         }
     }
 
-    /// Writes a batch and commits it, counting its steps. Returns the new instances' ids.
-    async fn commit(&self, mut tx: S::Tx, changes: Changes) -> Result<Vec<i64>, StoreError> {
+    /// Writes a batch and commits it, counting its steps. Returns the new instances' ids and
+    /// how many of its notices were dead letters from the start, each logged.
+    async fn commit(
+        &self,
+        mut tx: S::Tx,
+        changes: Changes,
+    ) -> Result<(Vec<i64>, usize), StoreError> {
         let steps = changes.history.len();
+        let dead: Vec<(Target, String, String)> = changes
+            .outbox
+            .iter()
+            .filter(|(_, n)| n.status == NoticeStatus::Dead)
+            .map(|(t, n)| (*t, n.template.clone(), n.error.clone().unwrap_or_default()))
+            .collect();
         let ids = tx.write(changes).await?;
         tx.commit().await?;
         self.metrics.transitions(steps);
-        Ok(ids)
+        for (target, template, error) in &dead {
+            let instance = match target {
+                Target::Id(id) => *id,
+                Target::New(i) => ids.get(*i).copied().unwrap_or_default(),
+            };
+            tracing::warn!(instance, %template, %error, "a notice is a dead letter from the start: `carepath outbox --status dead`");
+        }
+        Ok((ids, dead.len()))
     }
 
     async fn try_fire_batch(&self, now: Timestamp, limit: u32) -> Result<Fired, RuntimeError> {
@@ -407,11 +428,12 @@ impl<S: Storage> Runtime<S> {
             batch.drop_stray(t.instance_id, &t.key);
         }
         let steps = batch.steps;
-        self.commit(tx, batch.finish()).await?;
+        let (_, dead) = self.commit(tx, batch.finish()).await?;
         Ok(Fired {
             claimed: due.len(),
             steps,
             due: due.iter().map(|t| t.due).collect(),
+            dead,
         })
     }
 }

@@ -183,6 +183,7 @@ pub async fn run<S: Storage>(
                 rt.metrics().lateness(*due, committed);
             }
             summary.fired += fired.steps;
+            summary.dead += fired.dead;
             if fired.claimed > 0 {
                 tracing::debug!(
                     claimed = fired.claimed,
