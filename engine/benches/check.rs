@@ -63,6 +63,43 @@ pub fn generated(n: usize) -> PathwaySource {
     }
 }
 
+/// A chain of `n` lean states (an owner, an event and a timer each): the largest pathway that
+/// fits the 16 MiB file limit at 100,000 states.
+pub fn chain(n: usize) -> PathwaySource {
+    let mut states = serde_json::Map::new();
+    for i in 0..n {
+        states.insert(
+            format!("s{i}"),
+            serde_json::json!({
+                "owner": "midwife",
+                "on": [{"event": "seen", "to": format!("s{}", i + 1)}],
+                "timers": [{"after": "PT1H", "to": format!("s{}", i + 1)}]
+            }),
+        );
+    }
+    states.insert(
+        format!("s{n}"),
+        serde_json::json!({"terminal": true, "enter": [{"notify": {"to": "midwife", "template": "moved_on"}}]}),
+    );
+    let pathway = serde_json::json!({
+        "id": format!("chain-{n}"), "version": 1, "title": "Chain", "horizon": "P300Y",
+        "roles": {"midwife": {"sector": "region"}},
+        "events": {"seen": {}},
+        "initial": "s0",
+        "states": states
+    });
+    PathwaySource {
+        pathway: SourceFile {
+            path: "chain.json".into(),
+            text: serde_json::to_string(&pathway).unwrap_or_default(),
+        },
+        templates: vec![SourceFile {
+            path: "templates/moved_on.da.email.hbs".into(),
+            text: "Subject: x\n\nFamily {{instance.ref}}.\n".into(),
+        }],
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("check");
     group.sample_size(20);
@@ -72,6 +109,24 @@ fn bench(c: &mut Criterion) {
         assert!(
             !report.has_errors(),
             "the generated pathway must be valid: {:?}",
+            &report.diagnostics[..1]
+        );
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &source, |b, s| {
+            b.iter(|| check(std::slice::from_ref(s)))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("check_chain");
+    group.sample_size(10);
+    {
+        let n = 100_000;
+        let source = chain(n);
+        let report = check(std::slice::from_ref(&source));
+        assert!(
+            !report.has_errors(),
+            "the chain must be valid: {:?}",
             &report.diagnostics[..1]
         );
         group.throughput(Throughput::Elements(n as u64));

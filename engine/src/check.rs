@@ -1251,6 +1251,29 @@ impl Checker<'_, '_> {
                 self.out.push(d);
                 continue;
             }
+            // Strict rendering fails on a value that is not there: a field no enrolment
+            // must give is shown only under a condition that it is set.
+            if let Some(field) = u.name.strip_prefix("fields.")
+                && self.p.fields.get(field).is_some_and(|f| !f.required)
+                && !u.guarded
+                && reported.insert(u.name.clone())
+            {
+                let d = at_template(
+                    path,
+                    text,
+                    Code::TemplateUnknownVariable,
+                    &format!(
+                        "field \"{field}\" may not be set when this notice is made (it is not required at enrolment): the notice would fail to render"
+                    ),
+                    u.line,
+                    u.column,
+                    Some(format!(
+                        "show it only when it is set: {{{{#if fields.{field}}}}}…{{{{/if}}}}, or make the field required"
+                    )),
+                );
+                self.out.push(d);
+                continue;
+            }
             for (context, site) in sites {
                 if !self.variable_allowed(&u.name, *context) && reported.insert(u.name.clone()) {
                     let d = at_template(

@@ -596,12 +596,19 @@ impl<'p> Stepper<'p> {
         topic: Option<String>,
     ) {
         let state = &self.decl.states[&self.instance.state];
+        // Every declared field that is not sensitive, `null` while unset: a template's
+        // `{{#if fields.x}}` then renders in strict mode whether or not `x` is set.
         let fields: Map<String, Value> = self
-            .instance
+            .decl
             .fields
             .iter()
-            .filter(|(k, _)| self.decl.fields.get(*k).is_some_and(|f| !f.sensitive))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(_, f)| !f.sensitive)
+            .map(|(k, _)| {
+                (
+                    k.clone(),
+                    self.instance.fields.get(k).cloned().unwrap_or(Value::Null),
+                )
+            })
             .collect();
         let mut data = json!({
             "fields": fields,

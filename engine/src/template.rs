@@ -166,6 +166,9 @@ pub struct Use {
     /// Why the template cannot be read statically here (a partial, a computed key): such a
     /// template is refused, since nobody could say what it sends.
     pub unsafe_construct: Option<String>,
+    /// Whether the use stands inside `{{#if PATH}}` (or `with`, `each`, the `else` of
+    /// `unless`) on its own path or one above it: it is only rendered when the value is set.
+    pub guarded: bool,
     /// 1-based line in the file.
     pub line: usize,
     /// 1-based column.
@@ -284,6 +287,8 @@ struct Walker<'o> {
     col0: usize,
     /// What `this` is, innermost last; the top of the data is the empty path.
     scopes: Vec<String>,
+    /// Paths known to be set where the walker is: the conditions of enclosing `if` blocks.
+    guards: Vec<String>,
     out: &'o mut Vec<Use>,
 }
 
@@ -303,6 +308,7 @@ impl<'o> Walker<'o> {
             line0,
             col0,
             scopes: vec![String::new()],
+            guards: Vec::new(),
             out,
         }
     }
@@ -371,18 +377,34 @@ impl<'o> Walker<'o> {
                     } else {
                         None
                     };
+                    // The value a block tests is set inside it (`if`, `with`, `each`) or in
+                    // its `else` (`unless`).
+                    let tested = match h.params.first() {
+                        Some(p @ (Parameter::Path(_) | Parameter::Name(_))) => {
+                            match self.resolve(p) {
+                                Resolved::Path(path) => Some(path),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    let (inner_guard, inverse_guard) = match name {
+                        "if" | "with" | "each" => (tested, None),
+                        "unless" => (None, tested),
+                        _ => (None, None),
+                    };
                     if let Some(scope) = &scope {
                         self.scopes.push(scope.clone());
                     }
                     if let Some(inner) = &h.template {
-                        self.walk(inner);
+                        self.guarded_walk(inner, inner_guard);
                     }
                     if scope.is_some() {
                         self.scopes.pop();
                     }
                     // `{{else}}` of `each` and `with` renders in the outer scope.
                     if let Some(inverse) = &h.inverse {
-                        self.walk(inverse);
+                        self.guarded_walk(inverse, inverse_guard);
                     }
                 }
                 TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
@@ -398,6 +420,17 @@ impl<'o> Walker<'o> {
         }
     }
 
+    fn guarded_walk(&mut self, ast: &Ast, guard: Option<String>) {
+        let pushed = guard.is_some();
+        if let Some(g) = guard {
+            self.guards.push(g);
+        }
+        self.walk(ast);
+        if pushed {
+            self.guards.pop();
+        }
+    }
+
     /// A helper call: its name, how many parameters it got, and every parameter. `lookup`
     /// shows the member it looks up.
     fn call(&mut self, h: &handlebars::template::HelperTemplate, pos: (usize, usize)) {
@@ -406,21 +439,25 @@ impl<'o> Walker<'o> {
             self.arity(n, h.params.len(), pos);
             if n == "lookup" && h.params.len() == 2 {
                 match self.lookup(h) {
-                    Resolved::Path(name) => self.out.push(Use {
-                        name,
-                        helper: false,
-                        unsafe_construct: None,
-                        line: pos.0,
-                        column: pos.1,
-                    }),
+                    Resolved::Path(name) => self.path_use(name, pos),
                     Resolved::Value => {}
                     Resolved::Unknown(why) => self.refuse(&why, pos),
                 }
                 return;
             }
         }
+        // The condition of `if` and `unless` tests whether its value is set: that is safe.
+        let testing = matches!(&h.name, Parameter::Name(n) if n == "if" || n == "unless");
         for p in h.params.iter().chain(h.hash.values()) {
+            let before = self.out.len();
             self.variable(p, pos);
+            if testing {
+                for u in &mut self.out[before..] {
+                    if !u.helper && u.unsafe_construct.is_none() {
+                        u.guarded = true;
+                    }
+                }
+            }
         }
     }
 
@@ -436,6 +473,7 @@ impl<'o> Walker<'o> {
             self.out.push(Use {
                 name: format!("{helper}/{got}"),
                 helper: true,
+                guarded: false,
                 unsafe_construct: Some(format!(
                     "helper \"{helper}\" takes {wants} parameter{}, found {got}: it would fail when the notice is rendered",
                     if wants == "1" { "" } else { "s" }
@@ -446,11 +484,28 @@ impl<'o> Walker<'o> {
         }
     }
 
+    /// A variable's use, guarded when an enclosing condition covers its path.
+    fn path_use(&mut self, name: String, pos: (usize, usize)) {
+        let guarded = self
+            .guards
+            .iter()
+            .any(|g| name == *g || name.starts_with(&format!("{g}.")));
+        self.out.push(Use {
+            name,
+            helper: false,
+            unsafe_construct: None,
+            guarded,
+            line: pos.0,
+            column: pos.1,
+        });
+    }
+
     fn helper(&mut self, name: &str, pos: (usize, usize)) {
         self.out.push(Use {
             name: name.to_string(),
             helper: true,
             unsafe_construct: None,
+            guarded: false,
             line: pos.0,
             column: pos.1,
         });
@@ -460,6 +515,7 @@ impl<'o> Walker<'o> {
         self.out.push(Use {
             name: String::new(),
             helper: false,
+            guarded: false,
             unsafe_construct: Some(why.to_string()),
             line: pos.0,
             column: pos.1,
@@ -469,13 +525,7 @@ impl<'o> Walker<'o> {
     /// A parameter that is used for its value: its path is a use.
     fn variable(&mut self, p: &Parameter, pos: (usize, usize)) {
         match self.resolve(p) {
-            Resolved::Path(name) => self.out.push(Use {
-                name,
-                helper: false,
-                unsafe_construct: None,
-                line: pos.0,
-                column: pos.1,
-            }),
+            Resolved::Path(name) => self.path_use(name, pos),
             Resolved::Value => {}
             Resolved::Unknown(why) => self.refuse(&why, pos),
         }

@@ -733,3 +733,47 @@ async fn notices_dead_from_the_start_are_counted_by_the_worker() {
         dead[0].last_error
     );
 }
+
+#[tokio::test]
+async fn a_field_that_may_be_unset_is_refused_unless_guarded_and_renders_when_guarded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = tracked(
+        "maybe",
+        "P12M",
+        json!([{"after": "P1D", "actions": [{"notify": {"to": "coordinator", "template": "nudge"}}]}]),
+        json!({}),
+    );
+    let folder = write_pathway(dir.path(), &p, &[]);
+    let template = folder.join("templates/nudge.da.email.hbs");
+    // Unguarded, a field no enrolment must give is refused at check time…
+    std::fs::write(
+        &template,
+        "Subject: Se familien\n\nFødt {{fields.birth_date}}.\n",
+    )
+    .expect("t");
+    let out = run(&["validate", &folder.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("field \"birth_date\" may not be set when this notice is made"),
+        "{}",
+        stdout(&out)
+    );
+    // …and guarded, it renders whether the field is set or not.
+    std::fs::write(
+        &template,
+        "Subject: Se familien\n\n{{#if fields.birth_date}}Født {{fields.birth_date}}.{{else}}Ikke født.{{/if}}\n",
+    )
+    .expect("t");
+    let (rt, clock) = runtime_on(dir.path(), dir.path(), local("2027-01-11T09:00")).await;
+    enrol_tracked(&rt, "maybe", "FAM-MAYBE").await;
+    clock.advance_to(local("2027-01-12T09:00"));
+    rt.fire_due(clock.now(), 10).await.expect("fire");
+    let sent = rows(&rt, "nudge").await;
+    assert_eq!(
+        sent[0].status,
+        NoticeStatus::Queued,
+        "{:?}",
+        sent[0].last_error
+    );
+    assert_eq!(sent[0].text.body.as_deref(), Some("Ikke født."));
+}
