@@ -256,11 +256,18 @@ pub fn to_json(diagnostics: &[Diagnostic]) -> serde_json::Value {
     serde_json::json!({ "diagnostics": diagnostics })
 }
 
+/// Every this many bytes, [`LineIndex`] notes how many characters came before: a column is
+/// then counted from the nearest note, not from the line's start, so a long one-line file
+/// with many findings is indexed in linear time.
+const CHECKPOINT: usize = 4096;
+
 /// Turns byte offsets of one text into lines and columns.
 #[derive(Clone, Debug)]
 pub struct LineIndex<'a> {
     text: &'a str,
     starts: Vec<usize>,
+    /// (byte offset, characters before it), every [`CHECKPOINT`] bytes or so.
+    checkpoints: Vec<(usize, usize)>,
 }
 
 impl<'a> LineIndex<'a> {
@@ -268,18 +275,40 @@ impl<'a> LineIndex<'a> {
     pub fn new(text: &'a str) -> Self {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { text, starts }
+        let mut checkpoints = vec![(0, 0)];
+        let (mut at, mut chars) = (0, 0);
+        while at + CHECKPOINT < text.len() {
+            let mut next = at + CHECKPOINT;
+            while !text.is_char_boundary(next) {
+                next += 1;
+            }
+            chars += text[at..next].chars().count();
+            checkpoints.push((next, chars));
+            at = next;
+        }
+        LineIndex {
+            text,
+            starts,
+            checkpoints,
+        }
+    }
+
+    /// How many characters come before the byte `offset` (a character boundary).
+    fn chars_before(&self, offset: usize) -> usize {
+        let i = self.checkpoints.partition_point(|&(b, _)| b <= offset) - 1;
+        let (byte, chars) = self.checkpoints[i];
+        chars + self.text.get(byte..offset).map_or(0, |s| s.chars().count())
     }
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let line = self.starts.partition_point(|&s| s <= offset) - 1;
         let start = self.starts[line];
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(0, |prefix| prefix.chars().count());
+        let column = self.chars_before(offset) - self.chars_before(start);
         (line + 1, column + 1)
     }
 
@@ -313,6 +342,61 @@ impl<'a> LineIndex<'a> {
             .map_or(self.text.len(), |(i, _)| start + i)
     }
 
+    /// At most [`SNIPPET_WIDTH`] characters of `line` around `span`'s start, with `…` where
+    /// the line was cut, the caret's column in them and the width it underlines. Only the
+    /// bytes shown are looked at, so this is quick on a line of megabytes.
+    fn window(&self, line: usize, span: Span) -> (String, usize, usize) {
+        let start = self
+            .starts
+            .get(line - 1)
+            .copied()
+            .unwrap_or(self.text.len());
+        let end = self
+            .starts
+            .get(line)
+            .map_or(self.text.len(), |next| next - 1)
+            .max(start);
+        let mut at = span.start.clamp(start, end);
+        while !self.text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let line_text = |from: usize, to: usize| self.text.get(from..to).unwrap_or("");
+        // A short line is shown whole; a long one from up to 30 characters before the caret.
+        let short = end - start <= SNIPPET_WIDTH * 4
+            && line_text(start, end).chars().count() <= SNIPPET_WIDTH;
+        let before = if short {
+            start
+        } else {
+            line_text(start, at)
+                .char_indices()
+                .rev()
+                .take(30)
+                .last()
+                .map_or(at, |(i, _)| start + i)
+        };
+        let shown_before = line_text(before, at).chars().count();
+        let stop = line_text(before, end)
+            .char_indices()
+            .nth(SNIPPET_WIDTH)
+            .map_or(end, |(i, _)| before + i);
+        let mut window = line_text(before, stop).trim_end_matches('\r').to_string();
+        let mut caret = shown_before + 1;
+        if before > start {
+            window.insert(0, '…');
+            caret += 1;
+        }
+        if stop < end {
+            window.push('…');
+        }
+        let room = line_text(at, stop).chars().count().max(1);
+        let mut span_end = span.end.clamp(at, stop);
+        while !self.text.is_char_boundary(span_end) {
+            span_end -= 1;
+        }
+        let width = line_text(at, span_end).chars().count().clamp(1, room);
+        (window, caret, width)
+    }
+
     /// A diagnostic located at `span` of this text.
     #[allow(clippy::too_many_arguments)]
     pub fn diagnostic(
@@ -325,20 +409,7 @@ impl<'a> LineIndex<'a> {
         hint: Option<String>,
     ) -> Diagnostic {
         let (line, column) = self.line_col(span.start);
-        let whole = self.line(line);
-        // The span's first line, counted only as far as a snippet can show.
-        let spanned = self
-            .text
-            .get(span.start..span.end.max(span.start))
-            .map_or(1, |s| {
-                s.lines()
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(SNIPPET_WIDTH)
-                    .count()
-            });
-        let (source_line, caret, width) = snippet(whole, column, spanned);
+        let (source_line, caret, width) = self.window(line, span);
         Diagnostic {
             severity: code.severity(),
             code,
