@@ -245,6 +245,12 @@ impl Field {
         if ok {
             return Ok(());
         }
+        // A sensitive value is never echoed: reasons are recorded, shown and logged.
+        let value = if self.sensitive {
+            "a value that is not shown, since the field is sensitive".to_string()
+        } else {
+            value.to_string()
+        };
         Err(match self.ty {
             FieldType::Date => format!("expected a date such as \"2026-03-01\", found {value}"),
             FieldType::Datetime => format!(

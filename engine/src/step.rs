@@ -426,10 +426,15 @@ pub fn start(
                 .checked_add(within.span())
                 .map_err(|e| TimeError::Range(e.to_string()))?;
             if date > latest {
+                let given = if f.sensitive {
+                    "the date given".to_string()
+                } else {
+                    date.to_string()
+                };
                 return Err(StepError::Field {
                     field: name.clone(),
                     reason: format!(
-                        "{date} is more than {within} after enrolment (at the latest {latest}): check the date"
+                        "{given} is more than {within} after enrolment (at the latest {latest}): check the date"
                     ),
                 });
             }

@@ -59,9 +59,12 @@ impl FileChannel {
                 text.push_str(&line.to_string());
                 text.push('\n');
             }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).append(true);
+            // The sink holds addresses and message texts: readable by its owner only.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
                 .open(path)
                 .and_then(|mut f| f.write_all(text.as_bytes()))
                 .map_err(|e| SendError::Transient(format!("{}: {e}", path.display())))?;

@@ -892,3 +892,33 @@ fn the_committed_openapi_document_is_current() {
     let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
     assert_eq!(ids.len(), unique.len(), "operationIds are unique: {ids:?}");
 }
+
+/// Refusals made below the handlers (a method a route does not take) are problem documents
+/// too, and no refusal echoes a sensitive value.
+#[tokio::test]
+async fn every_refusal_is_a_problem_document_and_echoes_nothing_sensitive() {
+    let s = start().await;
+    let id = s.enrol("FAM-0101").await;
+    for (method, path) in [
+        ("DELETE", format!("/v1/instances/{id}")),
+        ("PUT", format!("/v1/instances/{id}")),
+        ("GET", format!("/v1/instances/{id}/events")),
+        ("PATCH", "/v1/pathways".to_string()),
+    ] {
+        let a = s.call(method, &path, Some(READER), None, None).await;
+        assert_eq!(
+            (a.status, a.content_type.as_str()),
+            (405, "application/problem+json"),
+            "{method} {path}: {:?}",
+            a.body
+        );
+        a.problem(405, "method-not-allowed");
+    }
+    // A CPR number of the wrong type is refused without being repeated.
+    let mut bad = family("FAM-0102");
+    bad["fields"]["cpr"] = json!(101901234);
+    let a = s.post("/v1/instances", MUNICIPALITY, &bad, None).await;
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert!(!a.body.to_string().contains("101901234"), "{}", a.body);
+    assert!(a.body.to_string().contains("not shown"), "{}", a.body);
+}

@@ -380,3 +380,77 @@ fn a_symbolic_link_loop_is_named() {
         "{err}"
     );
 }
+
+/// Files carepath creates hold families' data or secrets' hashes: only their owner reads them.
+#[cfg(unix)]
+#[test]
+fn files_carepath_creates_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("carepath.db");
+    let sink = dir.path().join("notices.jsonl");
+    let config = dir.path().join("carepath.toml");
+    let clock = "fixed:2027-01-11T08:00:00Z";
+    let db_s = db.to_string_lossy().to_string();
+    let ok = |o: std::process::Output| {
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(run(&[
+        "enroll",
+        "examples/families/standard-track.json",
+        "--db",
+        &db_s,
+        "--clock",
+        clock,
+    ]));
+    ok(run(&[
+        "event",
+        "FAM-0001",
+        "first_exam_done",
+        "--payload",
+        r#"{"care_level": 1}"#,
+        "--db",
+        &db_s,
+        "--clock",
+        clock,
+    ]));
+    ok(run(&[
+        "run",
+        "--db",
+        &db_s,
+        "--sink",
+        &sink.to_string_lossy(),
+        "--until-idle",
+        "--clock",
+        clock,
+    ]));
+    ok(run(&[
+        "token",
+        "new",
+        "--name",
+        "epj",
+        "--scope",
+        "read",
+        "--config",
+        &config.to_string_lossy(),
+    ]));
+    for file in [&db, &sink, &config] {
+        let mode = std::fs::metadata(file)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+    // SQLite's side files follow the database's permissions while they exist.
+    for side in ["carepath.db-wal", "carepath.db-shm"] {
+        if let Ok(meta) = std::fs::metadata(dir.path().join(side)) {
+            assert_eq!(meta.permissions().mode() & 0o077, 0, "{side}");
+        }
+    }
+}

@@ -150,6 +150,7 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             TIMEOUT,
         ))
+        .layer(middleware::from_fn(problem::shape_refusals))
         .with_state(api)
 }
 

@@ -115,6 +115,60 @@ impl std::ops::Deref for Problem {
     }
 }
 
+/// Every refusal is a problem document, whoever made it: axum's 405 for a method a route
+/// does not take, the timeout's 408 and the body limit's 413 come with an empty body, and are
+/// given one here, keeping their headers (`Allow` on a 405).
+pub async fn shape_refusals(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    let shaped = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || shaped {
+        return response;
+    }
+    let (code, detail) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            format!("{path} does not take {method}: see /openapi.json"),
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "request-timeout",
+            "the request took too long to arrive or to answer: try again".to_string(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body-too-large",
+            "the body is larger than the API takes".to_string(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported-media-type",
+            "send the body as application/json".to_string(),
+        ),
+        other => (
+            "refused",
+            format!(
+                "{} {}",
+                other.as_u16(),
+                other.canonical_reason().unwrap_or("refused")
+            ),
+        ),
+    };
+    let (mut parts, _) = response.into_parts();
+    let problem = Problem::new(status, code, &detail).into_response();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, problem.into_body())
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

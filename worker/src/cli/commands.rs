@@ -207,9 +207,12 @@ pub(super) fn new_token(
     );
     match config {
         Some(path) => {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).append(true);
+            // The configuration names secrets' places and holds token hashes: owner only.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
                 .open(path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             file.write_all(text.as_bytes())?;

@@ -45,6 +45,22 @@ impl SqliteStore {
     /// Opens (creating if missing) the database at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
+        // The database holds families' data: a new one is readable by its owner only, and
+        // SQLite gives its WAL and shared-memory files the same permissions.
+        if !path.exists() {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            if let Err(e) = options.open(path)
+                && e.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                return Err(StoreError::Open {
+                    path: shown,
+                    reason: e.to_string(),
+                });
+            }
+        }
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| StoreError::Open {
                 path: shown.clone(),
