@@ -453,13 +453,27 @@ async fn refused_requests_say_why_and_change_nothing() {
     s.post("/v1/instances", HOSPITAL, &family("FAM-0008"), None)
         .await
         .problem(403, "insufficient-scope");
-    // Another organisation's pathway: the Red Cross token neither sees nor changes it.
-    s.get(&format!("/v1/instances/{id}"), RED_CROSS)
-        .await
-        .problem(403, "pathway-forbidden");
+    // Another organisation's pathway: the Red Cross token neither sees nor changes it, and is
+    // answered as if the family were not there at all: exactly the unknown instance's answer.
+    let hidden = s.get(&format!("/v1/instances/{id}"), RED_CROSS).await;
+    hidden.problem(404, "not-found");
+    let unknown = s.get("/v1/instances/999999", RED_CROSS).await;
+    assert_eq!(
+        hidden.body["detail"]
+            .as_str()
+            .map(|d| d.replace(&id.to_string(), "N")),
+        unknown.body["detail"]
+            .as_str()
+            .map(|d| d.replace("999999", "N"))
+    );
+    assert!(
+        !hidden.body.to_string().contains("standard-track"),
+        "{}",
+        hidden.body
+    );
     s.post(&events, RED_CROSS, &exam, None)
         .await
-        .problem(403, "pathway-forbidden");
+        .problem(404, "not-found");
     s.post("/v1/instances", RED_CROSS, &family("FAM-0009"), None)
         .await
         .problem(403, "pathway-forbidden");
@@ -470,7 +484,7 @@ async fn refused_requests_say_why_and_change_nothing() {
         None,
     )
     .await
-    .problem(403, "pathway-forbidden");
+    .problem(404, "not-found");
     s.post("/v1/instances/999999/hold", MUNICIPALITY, &json!({}), None)
         .await
         .problem(404, "not-found");
@@ -921,4 +935,37 @@ async fn every_refusal_is_a_problem_document_and_echoes_nothing_sensitive() {
     assert_eq!(a.status, 422, "{:?}", a.body);
     assert!(!a.body.to_string().contains("101901234"), "{}", a.body);
     assert!(a.body.to_string().contains("not shown"), "{}", a.body);
+}
+
+/// Twenty enrolments sent at once with one key and one body: one enrolment, and every one of
+/// the twenty gets its answer.
+#[tokio::test]
+async fn concurrent_repeats_of_one_key_all_get_the_first_answer() {
+    let s = start().await;
+    let body = family("FAM-0201").to_string();
+    let sends = (0..20).map(|_| {
+        s.call(
+            "POST",
+            "/v1/instances",
+            Some(MUNICIPALITY),
+            Some(body.clone()),
+            Some("enrol-0201"),
+        )
+    });
+    let answers = futures::future::join_all(sends).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        vec![201; 20],
+        "{:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
+    assert!(answers.iter().all(|a| a.body == answers[0].body));
+    let enrolled =
+        s.rt.store()
+            .instances_by_ref("FAM-0201")
+            .await
+            .expect("read");
+    assert_eq!(enrolled.len(), 1);
 }

@@ -8,6 +8,9 @@
 //! Events keep their answers themselves (the event record is written in the same transaction
 //! as its effect); this layer serves the other POSTs.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -19,23 +22,59 @@ use super::instances::{REPLAYED, idempotency_key};
 use super::{Api, BODY_LIMIT, Problem, body_problem};
 use crate::store::{KeptResponse, Storage};
 
+/// The idempotency keys requests are using now, per caller: requests under one key take
+/// turns, so a repeat sent while the first is still running waits and gets the first answer,
+/// instead of running the handler a second time (20 concurrent enrolments with one key used
+/// to give 1 enrolment, 7 replays and 12 `already-enrolled`).
+#[derive(Default)]
+pub struct Reservations(std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+
+impl Reservations {
+    fn slot(&self, caller: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((caller.to_string(), key.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a key nobody else is waiting on.
+    fn release(&self, caller: &str, key: &str, slot: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody else holds or awaits this key.
+        if Arc::strong_count(&slot) <= 2 {
+            map.remove(&(caller.to_string(), key.to_string()));
+        }
+    }
+}
+
 /// The middleware.
 pub async fn replay<S: Storage>(State(api): State<Api<S>>, req: Request, next: Next) -> Response {
-    match kept_or_run(api, req, next).await {
+    let key = match idempotency_key(req.headers()) {
+        Ok(key) => key,
+        Err(problem) => return problem.into_response(),
+    };
+    // Without a key, or from an unknown caller (whom the handler answers 401), nothing is kept.
+    let (Some(key), Ok(caller)) = (key, api.tokens.caller(req.headers())) else {
+        return next.run(req).await;
+    };
+    let reservations = api.reservations.clone();
+    let slot = reservations.slot(&caller.name, &key);
+    let turn = slot.lock().await;
+    let response = match kept_or_run(api, req, next, &caller.name, &key).await {
         Ok(response) | Err(response) => response,
-    }
+    };
+    drop(turn);
+    reservations.release(&caller.name, &key, slot);
+    response
 }
 
 async fn kept_or_run<S: Storage>(
     api: Api<S>,
     req: Request,
     next: Next,
+    caller: &str,
+    key: &str,
 ) -> Result<Response, Response> {
-    let key = idempotency_key(req.headers()).map_err(IntoResponse::into_response)?;
-    // Without a key, or from an unknown caller (whom the handler answers 401), nothing is kept.
-    let (Some(key), Ok(caller)) = (key, api.tokens.caller(req.headers())) else {
-        return Ok(next.run(req).await);
-    };
     let (parts, body) = req.into_parts();
     let body = to_bytes(body, BODY_LIMIT)
         .await
@@ -51,7 +90,7 @@ async fn kept_or_run<S: Storage>(
     };
     let store = api.runtime.store();
     if let Some(kept) = store
-        .kept_response(&caller.name, &key)
+        .kept_response(caller, key)
         .await
         .map_err(|e| Problem::store(e).into_response())?
     {
@@ -85,7 +124,7 @@ async fn kept_or_run<S: Storage>(
         body: body.to_vec(),
     };
     if let Err(e) = store
-        .keep_response(&caller.name, &key, &kept, api.runtime.clock().now())
+        .keep_response(caller, key, &kept, api.runtime.clock().now())
         .await
     {
         // The request took effect; only a repeat's answer is at risk. Say so, do not fail it.

@@ -649,20 +649,25 @@ async fn set_held<S: Storage>(
     }))
 }
 
-/// The instance, if it exists and the caller may see its pathway.
+/// The instance, if it exists and the caller may see its pathway. One the caller may not see
+/// is answered exactly as one that does not exist: a 403 naming its pathway would tell
+/// another organisation that the family is there, and on what.
 async fn visible<S: Storage>(
     api: &Api<S>,
     caller: &Caller,
     id: i64,
 ) -> Result<InstanceRow, Problem> {
+    let missing = || Problem::not_found(&format!("no instance {id}"));
     let row = api
         .runtime
         .store()
         .instance(id)
         .await
         .map_err(Problem::store)?
-        .ok_or_else(|| Problem::not_found(&format!("no instance {id}")))?;
-    caller.require_pathway(&row.pathway)?;
+        .ok_or_else(missing)?;
+    if !caller.may_use(&row.pathway) {
+        return Err(missing());
+    }
     Ok(row)
 }
 

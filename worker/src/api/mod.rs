@@ -66,6 +66,8 @@ pub struct Api<S: Storage> {
     pub ingest: ingest::Ingest,
     /// Called after a change that may have scheduled work: wakes the worker.
     pub committed: Arc<dyn Fn() + Send + Sync>,
+    /// Idempotency keys in use by a request now: a repeat waits for the first answer.
+    pub reservations: Arc<idempotency::Reservations>,
 }
 
 impl<S: Storage> Clone for Api<S> {
@@ -76,6 +78,7 @@ impl<S: Storage> Clone for Api<S> {
             gatewayapi_secret: self.gatewayapi_secret.clone(),
             ingest: self.ingest.clone(),
             committed: self.committed.clone(),
+            reservations: self.reservations.clone(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl<S: Storage> Api<S> {
             tokens: Arc::new(tokens),
             gatewayapi_secret,
             committed,
+            reservations: Arc::default(),
         }
     }
 
