@@ -27,10 +27,13 @@ use crate::store::{KeptResponse, Storage};
 /// instead of running the handler a second time (20 concurrent enrolments with one key used
 /// to give 1 enrolment, 7 replays and 12 `already-enrolled`).
 #[derive(Default)]
-pub struct Reservations(std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+pub struct Reservations(std::sync::Mutex<HashMap<(String, String), Turn>>);
+
+/// One key's turn: held while a request under it runs.
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 impl Reservations {
-    fn slot(&self, caller: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn slot(&self, caller: &str, key: &str) -> Turn {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((caller.to_string(), key.to_string()))
             .or_default()
@@ -38,7 +41,7 @@ impl Reservations {
     }
 
     /// Forgets a key nobody else is waiting on.
-    fn release(&self, caller: &str, key: &str, slot: Arc<tokio::sync::Mutex<()>>) {
+    fn release(&self, caller: &str, key: &str, slot: Turn) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // The map's reference and ours: nobody else holds or awaits this key.
         if Arc::strong_count(&slot) <= 2 {
