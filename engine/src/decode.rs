@@ -73,6 +73,19 @@ pub struct Decoded<'a> {
 }
 
 /// Decodes the text of a `pathway.json`.
+/// A file refused before its JSON could be read: its one diagnostic, and no pathway.
+fn refused<'a>(file: &'a str, index: LineIndex<'a>, d: Diagnostic) -> Decoded<'a> {
+    Decoded {
+        pathway: None,
+        located: Located {
+            file,
+            index,
+            locations: Locations::default(),
+        },
+        diagnostics: vec![d],
+    }
+}
+
 pub fn decode<'a>(file: &'a str, text: &'a str) -> Decoded<'a> {
     let index = LineIndex::new(text);
     if text.len() > crate::check::MAX_FILE_BYTES {
@@ -88,15 +101,7 @@ pub fn decode<'a>(file: &'a str, text: &'a str) -> Decoded<'a> {
             "",
             Some("a pathway is a few hundred kilobytes at most: split it into pathways that refer to each other with enroll".into()),
         );
-        return Decoded {
-            pathway: None,
-            located: Located {
-                file,
-                index,
-                locations: Locations::default(),
-            },
-            diagnostics: vec![d],
-        };
+        return refused(file, index, d);
     }
     let root = match json::parse(text) {
         Ok(root) => root,
@@ -112,15 +117,7 @@ pub fn decode<'a>(file: &'a str, text: &'a str) -> Decoded<'a> {
                 "",
                 Some("fix the JSON syntax; the checks run once the file parses".into()),
             );
-            return Decoded {
-                pathway: None,
-                located: Located {
-                    file,
-                    index,
-                    locations: Locations::default(),
-                },
-                diagnostics: vec![d],
-            };
+            return refused(file, index, d);
         }
     };
     let located = Located {

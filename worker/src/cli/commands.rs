@@ -458,14 +458,7 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
     let mut report = Vec::new();
     for inst in &instances {
         let version = catalog.version(inst.pathway_version_id);
-        let tz = version
-            .and_then(|v| carepath_engine::time::zone(&v.checked.pathway.time_zone).ok())
-            .unwrap_or(TimeZone::UTC);
-        let local = |t: Timestamp| {
-            t.to_zoned_datetime(tz.clone())
-                .strftime("%Y-%m-%d %H:%M")
-                .to_string()
-        };
+        let local = local_time(&catalog, inst.pathway_version_id);
         // Sensitive fields are named, never shown.
         let fields = catalog::redact(version.map(|v| &**v), &inst.instance.fields);
         let history = store.history(inst.id).await?;
@@ -483,7 +476,7 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
             "state": inst.instance.state,
             "owner": inst.instance.owner,
             "status": inst.instance.status,
-            "held_since": inst.held_since.map(local),
+            "held_since": inst.held_since.map(&local),
             "fields": fields,
             "history": history.iter().map(|h| json!({
                 "seq": h.seq, "at": local(h.at), "from": h.from, "to": h.to,
@@ -493,8 +486,8 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
             "notices": notices.iter().map(|n| json!({
                 "id": n.id, "at": local(n.not_before), "to": n.role, "template": n.template,
                 "channel": n.channel, "status": n.status, "error": n.last_error,
-                "waits_until": waits_until(n, now).map(local),
-                "expires_at": n.expires_at.map(local),
+                "waits_until": waits_until(n, now).map(&local),
+                "expires_at": n.expires_at.map(&local),
             })).collect::<Vec<_>>(),
         }));
     }
@@ -652,15 +645,7 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
     }
     for r in rows {
         // Times as people there read them: in the pathway's zone, as `status` shows them.
-        let tz = catalog
-            .version(r.pathway_version_id)
-            .and_then(|v| carepath_engine::time::zone(&v.checked.pathway.time_zone).ok())
-            .unwrap_or(TimeZone::UTC);
-        let local = |t: Timestamp| {
-            t.to_zoned_datetime(tz.clone())
-                .strftime("%Y-%m-%d %H:%M")
-                .to_string()
-        };
+        let local = local_time(&catalog, r.pathway_version_id);
         match format {
             Format::Json => writeln!(out, "{}", serde_json::to_string(&r)?)?,
             Format::Text => writeln!(
@@ -684,6 +669,20 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows a moment as people on a pathway version read it: local time in its zone (UTC when
+/// the version is not loaded).
+fn local_time(catalog: &Catalog, version_id: i64) -> impl Fn(Timestamp) -> String {
+    let tz = catalog
+        .version(version_id)
+        .and_then(|v| carepath_engine::time::zone(&v.checked.pathway.time_zone).ok())
+        .unwrap_or(TimeZone::UTC);
+    move |t: Timestamp| {
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%Y-%m-%d %H:%M")
+            .to_string()
+    }
 }
 
 /// When a queued notice will go, if it is waiting (for quiet hours, a retry, or its moment).
