@@ -875,6 +875,45 @@ async fn opt_outs_are_recorded_and_checked() {
         )
         .await;
     assert_eq!(back.body["changed"], true);
+
+    // A token limited to other pathways neither opts a standard-track family out nor back in,
+    // and learns nothing of the number.
+    s.enrol("FAM-0301").await;
+    for opted_out in [true, false] {
+        s.post(
+            "/v1/opt-outs",
+            RED_CROSS,
+            &json!({"address": "+4520123456", "opted_out": opted_out}),
+            None,
+        )
+        .await
+        .problem(404, "not-found");
+    }
+    // What the family said by SMS, another system does not undo.
+    s.rt.store()
+        .set_opt_out(
+            "+4520123456",
+            carepath_engine::pathway::Channel::Sms,
+            true,
+            "sms STOP",
+            s.clock.now(),
+        )
+        .await
+        .expect("STOP");
+    s.post(
+        "/v1/opt-outs",
+        MUNICIPALITY,
+        &json!({"address": "+4520123456", "opted_out": false}),
+        None,
+    )
+    .await
+    .problem(409, "opted-out-by-family");
+    let still =
+        s.rt.store()
+            .opt_out_source("+4520123456", carepath_engine::pathway::Channel::Sms)
+            .await
+            .expect("read");
+    assert_eq!(still.as_deref(), Some("sms STOP"));
 }
 
 #[test]

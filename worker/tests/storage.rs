@@ -700,6 +700,44 @@ async fn opt_outs_are_kept_per_address_and_channel<S: Storage>(store: &S) {
     assert!(store.opted_out(&asked).await.expect("read").is_empty());
 }
 
+async fn an_opt_out_knows_its_source_and_an_address_its_families_pathways<S: Storage>(store: &S) {
+    assert_eq!(
+        store
+            .opt_out_source("+4520123456", Channel::Sms)
+            .await
+            .expect("read"),
+        None
+    );
+    store
+        .set_opt_out("+4520123456", Channel::Sms, true, "sms STOP", t0())
+        .await
+        .expect("opt out");
+    assert_eq!(
+        store
+            .opt_out_source("+4520123456", Channel::Sms)
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("sms STOP")
+    );
+    // Anne's address, as stored, is found by its normalised form; nobody has the other.
+    enrol(store, "FAM-P", vec![]).await;
+    assert_eq!(
+        store
+            .address_pathways("anne@example.dk", Channel::Email)
+            .await
+            .expect("read"),
+        ["p"]
+    );
+    assert!(
+        store
+            .address_pathways("nobody@example.dk", Channel::Email)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
 async fn a_held_instance_waits_and_is_listed_by_filter<S: Storage>(store: &S) {
     let held = enrol(store, "FAM-H", vec![timer("soon", minutes(1))]).await;
     let other = enrol(store, "FAM-I", vec![timer("later", minutes(2))]).await;
@@ -1047,6 +1085,7 @@ macro_rules! backend {
             property!(a_life_event_skips_the_familys_queued_notices);
             property!(an_update_assigns_contacts_or_keeps_them);
             property!(a_withdrawn_topic_skips_only_its_queued_notices);
+            property!(an_opt_out_knows_its_source_and_an_address_its_families_pathways);
         }
     };
 }

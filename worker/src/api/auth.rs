@@ -137,6 +137,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the token has the `admin` scope.
+    pub fn is_admin(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
+
     /// Refuses (403) unless the token has `scope` (or `admin`).
     pub fn require(&self, scope: Scope) -> Result<(), Problem> {
         if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {

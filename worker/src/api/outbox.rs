@@ -157,6 +157,8 @@ pub struct OptOutAnswer {
         (status = 200, description = "Recorded", body = OptOutAnswer),
         (status = 401, description = "No or unknown token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No instances:write scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A token limited to some pathways named an address no family on them has", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The family opted out by SMS: only their START or an admin opts them back in", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not an address", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -177,9 +179,38 @@ pub async fn opt_out<S: Storage>(
             };
             Problem::invalid(pointer, &why)
         })?;
-    let changed = api
-        .runtime
-        .store()
+    let store = api.runtime.store();
+    // A token limited to some pathways acts only on the families on them: the address must
+    // be a contact of one. Any other is answered as unknown, so nothing is learnt about it.
+    if let Some(allowed) = caller.restriction() {
+        let theirs = store
+            .address_pathways(&key, channel)
+            .await
+            .map_err(Problem::store)?;
+        if !theirs.iter().any(|p| allowed.contains(p)) {
+            return Err(Problem::not_found(
+                "no family on this token's pathways has this address",
+            ));
+        }
+    }
+    // What the family said by SMS, only the family (START) or an administrator undoes.
+    if !body.opted_out
+        && !caller.is_admin()
+        && store
+            .opt_out_source(&key, channel)
+            .await
+            .map_err(Problem::store)?
+            .is_some_and(|source| source.starts_with("sms "))
+    {
+        return Err(Problem::conflict(
+            "opted-out-by-family",
+            "the family opted out themselves by SMS: only their START, or an administrator, opts them back in",
+        ));
+    }
+    if !body.opted_out && caller.is_admin() {
+        tracing::info!(token = %caller.name, address = %mask(&key), channel = channel.as_str(), "opt-in by an administrator");
+    }
+    let changed = store
         .set_opt_out(
             &key,
             channel,

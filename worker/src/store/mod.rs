@@ -751,6 +751,22 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         addresses: &[(String, Channel)],
     ) -> impl Future<Output = Result<Vec<(String, Channel)>>> + Send;
+
+    /// Who or what opted a (normalised) address out of a channel (`sms STOP`, `api NAME`,
+    /// `cli`), if it is opted out.
+    fn opt_out_source(
+        &self,
+        address: &str,
+        channel: Channel,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// The pathways of the instances whose contacts have this (normalised) address on this
+    /// channel: whose families an opt-out of it touches.
+    fn address_pathways(
+        &self,
+        address: &str,
+        channel: Channel,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
 }
 
 /// A write transaction. Dropped without [`Tx::commit`], it rolls back.

@@ -897,6 +897,34 @@ impl Storage for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn opt_out_source(&self, address: &str, channel: Channel) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT source FROM opt_outs WHERE address = ? AND channel = ?")
+                .bind(address)
+                .bind(channel.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn address_pathways(&self, address: &str, channel: Channel) -> Result<Vec<String>> {
+        // Addresses are stored as given; opt-outs are keyed normalised (an email in lower case,
+        // a phone number as `+` and digits), so the comparison normalises the stored one.
+        let matches = match channel {
+            Channel::Email => "lower(trim(c.email)) = ?",
+            Channel::Sms => {
+                "replace(replace(replace(replace(replace(c.phone, ' ', ''), '-', ''), '(', ''), ')', ''), '.', '') = ?"
+            }
+        };
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT i.pathway FROM instances i, json_each(i.roles) r \
+             JOIN contacts c ON c.id = r.value WHERE {matches} ORDER BY i.pathway"
+        )))
+        .bind(address)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn opted_out(&self, addresses: &[(String, Channel)]) -> Result<Vec<(String, Channel)>> {
         let mut out = Vec::new();
         for chunk in addresses.chunks(MAX_BINDS / 2) {
