@@ -63,6 +63,10 @@ pub struct SmsConfig {
     /// webhooks (`X-Gwapi-Signature`). Without it, `carepath run --listen` takes no inbound SMS.
     #[serde(default)]
     pub inbound_secret_env: Option<String>,
+    /// GatewayAPI: the keyword inbound SMS start with on a shared short code ("CAREPATH STOP");
+    /// it is taken off before the reply is read.
+    #[serde(default)]
+    pub inbound_keyword: Option<String>,
 }
 
 fn default_timeout() -> u64 {

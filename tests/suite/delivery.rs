@@ -346,6 +346,7 @@ pub(super) async fn gateway(server: &MockServer) -> SmsConfig {
         timeout_secs: 5,
         max_segments: 3,
         inbound_secret_env: None,
+        inbound_keyword: None,
     }
 }
 
@@ -684,7 +685,10 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
         }
         req.send()
     };
-    let stop = json!({"id": 1000001, "msisdn": 4520123456u64, "receiver": 1204, "message": "Stop", "senttime": 1802000000});
+    // GatewayAPI signs the message itself: the claims are the body.
+    let sent = clock.now().as_second();
+    let sign = |body: &Value| gwapi_signature(body, secret.as_bytes());
+    let stop = json!({"id": 1000001, "msisdn": 4520123456u64, "receiver": 1204, "message": "Stop", "senttime": sent});
     let opted_out = || async {
         rt.store()
             .opted_out(&[("+4520123456".to_string(), Channel::Sms)])
@@ -711,25 +715,45 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
     let forged = gwapi_signature(&json!({}), b"not-the-secret");
     let r = post(stop.to_string(), Some(forged)).await.expect("send");
     assert_eq!(r.status(), 401);
-    let signed = gwapi_signature(&json!({"iat": 1802000000}), secret.as_bytes());
+    let signed = sign(&stop);
     let r = post("{\"msisdn\": ".into(), Some(signed.clone()))
         .await
         .expect("send");
     assert_eq!(r.status(), 400, "not JSON at all");
-    let r = post(json!({"message": "STOP"}).to_string(), Some(signed.clone()))
+    let nameless = json!({"message": "STOP", "senttime": sent});
+    let r = post(nameless.to_string(), Some(sign(&nameless)))
         .await
         .expect("send");
-    assert_eq!(r.status(), 422);
+    assert_eq!(r.status(), 401, "the signature covers no number");
+    // A token signed for one message, posted with another number's STOP.
+    let other =
+        json!({"id": 1000001, "msisdn": 4599999999u64, "message": "STOP", "senttime": sent});
+    let r = post(other.to_string(), Some(signed.clone()))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
     let problem: Value = r.json().await.expect("json");
-    assert_eq!(problem["pointer"], "/msisdn");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("is not the one signed")),
+        "{problem}"
+    );
+    // A signed message from long ago.
+    let stale =
+        json!({"id": 999, "msisdn": 4520123456u64, "message": "STOP", "senttime": sent - 86_400});
+    let r = post(stale.to_string(), Some(sign(&stale)))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401, "stale");
     assert!(
         opted_out().await.is_empty(),
         "a refused request changed state"
     );
 
     // A reply that is not a keyword changes nothing; STOP opts the number out.
-    let chat = json!({"id": 1000002, "msisdn": 4520123456u64, "message": "Hvad tid er det?", "senttime": 1802000000});
-    let r = post(chat.to_string(), Some(signed.clone()))
+    let chat = json!({"id": 1000002, "msisdn": 4520123456u64, "message": "Hvad tid er det?", "senttime": sent});
+    let r = post(chat.to_string(), Some(sign(&chat)))
         .await
         .expect("send");
     assert_eq!(r.status(), 200);
@@ -747,14 +771,12 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
         opted_out().await,
         vec![("+4520123456".to_string(), Channel::Sms)]
     );
-    // GatewayAPI retries what it thinks failed: a repeat is harmless.
+    // The same signed call again is a replay: refused, and nothing changes.
     let r = post(stop.to_string(), Some(signed.clone()))
         .await
         .expect("send");
-    assert_eq!(
-        r.json::<Value>().await.expect("json"),
-        json!({"action": "opted-out", "changed": false})
-    );
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.expect("json")["code"], "replayed");
 
     // The family's reminder is then skipped, with the reason, not sent.
     let notifier = Notifier::new(&NotifierConfig {
@@ -781,9 +803,10 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
     );
 
     // START opts back in.
-    let start =
-        json!({"id": 1000003, "msisdn": "4520123456", "message": "start", "senttime": 1802000100});
-    let r = post(start.to_string(), Some(signed)).await.expect("send");
+    let start = json!({"id": 1000003, "msisdn": "4520123456", "message": "start", "senttime": clock.now().as_second()});
+    let r = post(start.to_string(), Some(sign(&start)))
+        .await
+        .expect("send");
     assert_eq!(r.json::<Value>().await.expect("json")["action"], "opted-in");
     assert!(opted_out().await.is_empty());
 

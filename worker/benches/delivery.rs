@@ -374,6 +374,7 @@ async fn sms(n: usize) -> Result<()> {
             timeout_secs: 10,
             max_segments: 3,
             inbound_secret_env: None,
+            inbound_keyword: None,
         }),
         ..NotifierConfig::default()
     };

@@ -700,6 +700,34 @@ async fn opt_outs_are_kept_per_address_and_channel<S: Storage>(store: &S) {
     assert!(store.opted_out(&asked).await.expect("read").is_empty());
 }
 
+async fn an_inbound_call_is_taken_once_within_its_window<S: Storage>(store: &S) {
+    assert!(
+        store
+            .remember_inbound("gatewayapi:1", t0(), minutes(-20))
+            .await
+            .expect("first")
+    );
+    assert!(
+        !store
+            .remember_inbound("gatewayapi:1", minutes(1), minutes(-19))
+            .await
+            .expect("again")
+    );
+    assert!(
+        store
+            .remember_inbound("gatewayapi:2", minutes(1), minutes(-19))
+            .await
+            .expect("other")
+    );
+    // Once the window has passed, the key is forgotten.
+    assert!(
+        store
+            .remember_inbound("gatewayapi:1", minutes(60), minutes(40))
+            .await
+            .expect("later")
+    );
+}
+
 async fn an_opt_out_knows_its_source_and_an_address_its_families_pathways<S: Storage>(store: &S) {
     assert_eq!(
         store
@@ -1086,6 +1114,7 @@ macro_rules! backend {
             property!(an_update_assigns_contacts_or_keeps_them);
             property!(a_withdrawn_topic_skips_only_its_queued_notices);
             property!(an_opt_out_knows_its_source_and_an_address_its_families_pathways);
+            property!(an_inbound_call_is_taken_once_within_its_window);
         }
     };
 }

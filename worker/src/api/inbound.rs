@@ -2,9 +2,20 @@
 //! out of SMS, START to opt back in.
 //!
 //! GatewayAPI signs each call with a JWT (HS256) in `X-Gwapi-Signature`, made with the secret
-//! set on the webhook; a call without a valid signature is refused 401 and changes nothing.
-//! The body is JSON: `{"id", "msisdn", "receiver", "message", "senttime", ...}`. The text of a
-//! message is never logged: a family may write anything in a reply.
+//! set on the webhook, whose claims are the message itself. The body is JSON: `{"id",
+//! "msisdn", "receiver", "message", "senttime", ...}`. A call is taken only when:
+//!
+//! - the signature is valid for the configured secret;
+//! - the signed claims are this body's message: the same `msisdn` and `message` (and `id`,
+//!   `senttime` when the body has them), so a token signed for one message cannot carry
+//!   another number's STOP;
+//! - it is fresh: an `exp` that has not passed, or a `senttime` within [`FRESHNESS`] of now;
+//! - it was not taken before: the message's `id` (or the token's hash) is remembered for the
+//!   freshness window, and a second call with it is refused 409.
+//!
+//! Anything else is refused 401 and changes nothing. On a shared short code the reply starts
+//! with the service's keyword ("CAREPATH STOP"): `[sms] inbound_keyword` takes it off. The
+//! text of a message is never logged: a family may write anything in a reply.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -26,6 +37,9 @@ use crate::store::Storage;
 /// The header GatewayAPI signs webhooks in.
 pub const SIGNATURE_HEADER: &str = "x-gwapi-signature";
 
+/// How far a message's `senttime` may be from now, and how long a handled one is remembered.
+pub const FRESHNESS: i64 = 10 * 60;
+
 /// Words that opt a number out, as the first word of a reply (any case).
 pub const STOP_WORDS: &[&str] = &["STOP", "STOPP", "AFMELD"];
 
@@ -44,10 +58,16 @@ pub enum Action {
 }
 
 impl Action {
-    /// The first word of `message`, read as a keyword.
-    pub fn of(message: &str) -> Self {
-        let word = message
-            .split_whitespace()
+    /// The first word of `message` after the service's `keyword`, if it starts with it, read
+    /// as a keyword.
+    pub fn of(message: &str, keyword: Option<&str>) -> Self {
+        let mut words = message.split_whitespace().peekable();
+        if let (Some(k), Some(first)) = (keyword, words.peek())
+            && first.eq_ignore_ascii_case(k)
+        {
+            words.next();
+        }
+        let word = words
             .next()
             .unwrap_or("")
             .trim_matches(|c: char| !c.is_alphanumeric())
@@ -99,10 +119,12 @@ pub async fn gatewayapi<S: Storage>(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Problem::unauthorized("no X-Gwapi-Signature header"))?;
     let now = api.runtime.clock().now();
-    verify_jwt(token, secret.as_bytes(), now.as_second())
+    let claims = verify_jwt(token, secret.as_bytes(), now.as_second())
         .map_err(|why| Problem::unauthorized(&format!("X-Gwapi-Signature: {why}")))?;
 
     let body: Value = super::parse_body(&body)?;
+    signed_for(&claims, &body, now.as_second())
+        .map_err(|why| Problem::unauthorized(&format!("X-Gwapi-Signature: {why}")))?;
     let msisdn = match &body["msisdn"] {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
@@ -123,7 +145,32 @@ pub async fn gatewayapi<S: Storage>(
             "msisdn: expected a number with its country code, as 4512345678",
         ));
     }
-    let action = Action::of(message);
+    // Once per message: a signed call posted again is a replay, whoever sends it.
+    let seen_key = match claims.get("id").filter(|v| !v.is_null()) {
+        Some(id) => format!("gatewayapi:{}", scalar(id)),
+        None => {
+            use sha2::Digest;
+            let digest = Sha256::digest(token.as_bytes());
+            format!("token:{}", super::auth::hex(&digest))
+        }
+    };
+    let fresh = api
+        .runtime
+        .store()
+        .remember_inbound(
+            &seen_key,
+            now,
+            now - jiff::SignedDuration::from_secs(2 * FRESHNESS),
+        )
+        .await
+        .map_err(|e| Problem::unavailable(&format!("the message was not recorded: {e}")))?;
+    if !fresh {
+        return Err(Problem::conflict(
+            "replayed",
+            "this signed message was taken already: it is not applied again",
+        ));
+    }
+    let action = Action::of(message, api.inbound_keyword.as_deref());
     let shown = mask_phone(&number);
     let changed = match action {
         Action::Ignored => false,
@@ -147,9 +194,49 @@ pub async fn gatewayapi<S: Storage>(
     Ok(Json(json!({"action": action.as_str(), "changed": changed})))
 }
 
+/// A JSON scalar as text, so a number and its string compare equal (`4512345678`, `"4512345678"`).
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.trim().trim_start_matches('+').to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether the signed `claims` are this `body`'s message, and fresh at `now` (seconds).
+pub fn signed_for(claims: &Value, body: &Value, now: i64) -> Result<(), String> {
+    for member in ["msisdn", "message"] {
+        if claims.get(member).is_none_or(Value::is_null) {
+            return Err(format!(
+                "the signed claims hold no \"{member}\": the signature does not cover the message"
+            ));
+        }
+    }
+    for member in ["id", "msisdn", "message", "senttime"] {
+        if let Some(said) = body.get(member).filter(|v| !v.is_null())
+            && claims.get(member).map(scalar) != Some(scalar(said))
+        {
+            return Err(format!(
+                "the body's \"{member}\" is not the one signed: the signature is for another message"
+            ));
+        }
+    }
+    match (claims["exp"].as_i64(), claims["senttime"].as_i64()) {
+        (Some(_), _) => Ok(()), // checked with the signature
+        (None, Some(sent)) if (now - sent).abs() <= FRESHNESS => Ok(()),
+        (None, Some(_)) => Err(format!(
+            "the message was sent more than {} minutes from now: refused as stale",
+            FRESHNESS / 60
+        )),
+        (None, None) => Err(
+            "the signed claims hold no time (exp or senttime): refused, since it could be replayed forever"
+                .into(),
+        ),
+    }
+}
+
 /// Checks an HS256 JWT's signature with `secret`, and its `exp` claim, if any, against `now`
-/// (seconds since the epoch).
-pub fn verify_jwt(token: &str, secret: &[u8], now: i64) -> Result<(), String> {
+/// (seconds since the epoch); returns its claims.
+pub fn verify_jwt(token: &str, secret: &[u8], now: i64) -> Result<Value, String> {
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -180,7 +267,7 @@ pub fn verify_jwt(token: &str, secret: &[u8], now: i64) -> Result<(), String> {
     {
         return Err("the token has expired".into());
     }
-    Ok(())
+    Ok(claims)
 }
 
 #[cfg(test)]
@@ -200,7 +287,10 @@ mod tests {
     #[test]
     fn a_signed_token_passes_and_a_forged_one_does_not() {
         let token = sign(&json!({"msisdn": 4512345678u64}), b"s3cret");
-        assert_eq!(verify_jwt(&token, b"s3cret", 0), Ok(()));
+        assert_eq!(
+            verify_jwt(&token, b"s3cret", 0),
+            Ok(json!({"msisdn": 4512345678u64}))
+        );
         let err = verify_jwt(&token, b"other", 0).unwrap_err();
         assert!(err.contains("does not match"), "{err}");
         assert!(verify_jwt("a.b", b"s3cret", 0).is_err());
@@ -210,17 +300,58 @@ mod tests {
                 .unwrap_err()
                 .contains("expired")
         );
-        assert_eq!(verify_jwt(&expired, b"s3cret", 50), Ok(()));
+        assert!(verify_jwt(&expired, b"s3cret", 50).is_ok());
+    }
+
+    #[test]
+    fn the_signature_covers_this_message_and_is_fresh() {
+        let body = json!({"id": 7, "msisdn": 4520123456u64, "message": "STOP", "senttime": 1000});
+        assert_eq!(signed_for(&body, &body, 1100), Ok(()));
+        let mut other = body.clone();
+        other["msisdn"] = json!(4599999999u64);
+        let e = signed_for(&body, &other, 1100).unwrap_err();
+        assert!(e.contains("\"msisdn\" is not the one signed"), "{e}");
+        let e = signed_for(&json!({"iat": 1000}), &body, 1100).unwrap_err();
+        assert!(e.contains("hold no \"msisdn\""), "{e}");
+        let e = signed_for(&body, &body, 1000 + FRESHNESS + 1).unwrap_err();
+        assert!(e.contains("stale"), "{e}");
+        let timeless = json!({"msisdn": "4520123456", "message": "STOP"});
+        assert!(
+            signed_for(&timeless, &timeless, 0)
+                .unwrap_err()
+                .contains("no time")
+        );
+        // A number and its string are the same number.
+        let stringly = json!({"msisdn": "+4520123456", "message": "STOP", "exp": 99});
+        assert_eq!(
+            signed_for(
+                &stringly,
+                &json!({"msisdn": 4520123456u64, "message": "STOP"}),
+                0
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn keywords_are_the_first_word_in_any_case() {
-        assert_eq!(Action::of("stop"), Action::OptedOut);
-        assert_eq!(Action::of("  Stop tak"), Action::OptedOut);
-        assert_eq!(Action::of("AFMELD."), Action::OptedOut);
-        assert_eq!(Action::of("start"), Action::OptedIn);
-        assert_eq!(Action::of("Kan vi flytte tiden?"), Action::Ignored);
-        assert_eq!(Action::of("Please don't stop"), Action::Ignored);
-        assert_eq!(Action::of(""), Action::Ignored);
+        assert_eq!(Action::of("stop", None), Action::OptedOut);
+        assert_eq!(Action::of("  Stop tak", None), Action::OptedOut);
+        assert_eq!(Action::of("AFMELD.", None), Action::OptedOut);
+        assert_eq!(Action::of("start", None), Action::OptedIn);
+        assert_eq!(Action::of("Kan vi flytte tiden?", None), Action::Ignored);
+        assert_eq!(Action::of("Please don't stop", None), Action::Ignored);
+        assert_eq!(Action::of("", None), Action::Ignored);
+        // On a shared short code the service's keyword comes first.
+        assert_eq!(
+            Action::of("carepath STOP", Some("CAREPATH")),
+            Action::OptedOut
+        );
+        assert_eq!(
+            Action::of("CAREPATH start", Some("CAREPATH")),
+            Action::OptedIn
+        );
+        assert_eq!(Action::of("CAREPATH", Some("CAREPATH")), Action::Ignored);
+        assert_eq!(Action::of("STOP", Some("CAREPATH")), Action::OptedOut);
     }
 }

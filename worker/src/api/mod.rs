@@ -68,6 +68,8 @@ pub struct Api<S: Storage> {
     pub committed: Arc<dyn Fn() + Send + Sync>,
     /// Idempotency keys in use by a request now: a repeat waits for the first answer.
     pub reservations: Arc<idempotency::Reservations>,
+    /// The keyword inbound SMS start with on a shared short code, taken off before reading.
+    pub inbound_keyword: Option<String>,
 }
 
 impl<S: Storage> Clone for Api<S> {
@@ -79,6 +81,7 @@ impl<S: Storage> Clone for Api<S> {
             ingest: self.ingest.clone(),
             committed: self.committed.clone(),
             reservations: self.reservations.clone(),
+            inbound_keyword: self.inbound_keyword.clone(),
         }
     }
 }
@@ -99,7 +102,14 @@ impl<S: Storage> Api<S> {
             gatewayapi_secret,
             committed,
             reservations: Arc::default(),
+            inbound_keyword: None,
         }
+    }
+
+    /// Takes `keyword` off the start of inbound SMS (a shared short code's service keyword).
+    pub fn with_inbound_keyword(mut self, keyword: Option<String>) -> Self {
+        self.inbound_keyword = keyword;
+        self
     }
 
     /// A fresh idempotency key, for an event sent without one.

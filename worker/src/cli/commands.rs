@@ -288,12 +288,18 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(addr = %listener.local_addr()?, tokens = tokens.len(), "HTTP API listening");
             // With the worker elsewhere, the socket beside the database wakes it.
             let other = (no_timers || no_delivery).then(|| db.db.clone());
+            let keyword = config
+                .notifier
+                .as_ref()
+                .and_then(|c| c.sms.as_ref())
+                .and_then(|s| s.inbound_keyword.clone());
             let api = api::Api::new(
                 rt.clone(),
                 tokens,
                 gatewayapi_secret,
                 api::waker(wake.clone(), other),
-            );
+            )
+            .with_inbound_keyword(keyword);
             Some(tokio::spawn(api::serve(
                 listener,
                 api::router(api),

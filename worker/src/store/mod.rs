@@ -752,6 +752,15 @@ pub trait Storage: Send + Sync + 'static {
         addresses: &[(String, Channel)],
     ) -> impl Future<Output = Result<Vec<(String, Channel)>>> + Send;
 
+    /// Remembers an inbound webhook call by `key` until `forget_before`; returns `false` when
+    /// the key was seen already (a replay). Older keys are forgotten in the same call.
+    fn remember_inbound(
+        &self,
+        key: &str,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// Who or what opted a (normalised) address out of a channel (`sms STOP`, `api NAME`,
     /// `cli`), if it is opted out.
     fn opt_out_source(

@@ -897,6 +897,29 @@ impl Storage for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn remember_inbound(
+        &self,
+        key: &str,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM inbound_seen WHERE at < ?")
+            .bind(ms(forget_before))
+            .execute(&mut *tx.tx)
+            .await?;
+        let added =
+            sqlx::query("INSERT INTO inbound_seen (key, at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .bind(ms(now))
+                .execute(&mut *tx.tx)
+                .await?
+                .rows_affected()
+                > 0;
+        tx.commit().await?;
+        Ok(added)
+    }
+
     async fn opt_out_source(&self, address: &str, channel: Channel) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT source FROM opt_outs WHERE address = ? AND channel = ?")
