@@ -1008,3 +1008,447 @@ async fn concurrent_repeats_of_one_key_all_get_the_first_answer() {
             .expect("read");
     assert_eq!(enrolled.len(), 1);
 }
+
+/// One bad request: what is sent, and the status and problem code it must get.
+struct Bad {
+    method: &'static str,
+    path: String,
+    token: Option<&'static str>,
+    body: Option<String>,
+    key: Option<String>,
+    status: u16,
+    code: &'static str,
+}
+
+fn bad(
+    method: &'static str,
+    path: impl Into<String>,
+    token: Option<&'static str>,
+    body: Option<String>,
+    status: u16,
+    code: &'static str,
+) -> Bad {
+    Bad {
+        method,
+        path: path.into(),
+        token,
+        body,
+        key: None,
+        status,
+        code,
+    }
+}
+
+/// Over a hundred bad requests, each answered with its status and a problem document with
+/// its code, and none of them changing a family, a step, a timer or a notice.
+#[tokio::test]
+async fn a_corpus_of_bad_requests_is_refused_with_problems_and_changes_nothing() {
+    let s = start().await;
+    let id = s.enrol("FAM-0500").await;
+    let fam = |r: &str| Some(family(r).to_string());
+    let exam = Some(json!({"event": "first_exam_done", "payload": {"care_level": 2}}).to_string());
+    let empty = Some("{}".to_string());
+    let ins = format!("/v1/instances/{id}");
+    let events = format!("{ins}/events");
+    let hold = format!("{ins}/hold");
+    let resume = format!("{ins}/resume");
+    let mut cases: Vec<Bad> = Vec::new();
+
+    // Who is asking: nobody, an unknown token.
+    let endpoints: Vec<(&'static str, String, Option<String>)> = vec![
+        ("GET", "/v1/instances".into(), None),
+        ("GET", ins.clone(), None),
+        ("POST", "/v1/instances".into(), fam("FAM-0501")),
+        ("POST", events.clone(), exam.clone()),
+        ("POST", hold.clone(), empty.clone()),
+        ("POST", resume.clone(), empty.clone()),
+        ("GET", "/v1/pathways".into(), None),
+        ("GET", "/v1/pathways/standard-track".into(), None),
+        ("GET", "/v1/outbox".into(), None),
+        (
+            "POST",
+            "/v1/opt-outs".into(),
+            Some(json!({"address": "+4520123456"}).to_string()),
+        ),
+        ("GET", "/metrics".into(), None),
+    ];
+    for (method, path, body) in &endpoints {
+        for token in [None, Some("cp_nobody"), Some("Basic Zm9vOmJhcg==")] {
+            cases.push(bad(
+                method,
+                path.clone(),
+                token,
+                body.clone(),
+                401,
+                "unauthorized",
+            ));
+        }
+    }
+    // What the token may do: scopes.
+    for (path, body) in [
+        ("/v1/instances".to_string(), fam("FAM-0502")),
+        (events.clone(), exam.clone()),
+        (hold.clone(), empty.clone()),
+        (resume.clone(), empty.clone()),
+        (
+            "/v1/opt-outs".to_string(),
+            Some(json!({"address": "+4520123456"}).to_string()),
+        ),
+    ] {
+        cases.push(bad(
+            "POST",
+            path,
+            Some(READER),
+            body,
+            403,
+            "insufficient-scope",
+        ));
+    }
+    for (path, body) in [
+        ("/v1/instances".to_string(), fam("FAM-0503")),
+        (hold.clone(), empty.clone()),
+        (resume.clone(), empty.clone()),
+        (
+            "/v1/opt-outs".to_string(),
+            Some(json!({"address": "+4520123456"}).to_string()),
+        ),
+    ] {
+        cases.push(bad(
+            "POST",
+            path,
+            Some(HOSPITAL),
+            body,
+            403,
+            "insufficient-scope",
+        ));
+    }
+    cases.push(bad(
+        "POST",
+        events.clone(),
+        Some(MUNICIPALITY),
+        exam.clone(),
+        403,
+        "insufficient-scope",
+    ));
+    // Which families the token may see: another organisation's is not there for it.
+    cases.push(bad(
+        "GET",
+        ins.clone(),
+        Some(RED_CROSS),
+        None,
+        404,
+        "not-found",
+    ));
+    cases.push(bad(
+        "POST",
+        events.clone(),
+        Some(RED_CROSS),
+        exam.clone(),
+        404,
+        "not-found",
+    ));
+    cases.push(bad(
+        "POST",
+        hold.clone(),
+        Some(RED_CROSS),
+        empty.clone(),
+        404,
+        "not-found",
+    ));
+    cases.push(bad(
+        "POST",
+        resume.clone(),
+        Some(RED_CROSS),
+        empty.clone(),
+        404,
+        "not-found",
+    ));
+    cases.push(bad(
+        "POST",
+        "/v1/instances",
+        Some(RED_CROSS),
+        fam("FAM-0504"),
+        403,
+        "pathway-forbidden",
+    ));
+    cases.push(bad(
+        "GET",
+        "/v1/instances?pathway=standard-track",
+        Some(RED_CROSS),
+        None,
+        403,
+        "pathway-forbidden",
+    ));
+    cases.push(bad(
+        "POST",
+        "/v1/opt-outs",
+        Some(RED_CROSS),
+        Some(json!({"address": "+4520123456"}).to_string()),
+        404,
+        "not-found",
+    ));
+    // Bodies that are not JSON.
+    for text in [
+        "",
+        "{",
+        "[",
+        "nul",
+        "{\"ref\":}",
+        "{'ref': 'x'}",
+        "\u{feff}{}",
+        "{\"a\":1}}",
+    ] {
+        cases.push(bad(
+            "POST",
+            "/v1/instances",
+            Some(MUNICIPALITY),
+            Some(text.into()),
+            400,
+            "malformed-json",
+        ));
+        cases.push(bad(
+            "POST",
+            events.clone(),
+            Some(HOSPITAL),
+            Some(text.into()),
+            400,
+            "malformed-json",
+        ));
+    }
+    // JSON of the wrong shape.
+    let mut enrolments: Vec<Value> = Vec::new();
+    for (member, value) in [
+        ("ref", json!(42)),
+        ("ref", Value::Null),
+        ("pathway", json!(["standard-track"])),
+        ("fields", json!("due_date")),
+        ("contacts", json!([])),
+        ("colour", json!("blue")),
+    ] {
+        let mut f = family("FAM-0505");
+        f[member] = value;
+        enrolments.push(f);
+    }
+    let mut no_ref = family("FAM-0506");
+    no_ref.as_object_mut().expect("object").remove("ref");
+    enrolments.push(no_ref);
+    for f in enrolments {
+        cases.push(bad(
+            "POST",
+            "/v1/instances",
+            Some(MUNICIPALITY),
+            Some(f.to_string()),
+            422,
+            "invalid-body",
+        ));
+    }
+    for body in [
+        json!([]),
+        json!("first_exam_done"),
+        json!({}),
+        json!({"event": 7}),
+        json!({"event": "first_exam_done", "colour": "blue"}),
+        json!({"event": "first_exam_done", "contacts": []}),
+    ] {
+        cases.push(bad(
+            "POST",
+            events.clone(),
+            Some(HOSPITAL),
+            Some(body.to_string()),
+            422,
+            "invalid-body",
+        ));
+    }
+    // What the family's data may hold, and what a reference may be.
+    for reference in ["0101901234", "CPR٠١٠١٩٠١٢٣٤", ""] {
+        cases.push(bad(
+            "POST",
+            "/v1/instances",
+            Some(MUNICIPALITY),
+            fam(reference),
+            422,
+            "invalid-body",
+        ));
+    }
+    let mut unknown_pathway = family("FAM-0507");
+    unknown_pathway["pathway"] = json!("no-such-pathway");
+    cases.push(bad(
+        "POST",
+        "/v1/instances",
+        Some(MUNICIPALITY),
+        Some(unknown_pathway.to_string()),
+        422,
+        "invalid-body",
+    ));
+    // Events the family's state or pathway does not take.
+    cases.push(bad(
+        "POST",
+        events.clone(),
+        Some(HOSPITAL),
+        Some(json!({"event": "no_such_event"}).to_string()),
+        422,
+        "unknown-event",
+    ));
+    cases.push(bad(
+        "POST",
+        events.clone(),
+        Some(HOSPITAL),
+        Some(json!({"event": "first_exam_done", "payload": {"care_level": "two"}}).to_string()),
+        422,
+        "bad-payload",
+    ));
+    cases.push(bad(
+        "POST",
+        events.clone(),
+        Some(HOSPITAL),
+        Some(
+            json!({"event": "birth_registered", "payload": {"birth_date": "2027-08-01"}})
+                .to_string(),
+        ),
+        409,
+        "event-not-allowed",
+    ));
+    // Ids that are no ids, and ones that are not there.
+    for path in [
+        "/v1/instances/abc",
+        "/v1/instances/1.5",
+        "/v1/instances/99999999999999999999",
+    ] {
+        cases.push(bad("GET", path, Some(READER), None, 400, "bad-path"));
+    }
+    for path in [
+        "/v1/instances/0",
+        "/v1/instances/-1",
+        "/v1/instances/424242",
+    ] {
+        cases.push(bad("GET", path, Some(READER), None, 404, "not-found"));
+    }
+    cases.push(bad(
+        "GET",
+        "/v1/pathways/no-such-pathway",
+        Some(READER),
+        None,
+        404,
+        "not-found",
+    ));
+    cases.push(bad(
+        "GET",
+        "/v1/no-such-endpoint",
+        Some(READER),
+        None,
+        404,
+        "not-found",
+    ));
+    cases.push(bad(
+        "POST",
+        "/v1/instances/424242/hold",
+        Some(MUNICIPALITY),
+        empty.clone(),
+        404,
+        "not-found",
+    ));
+    // Queries.
+    for query in [
+        "limit=abc",
+        "limit=-1",
+        "after=x",
+        "limit=",
+        "pathway=standard-track&limit=1.5",
+    ] {
+        cases.push(bad(
+            "GET",
+            format!("/v1/instances?{query}"),
+            Some(READER),
+            None,
+            400,
+            "bad-query",
+        ));
+    }
+    for query in ["status=nonsense", "instance=abc", "limit=x"] {
+        cases.push(bad(
+            "GET",
+            format!("/v1/outbox?{query}"),
+            Some(READER),
+            None,
+            400,
+            "bad-query",
+        ));
+    }
+    // Methods a route does not take.
+    for (method, path) in [
+        ("DELETE", ins.clone()),
+        ("PUT", ins.clone()),
+        ("PATCH", ins.clone()),
+        ("GET", events.clone()),
+        ("DELETE", "/v1/instances".to_string()),
+        ("PUT", "/v1/opt-outs".to_string()),
+        ("POST", "/v1/pathways".to_string()),
+        ("POST", "/healthz".to_string()),
+    ] {
+        cases.push(bad(
+            method,
+            path,
+            Some(READER),
+            None,
+            405,
+            "method-not-allowed",
+        ));
+    }
+    // Bodies too large.
+    let huge = Some(format!("{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024)));
+    for path in [
+        "/v1/instances".to_string(),
+        events.clone(),
+        "/v1/opt-outs".to_string(),
+    ] {
+        cases.push(bad(
+            "POST",
+            path,
+            Some(MUNICIPALITY),
+            huge.clone(),
+            413,
+            "body-too-large",
+        ));
+    }
+    // Idempotency keys that are no keys.
+    for key in [String::new(), "k".repeat(201), "two words".into()] {
+        let mut b = bad(
+            "POST",
+            "/v1/instances",
+            Some(MUNICIPALITY),
+            fam("FAM-0508"),
+            400,
+            "bad-idempotency-key",
+        );
+        b.key = Some(key);
+        cases.push(b);
+    }
+
+    assert!(cases.len() >= 100, "{} cases", cases.len());
+    let before = s.snapshot().await;
+    let mut wrong = Vec::new();
+    for c in &cases {
+        let a = s
+            .call(c.method, &c.path, c.token, c.body.clone(), c.key.as_deref())
+            .await;
+        let code = a.body["code"].as_str().unwrap_or("").to_string();
+        if a.status != c.status || code != c.code || a.content_type != "application/problem+json" {
+            wrong.push(format!(
+                "{} {} ({:?}): got {} {code:?} {:?}, want {} {:?}",
+                c.method, c.path, c.token, a.status, a.content_type, c.status, c.code
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(
+        s.snapshot().await,
+        before,
+        "a refused request changed something"
+    );
+}
