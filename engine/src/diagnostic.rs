@@ -312,8 +312,8 @@ impl<'a> LineIndex<'a> {
         (line + 1, column + 1)
     }
 
-    /// The text of a 1-based line, without its line ending.
-    pub fn line(&self, line: usize) -> &'a str {
+    /// The byte range of a 1-based line, without its line break.
+    fn bounds(&self, line: usize) -> (usize, usize) {
         let start = self
             .starts
             .get(line - 1)
@@ -323,8 +323,14 @@ impl<'a> LineIndex<'a> {
             .starts
             .get(line)
             .map_or(self.text.len(), |next| next - 1);
+        (start, end.max(start))
+    }
+
+    /// The text of a 1-based line, without its line ending.
+    pub fn line(&self, line: usize) -> &'a str {
+        let (start, end) = self.bounds(line);
         self.text
-            .get(start..end.max(start))
+            .get(start..end)
             .unwrap_or("")
             .trim_end_matches('\r')
     }
@@ -346,16 +352,7 @@ impl<'a> LineIndex<'a> {
     /// the line was cut, the caret's column in them and the width it underlines. Only the
     /// bytes shown are looked at, so this is quick on a line of megabytes.
     fn window(&self, line: usize, span: Span) -> (String, usize, usize) {
-        let start = self
-            .starts
-            .get(line - 1)
-            .copied()
-            .unwrap_or(self.text.len());
-        let end = self
-            .starts
-            .get(line)
-            .map_or(self.text.len(), |next| next - 1)
-            .max(start);
+        let (start, end) = self.bounds(line);
         let mut at = span.start.clamp(start, end);
         while !self.text.is_char_boundary(at) {
             at -= 1;

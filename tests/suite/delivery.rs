@@ -119,10 +119,21 @@ fn phone(reference: &str) -> &'static str {
 }
 
 async fn event(rt: &Runtime<SqliteStore>, reference: &str, name: &str, payload: Value) {
+    event_keyed(rt, reference, name, name, payload).await;
+}
+
+/// Reports an event under the key `REF:KEY`, and asserts it was not refused.
+pub(super) async fn event_keyed(
+    rt: &Runtime<SqliteStore>,
+    reference: &str,
+    key: &str,
+    name: &str,
+    payload: Value,
+) {
     let r = rt
         .apply_events(&[EventRequest {
             instance_id: None,
-            key: format!("{reference}:{name}"),
+            key: format!("{reference}:{key}"),
             reference: reference.into(),
             pathway: None,
             event: name.into(),

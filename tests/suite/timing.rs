@@ -12,7 +12,9 @@ use carepath_worker::delivery::Notifier;
 use carepath_worker::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime};
 use carepath_worker::store::{Contact, NoticeStatus, SqliteStore, Storage};
 
-use super::delivery::{accepting_gateway, enrol, gateway, local, requests, rows, runtime};
+use super::delivery::{
+    accepting_gateway, enrol, event_keyed, gateway, local, requests, rows, runtime,
+};
 use super::fixtures::write_pathway;
 use super::runtime::runtime as runtime_on;
 use super::support::{run, stdout};
@@ -183,19 +185,7 @@ async fn standard_family(
 }
 
 async fn apply(rt: &Runtime<SqliteStore>, reference: &str, key: &str, name: &str, payload: Value) {
-    let r = rt
-        .apply_events(&[EventRequest {
-            instance_id: None,
-            key: format!("{reference}:{key}"),
-            reference: reference.into(),
-            pathway: None,
-            event: name.into(),
-            payload,
-            contacts: Default::default(),
-        }])
-        .await
-        .expect("event");
-    assert!(r[0].record.code.is_none(), "{r:?}");
+    event_keyed(rt, reference, key, name, payload).await;
 }
 
 async fn book(rt: &Runtime<SqliteStore>, reference: &str, key: &str, name: &str, at: &str) {
