@@ -15,6 +15,10 @@ pub struct Message {
     /// A key stable across retries of this notice; passed to gateways that deduplicate, and
     /// used as the email's Message-ID.
     pub key: String,
+    /// The installation that made the notice (its database's random id): with the key, a
+    /// Message-ID no other deployment gives.
+    #[serde(skip)]
+    pub origin: String,
     /// Email or SMS.
     pub channel: Channel,
     /// The address: an email address or a phone number with country code.

@@ -15,20 +15,34 @@ use serde::{Deserialize, Serialize};
 use crate::channel::{Message, Receipt, SendError, mask};
 use crate::config::{ConfigError, secret};
 
-/// The Message-ID for a notice key: the key with every character a msg-id may not hold
-/// (RFC 5322 dot-atom text) turned into a dot, so the id stays the same on every retry.
-pub fn message_id(key: &str) -> String {
-    let id: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) {
-                c
-            } else {
-                '.'
-            }
-        })
-        .collect();
-    format!("<{}@carepath>", id.trim_matches('.'))
+/// The Message-ID of a notice: the installation's id and the notice key, at the domain of the
+/// From address (RFC 5322 §3.6.4). Globally unique, since the installation id is random per
+/// database, and the same on every retry of the notice, so the far end can tell a repeat.
+/// Characters a msg-id may not hold (dot-atom text) become dots.
+pub fn message_id(origin: &str, key: &str, domain: &str) -> String {
+    let atom = |s: &str| -> String {
+        let id: String = s
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) {
+                    c
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        id.trim_matches('.').to_string()
+    };
+    let left = [atom(origin), atom(key)]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(".");
+    let domain = match atom(domain) {
+        d if d.is_empty() => "carepath.invalid".to_string(),
+        d => d,
+    };
+    format!("<{left}@{domain}>")
 }
 
 /// How the connection to the SMTP server is protected.
@@ -134,7 +148,11 @@ impl EmailChannel {
             .parse()
             .map_err(|e| SendError::Permanent(format!("bad email address {}: {e}", mask(&m.to))))?;
         let builder = Email::builder()
-            .message_id(Some(message_id(&m.key)))
+            .message_id(Some(message_id(
+                &m.origin,
+                &m.key,
+                self.from.email.domain(),
+            )))
             .from(self.from.clone())
             .to(Mailbox::new(m.name.clone(), to))
             .subject(m.subject.clone().unwrap_or_default());
@@ -159,5 +177,21 @@ impl EmailChannel {
             // Transient replies (4xx), timeouts, refused connections, TLS hiccups: later.
             Err(e) => Err(SendError::Transient(format!("smtp: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_the_installation_and_the_notice_at_the_senders_domain() {
+        let id = message_id("3f2a", "1:2:0", "region.example.dk");
+        assert_eq!(id, "<3f2a.1.2.0@region.example.dk>");
+        // The same notice, retried: the same id. Another installation: another id.
+        assert_eq!(message_id("3f2a", "1:2:0", "region.example.dk"), id);
+        assert_ne!(message_id("9c01", "1:2:0", "region.example.dk"), id);
+        // Characters a msg-id may not hold become dots.
+        assert_eq!(message_id("a b", "k", "d"), "<a.b.k@d>");
     }
 }

@@ -824,3 +824,80 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
     wake.stop();
     serving.await.expect("join").expect("served");
 }
+
+/// Two fresh databases give their first notices different Message-IDs (each database has its
+/// own random installation id), at the From address's domain; the same notice sent again
+/// keeps its id, so the far end can tell a repeat.
+#[tokio::test]
+async fn message_ids_are_unique_per_installation_and_stable_across_retries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("mail");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let smtp = SmtpServer::start(&out);
+    let notifier = Notifier::new(&NotifierConfig {
+        email: Some(email_config(smtp.port)),
+        ..NotifierConfig::default()
+    })
+    .expect("notifier");
+    let mut installations = Vec::new();
+    for deployment in ["kommune-a", "kommune-b"] {
+        let folder = dir.path().join(deployment);
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        let (rt, clock) = runtime(&folder).await;
+        enrol(&rt, "FAM-1", "jordemoder@hvidovre.example.dk", "da").await;
+        clock.advance_to(local("2027-01-12T09:00"));
+        event(&rt, "FAM-1", "first_exam_done", json!({"care_level": 1})).await;
+        notifier
+            .deliver(rt.store(), clock.now())
+            .await
+            .expect("deliver");
+        installations.push(rt.store().installation().await.expect("installation"));
+    }
+    assert_ne!(installations[0], installations[1]);
+    let ids: Vec<String> = received(&out)
+        .iter()
+        .filter_map(|m| m["message_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_ne!(ids[0], ids[1], "the same notice key in two databases");
+    for (id, installation) in ids.iter().zip(&installations) {
+        assert!(
+            id.starts_with(&format!("<{installation}.")) && id.ends_with("@carepath.example.dk>"),
+            "{id}"
+        );
+    }
+
+    // The same notice again, as a retry after a lost answer would send it: the same id.
+    let channels = carepath_notifier::Channels::new(&NotifierConfig {
+        email: Some(email_config(smtp.port)),
+        ..NotifierConfig::default()
+    })
+    .expect("channels");
+    let message = carepath_notifier::Message {
+        key: "7:3:0".into(),
+        origin: installations[0].clone(),
+        channel: Channel::Email,
+        to: "jordemoder@hvidovre.example.dk".into(),
+        name: Some("Jordemodercentret".into()),
+        subject: Some("Ny henvisning".into()),
+        body: "Kære Jordemodercentret".into(),
+        html: None,
+        language: Some("da".into()),
+        reference: "FAM-7".into(),
+        role: "midwife".into(),
+        template: "pregnancy_referral".into(),
+    };
+    for _ in 0..2 {
+        channels
+            .send(&message, Timestamp::now())
+            .await
+            .expect("sent");
+    }
+    let again: Vec<String> = received(&out)
+        .iter()
+        .filter_map(|m| m["message_id"].as_str().map(str::to_string))
+        .filter(|id| id.contains(".7.3.0@"))
+        .collect();
+    assert_eq!(again.len(), 2);
+    assert_eq!(again[0], again[1]);
+}

@@ -165,6 +165,7 @@ async fn outbox_of(
 
 fn message(i: usize, channel: Channel) -> Message {
     Message {
+        origin: "bench".into(),
         key: format!("bench:{i}"),
         channel,
         to: match channel {

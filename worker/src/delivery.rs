@@ -122,6 +122,7 @@ impl Notifier {
         now: Timestamp,
     ) -> Result<Delivered, StoreError> {
         let mut total = Delivered::default();
+        let origin = store.installation().await?;
         loop {
             let rows = store
                 .outbox(&OutboxFilter {
@@ -135,7 +136,7 @@ impl Notifier {
             if rows.is_empty() {
                 return Ok(total);
             }
-            let outcomes = self.round(store, &rows, now).await?;
+            let outcomes = self.round(store, &rows, &origin, now).await?;
             for o in &outcomes {
                 match o {
                     Delivery::Sent { .. } => total.sent += 1,
@@ -160,6 +161,7 @@ impl Notifier {
         &self,
         store: &S,
         rows: &[OutboxRow],
+        origin: &str,
         now: Timestamp,
     ) -> Result<Vec<Delivery>, StoreError> {
         let family: Vec<(String, Channel)> = rows
@@ -235,6 +237,7 @@ impl Notifier {
                 r,
                 Message {
                     key: r.key.clone(),
+                    origin: origin.to_string(),
                     channel,
                     to: address.clone(),
                     name: r.recipient.clone(),

@@ -700,6 +700,17 @@ async fn opt_outs_are_kept_per_address_and_channel<S: Storage>(store: &S) {
     assert!(store.opted_out(&asked).await.expect("read").is_empty());
 }
 
+async fn a_database_has_one_random_installation_id<S: Storage>(store: &S) {
+    let id = store.installation().await.expect("read");
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(
+        store.installation().await.expect("again"),
+        id,
+        "never changes"
+    );
+}
+
 async fn an_inbound_call_is_taken_once_within_its_window<S: Storage>(store: &S) {
     assert!(
         store
@@ -1115,6 +1126,7 @@ macro_rules! backend {
             property!(a_withdrawn_topic_skips_only_its_queued_notices);
             property!(an_opt_out_knows_its_source_and_an_address_its_families_pathways);
             property!(an_inbound_call_is_taken_once_within_its_window);
+            property!(a_database_has_one_random_installation_id);
         }
     };
 }

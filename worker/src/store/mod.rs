@@ -752,6 +752,9 @@ pub trait Storage: Send + Sync + 'static {
         addresses: &[(String, Channel)],
     ) -> impl Future<Output = Result<Vec<(String, Channel)>>> + Send;
 
+    /// This database's installation id: random, made with the database, never changed.
+    fn installation(&self) -> impl Future<Output = Result<String>> + Send;
+
     /// Remembers an inbound webhook call by `key` until `forget_before`; returns `false` when
     /// the key was seen already (a replay). Older keys are forgotten in the same call.
     fn remember_inbound(

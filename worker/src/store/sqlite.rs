@@ -897,6 +897,12 @@ impl Storage for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn installation(&self) -> Result<String> {
+        Ok(sqlx::query_scalar("SELECT id FROM installation LIMIT 1")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn remember_inbound(
         &self,
         key: &str,
