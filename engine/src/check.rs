@@ -673,54 +673,52 @@ impl Checker<'_, '_> {
     }
 
     fn enroll_targets(&mut self, known: &HashMap<&str, &Pathway>) {
-        {
-            for (ptr, a) in self.p.action_sites() {
-                let Action::Enroll(e) = a else { continue };
-                match known.get(e.pathway.as_str()) {
-                    None => {
-                        let names: Vec<&str> = known.keys().copied().collect();
-                        self.push(
-                            Code::UnknownPathway,
-                            &format!("{ptr}/enroll/pathway"),
-                            format!("unknown pathway \"{}\" to enroll into", e.pathway),
-                            Some(match closest(&e.pathway, &names) {
-                                Some(c) => format!("did you mean \"{c}\"?"),
-                                None => "check it together with the pathway it names: carepath validate pathways/".into(),
-                            }),
-                        );
-                    }
-                    Some(target) => {
-                        self.enrolled_values(&ptr, e, target);
-                        self.enrolled_roles(&ptr, e, target);
-                        for (j, f) in e.fields.iter().enumerate() {
-                            if !target.fields.contains_key(f) {
-                                self.push(
-                                    Code::UnknownField,
-                                    &format!("{ptr}/enroll/fields/{j}"),
-                                    format!(
-                                        "pathway \"{}\" has no field \"{f}\" to copy into",
-                                        target.id
-                                    ),
-                                    Some(format!(
-                                        "declare \"{f}\" in \"{}\" too, or stop copying it",
-                                        target.id
-                                    )),
-                                );
-                            } else if let Some(mine) = self.p.fields.get(f)
-                                && mine.ty != target.fields[f].ty
-                            {
-                                self.push(
-                                    Code::WrongType,
-                                    &format!("{ptr}/enroll/fields/{j}"),
-                                    format!(
-                                        "field \"{f}\" is {} here and {} in \"{}\"",
-                                        mine.ty.as_str(),
-                                        target.fields[f].ty.as_str(),
-                                        target.id
-                                    ),
-                                    None,
-                                );
-                            }
+        for (ptr, a) in self.p.action_sites() {
+            let Action::Enroll(e) = a else { continue };
+            match known.get(e.pathway.as_str()) {
+                None => {
+                    let names: Vec<&str> = known.keys().copied().collect();
+                    self.push(
+                        Code::UnknownPathway,
+                        &format!("{ptr}/enroll/pathway"),
+                        format!("unknown pathway \"{}\" to enroll into", e.pathway),
+                        Some(match closest(&e.pathway, &names) {
+                            Some(c) => format!("did you mean \"{c}\"?"),
+                            None => "check it together with the pathway it names: carepath validate pathways/".into(),
+                        }),
+                    );
+                }
+                Some(target) => {
+                    self.enrolled_values(&ptr, e, target);
+                    self.enrolled_roles(&ptr, e, target);
+                    for (j, f) in e.fields.iter().enumerate() {
+                        if !target.fields.contains_key(f) {
+                            self.push(
+                                Code::UnknownField,
+                                &format!("{ptr}/enroll/fields/{j}"),
+                                format!(
+                                    "pathway \"{}\" has no field \"{f}\" to copy into",
+                                    target.id
+                                ),
+                                Some(format!(
+                                    "declare \"{f}\" in \"{}\" too, or stop copying it",
+                                    target.id
+                                )),
+                            );
+                        } else if let Some(mine) = self.p.fields.get(f)
+                            && mine.ty != target.fields[f].ty
+                        {
+                            self.push(
+                                Code::WrongType,
+                                &format!("{ptr}/enroll/fields/{j}"),
+                                format!(
+                                    "field \"{f}\" is {} here and {} in \"{}\"",
+                                    mine.ty.as_str(),
+                                    target.fields[f].ty.as_str(),
+                                    target.id
+                                ),
+                                None,
+                            );
                         }
                     }
                 }

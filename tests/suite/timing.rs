@@ -66,6 +66,21 @@ fn tracked(id: &str, horizon: &str, timers: Value, extra: Value) -> Value {
     p
 }
 
+/// A runtime from 11 January 2027, 09:00, on the `tracked` pathway `id` with `timers`,
+/// written into `dir` with an email template "entered".
+async fn tracked_runtime(
+    dir: &std::path::Path,
+    id: &str,
+    horizon: &str,
+    timers: Value,
+) -> (
+    Runtime<SqliteStore>,
+    std::sync::Arc<carepath_worker::clock::VirtualClock>,
+) {
+    write_pathway(dir, &tracked(id, horizon, timers, json!({})), &["entered"]);
+    runtime_on(dir, dir, local("2027-01-11T09:00")).await
+}
+
 async fn enrol_tracked(rt: &Runtime<SqliteStore>, id: &str, reference: &str) {
     rt.enrol(&EnrolRequest {
         reference: reference.into(),
@@ -562,12 +577,7 @@ async fn the_horizon_closes_a_family_nothing_moves_on_or_moves_it_where_the_path
 #[tokio::test]
 async fn a_timer_that_cannot_be_armed_is_told_to_the_owner_not_dropped() {
     let dir = tempfile::tempdir().expect("tmp");
-    write_pathway(
-        dir.path(),
-        &tracked("dates", "P2Y", json!([]), json!({})),
-        &["entered"],
-    );
-    let (rt, _clock) = runtime_on(dir.path(), dir.path(), local("2027-01-11T09:00")).await;
+    let (rt, _clock) = tracked_runtime(dir.path(), "dates", "P2Y", json!([])).await;
     enrol_tracked(&rt, "dates", "FAM-9999").await;
     // A birth date typed in the year 9999: a month after it is beyond the calendar.
     let r = rt
@@ -607,12 +617,7 @@ async fn a_timer_that_cannot_be_armed_is_told_to_the_owner_not_dropped() {
 #[tokio::test]
 async fn an_idempotency_key_reused_for_another_family_is_a_conflict_not_a_replay() {
     let dir = tempfile::tempdir().expect("tmp");
-    write_pathway(
-        dir.path(),
-        &tracked("keys", "P12M", json!([]), json!({})),
-        &["entered"],
-    );
-    let (rt, _clock) = runtime_on(dir.path(), dir.path(), local("2027-01-11T09:00")).await;
+    let (rt, _clock) = tracked_runtime(dir.path(), "keys", "P12M", json!([])).await;
     for r in ["FAM-A", "FAM-B"] {
         enrol_tracked(&rt, "keys", r).await;
     }
@@ -691,17 +696,7 @@ async fn a_template_s_trailing_newline_is_neither_sent_nor_counted() {
 #[tokio::test]
 async fn notices_dead_from_the_start_are_counted_by_the_worker() {
     let dir = tempfile::tempdir().expect("tmp");
-    write_pathway(
-        dir.path(),
-        &tracked(
-            "lonely",
-            "P12M",
-            json!([{"after": "P1D", "actions": [{"notify": {"to": "coordinator", "template": "entered"}}]}]),
-            json!({}),
-        ),
-        &["entered"],
-    );
-    let (rt, clock) = runtime_on(dir.path(), dir.path(), local("2027-01-11T09:00")).await;
+    let (rt, clock) = tracked_runtime(dir.path(), "lonely", "P12M", json!([{"after": "P1D", "actions": [{"notify": {"to": "coordinator", "template": "entered"}}]}])).await;
     // Nobody plays the coordinator for this family: its notice cannot go to anyone.
     rt.enrol(&EnrolRequest {
         reference: "FAM-ALONE".into(),

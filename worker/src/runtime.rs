@@ -450,8 +450,7 @@ pub fn fingerprint(req: &EventRequest) -> String {
         "payload": req.payload,
         "contacts": req.contacts,
     });
-    let digest = Sha256::digest(said.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", Sha256::digest(said.to_string().as_bytes()))
 }
 
 /// Whether `req` repeats the request `first` recorded. Records from before fingerprints were

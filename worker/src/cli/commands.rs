@@ -446,12 +446,6 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
 }
 
 async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<ExitCode> {
-    if !db.exists() {
-        bail!(
-            "no database at {}: run `carepath run` or `carepath enroll` first, or pass --db",
-            db.display()
-        );
-    }
     let store = SqliteStore::open_existing(db).await?;
     let catalog = Catalog::from_store(&store).await?;
     let instances = store.instances_by_ref(reference).await?;
@@ -626,9 +620,6 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
         .map(NoticeStatus::from_name)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    if !db.exists() {
-        bail!("no database at {}: pass --db", db.display());
-    }
     let store = SqliteStore::open_existing(db).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rows = store
@@ -701,9 +692,6 @@ async fn outbox_action(
     action: OutboxAction,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    if !db.exists() {
-        bail!("no database at {}: pass --db", db.display());
-    }
     let store = SqliteStore::open_existing(db).await?;
     let code = match action {
         OutboxAction::Retry { id } => match store.requeue(id, Timestamp::now()).await? {
