@@ -832,6 +832,16 @@ impl Checker<'_, '_> {
                     &format!("{ptr}/template"),
                 );
             }
+            if let Some(t) = &a.cancel_template {
+                self.notice(
+                    &a.to,
+                    t,
+                    Context::Appointment,
+                    "/appointments",
+                    "/appointments/to",
+                    "/appointments/cancel_template",
+                );
+            }
         }
         for (name, state) in &p.states {
             let base = format!("/states/{}", escape_pointer(name));

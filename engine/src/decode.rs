@@ -700,6 +700,8 @@ impl Cx<'_, '_> {
         let to = self.opt(to, Self::name);
         let neutral_place = self.get(&mut o, "neutral_place");
         let neutral_place = self.opt(neutral_place, Self::boolean).unwrap_or(false);
+        let cancel_template = self.get(&mut o, "cancel_template");
+        let cancel_template = self.opt(cancel_template, Self::name);
         let reminders = self.req(&mut o, "reminders");
         let reminders = self.list(reminders, |cx, n, p| {
             let mut o = cx.obj(n, p)?;
@@ -718,6 +720,7 @@ impl Cx<'_, '_> {
             to: to?,
             reminders,
             neutral_place,
+            cancel_template,
         })
     }
 

@@ -42,6 +42,7 @@ pub use duration::IsoDuration;
 pub use pathway::Pathway;
 pub use step::{Effects, Input, Instance, StepError, start, step};
 
+pub mod calendar;
 pub mod catalogue;
 pub mod check;
 pub mod cron;

@@ -20,9 +20,11 @@ pub const DEFAULT_TIME_OF_DAY: &str = "09:00";
 
 /// The event names the appointment policy declares by itself.
 pub mod appointment_events {
-    /// A professional's system booked an appointment: payload `appointment_id`, `at`, `place`.
+    /// A professional's system booked an appointment: payload `appointment_id`, `at`, and
+    /// optionally `ends` and `place`.
     pub const BOOKED: &str = "appointment_booked";
-    /// An appointment was moved: payload `appointment_id`, `at`, `place`.
+    /// An appointment was moved: payload `appointment_id`, `at`, and optionally `ends` and
+    /// `place`.
     pub const MOVED: &str = "appointment_moved";
     /// An appointment was cancelled: payload `appointment_id`.
     pub const CANCELLED: &str = "appointment_cancelled";
@@ -318,8 +320,12 @@ pub struct EventDecl {
 /// Reminders to the family before appointments that professionals' systems book.
 ///
 /// Declaring it declares the events `appointment_booked`, `appointment_moved` (payload
-/// `appointment_id`, `at`, optional `place`) and `appointment_cancelled` (payload
+/// `appointment_id`, `at`, optional `ends` and `place`) and `appointment_cancelled` (payload
 /// `appointment_id`), accepted in every non-terminal state.
+///
+/// A reminder sent by email carries the appointment as a calendar entry, the same entry on
+/// every reminder; a move replaces it in the recipient's calendar, and `cancel_template`
+/// removes it when the appointment is cancelled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppointmentPolicy {
@@ -333,6 +339,12 @@ pub struct AppointmentPolicy {
     /// is free text from another system.
     #[serde(default, skip_serializing_if = "is_false")]
     pub neutral_place: bool,
+    /// The template of the message sent when a booked appointment is cancelled; it may use
+    /// `appointment.at` and `appointment.place`. By email it carries the calendar entry's
+    /// cancellation, so the appointment leaves the recipient's calendar. Without it a
+    /// cancellation only withdraws the reminders not yet sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_template: Option<String>,
 }
 
 /// One reminder before an appointment.
@@ -619,6 +631,7 @@ impl Pathway {
         match name {
             appointment_events::BOOKED | appointment_events::MOVED => {
                 payload.insert("at".to_string(), field(FieldType::Datetime, true));
+                payload.insert("ends".to_string(), field(FieldType::Datetime, false));
                 payload.insert("place".to_string(), field(FieldType::Text, false));
             }
             appointment_events::CANCELLED => {}

@@ -17,6 +17,7 @@ use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::calendar::{CalendarEntry, When};
 use crate::check::CheckedPathway;
 use crate::decode::parse_time_of_day;
 use crate::pathway::{Action, Activity, DEFAULT_TIME_OF_DAY, Pathway, appointment_events};
@@ -67,8 +68,14 @@ pub struct Instance {
 pub struct Appointment {
     /// When.
     pub at: Timestamp,
+    /// When it ends, if the booking system said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends: Option<Timestamp>,
     /// Where, if the booking system said.
     pub place: Option<String>,
+    /// How many times it moved: its calendar entry's sequence.
+    #[serde(default)]
+    pub sequence: u32,
 }
 
 /// A pending timer.
@@ -165,6 +172,10 @@ pub struct Notice {
     /// A step that cancels or moves the appointment withdraws the notices of that topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// An entry for the recipient's calendar, sent with the notice by email: the appointment
+    /// a reminder is about, the window an activity is due in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<CalendarEntry>,
 }
 
 /// Something the owner of an instance must be told by carepath itself, since no template of
@@ -588,17 +599,16 @@ impl<'p> Stepper<'p> {
     }
 
     fn notice(&mut self, to: &str, template: &str, extra: Option<(&str, Value)>) {
-        self.notice_until(to, template, extra, None, None);
+        self.notice_until(to, template, extra, About::default());
     }
 
-    /// A notice that is stale after `expires_at`, and withdrawn with `topic`.
+    /// A notice with what it is about: when it goes stale, its topic, its calendar entry.
     fn notice_until(
         &mut self,
         to: &str,
         template: &str,
         extra: Option<(&str, Value)>,
-        expires_at: Option<Timestamp>,
-        topic: Option<String>,
+        about: About,
     ) {
         let state = &self.decl.states[&self.instance.state];
         // Every declared field that is not sensitive, `null` while unset: a template's
@@ -630,8 +640,9 @@ impl<'p> Stepper<'p> {
             to: to.to_string(),
             template: template.to_string(),
             data,
-            expires_at,
-            topic,
+            expires_at: about.expires_at,
+            topic: about.topic,
+            calendar: about.calendar,
         });
     }
 
@@ -755,7 +766,8 @@ impl<'p> Stepper<'p> {
             .to_string();
         let prefix = format!("appt:{id}:");
         self.cancel_where(|t| !t.key.starts_with(&prefix));
-        if let Some(old) = self.instance.appointments.get(&id) {
+        let old = self.instance.appointments.get(&id).cloned();
+        if let Some(old) = &old {
             let what = if name == appointment_events::CANCELLED {
                 "cancelled".to_string()
             } else {
@@ -772,6 +784,24 @@ impl<'p> Stepper<'p> {
         if name == appointment_events::CANCELLED {
             self.instance.appointments.remove(&id);
             self.notes.push(format!("appointment {id} cancelled"));
+            if let (Some(old), Some(template)) = (old, &policy.cancel_template) {
+                // Takes the appointment out of the calendar the reminders put it in; stale
+                // once the appointment's time has passed.
+                let data = json!({"at": self.local(old.at), "place": old.place});
+                let about = About {
+                    expires_at: Some(old.at),
+                    topic: None,
+                    calendar: Some(appointment_entry(
+                        &id,
+                        &Appointment {
+                            sequence: old.sequence + 1,
+                            ..old.clone()
+                        },
+                        true,
+                    )),
+                };
+                self.notice_until(&policy.to, template, Some(("appointment", data)), about);
+            }
             return Ok(());
         }
         let at: Timestamp = payload["at"]
@@ -782,13 +812,35 @@ impl<'p> Stepper<'p> {
                 pointer: "/at".into(),
                 reason: "expected a date and time with offset".into(),
             })?;
+        let ends = match payload.get("ends").and_then(Value::as_str) {
+            None => None,
+            Some(text) => match text.parse::<Timestamp>() {
+                Ok(ends) if ends > at => Some(ends),
+                Ok(ends) if ends == at => None,
+                _ => {
+                    return Err(StepError::Payload {
+                        event: name.into(),
+                        pointer: "/ends".into(),
+                        reason: "expected a date and time with offset, not before \"at\"".into(),
+                    });
+                }
+            },
+        };
         let place = payload
             .get("place")
             .and_then(Value::as_str)
             .map(String::from);
-        self.instance
-            .appointments
-            .insert(id.clone(), crate::step::Appointment { at, place });
+        // A move is a new version of the same calendar entry.
+        let sequence = old.as_ref().map_or(0, |o| o.sequence + 1);
+        self.instance.appointments.insert(
+            id.clone(),
+            Appointment {
+                at,
+                ends,
+                place,
+                sequence,
+            },
+        );
         for (i, r) in policy.reminders.iter().enumerate() {
             let due = time::after(at, r.before.span().negate(), &self.tz)?;
             if due > self.now {
@@ -876,7 +928,12 @@ impl<'p> Stepper<'p> {
                     if let Some(t) = &a.reminder_template {
                         // A reminder after the window closed would be stale: the escalation
                         // has gone by then.
-                        self.notice_until(&a.role, t, Some(("activity", data)), to, None);
+                        let about = About {
+                            expires_at: to,
+                            topic: None,
+                            calendar: self.window_entry(&a, &w),
+                        };
+                        self.notice_until(&a.role, t, Some(("activity", data)), about);
                     }
                 } else {
                     self.notes.push(format!(
@@ -898,15 +955,14 @@ impl<'p> Stepper<'p> {
                 ) {
                     let r = &policy.reminders[*index];
                     let data = json!({"at": self.local(appt.at), "place": appt.place});
-                    let (to, template, at) = (policy.to.clone(), r.template.clone(), appt.at);
-                    // Never after the appointment it announces.
-                    self.notice_until(
-                        &to,
-                        &template,
-                        Some(("appointment", data)),
-                        Some(at),
-                        Some(appointment_topic(appointment)),
-                    );
+                    let (to, template) = (policy.to.clone(), r.template.clone());
+                    let about = About {
+                        // Never after the appointment it announces.
+                        expires_at: Some(appt.at),
+                        topic: Some(appointment_topic(appointment)),
+                        calendar: Some(appointment_entry(appointment, appt, false)),
+                    };
+                    self.notice_until(&to, &template, Some(("appointment", data)), about);
                 }
             }
         }
@@ -966,7 +1022,11 @@ impl<'p> Stepper<'p> {
                         Some(d) => Some(time::after(self.now, d.span(), &self.tz)?),
                         None => None,
                     };
-                    self.notice_until(&n.to, &n.template, None, expires_at, None);
+                    let about = About {
+                        expires_at,
+                        ..About::default()
+                    };
+                    self.notice_until(&n.to, &n.template, None, about);
                 }
                 Action::Handoff(h) => {
                     self.instance.owner = Some(h.to.clone());
@@ -1128,6 +1188,33 @@ impl<'p> Stepper<'p> {
     }
 
     /// When an activity's window opens, when it closes, and when it escalates.
+    /// The calendar entry of an activity's window: whole days when it is anchored to a date,
+    /// else the span from the state's entry. One entry per stay in the state.
+    fn window_entry(&self, a: &Activity, w: &WindowTimes) -> Option<CalendarEntry> {
+        let (opens, closes) = (w.opens?, w.closes?);
+        let when = match a.window.anchor {
+            Some(_) => When::Days {
+                first: opens.to_zoned_datetime(self.tz.clone()).date(),
+                last: closes.to_zoned_datetime(self.tz.clone()).date(),
+            },
+            None => When::Moment {
+                start: opens,
+                end: Some(closes),
+            },
+        };
+        Some(CalendarEntry {
+            uid: format!(
+                "activity:{}:{}",
+                a.name,
+                self.state_prefix().trim_end_matches(':')
+            ),
+            sequence: 0,
+            cancelled: false,
+            when,
+            location: None,
+        })
+    }
+
     fn window(&self, a: &Activity) -> Result<WindowTimes, StepError> {
         match &a.window.anchor {
             None => {
@@ -1290,6 +1377,32 @@ struct WindowTimes {
     closes: Option<Timestamp>,
     /// When it escalates if not done: for a date anchor, the morning after its last day.
     escalates: Option<Timestamp>,
+}
+
+/// What a notice is about beyond its template and data.
+#[derive(Default)]
+struct About {
+    /// After this the notice is stale and not sent.
+    expires_at: Option<Timestamp>,
+    /// A later step withdraws the notice's by this topic.
+    topic: Option<String>,
+    /// The calendar entry it carries.
+    calendar: Option<CalendarEntry>,
+}
+
+/// An appointment's calendar entry: its topic is its uid, so every reminder and the
+/// cancellation speak of the same entry.
+fn appointment_entry(id: &str, a: &Appointment, cancelled: bool) -> CalendarEntry {
+    CalendarEntry {
+        uid: appointment_topic(id),
+        sequence: a.sequence,
+        cancelled,
+        when: When::Moment {
+            start: a.at,
+            end: a.ends,
+        },
+        location: a.place.clone(),
+    }
 }
 
 /// A checked `HH:MM`; the checker refuses any other, so an error here is a corrupt pathway.

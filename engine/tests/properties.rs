@@ -95,9 +95,9 @@ fn payload(
                 json!(d.to_string())
             }
             carepath_engine::pathway::FieldType::Datetime => {
-                let t = now
-                    .checked_add(Span::new().hours(i64::from(seed % 2000)))
-                    .unwrap_or(now);
+                // An appointment ends an hour after it starts.
+                let hours = i64::from(seed % 2000) + i64::from(name == "ends");
+                let t = now.checked_add(Span::new().hours(hours)).unwrap_or(now);
                 json!(t.to_string())
             }
             carepath_engine::pathway::FieldType::Int => json!(1 + seed % 4),

@@ -6,6 +6,7 @@
 //! and retried with backoff; a rejected address or a refused request are
 //! [`SendError::Permanent`] and dead-lettered at once, with the reason.
 
+use carepath_engine::calendar::CalendarEntry;
 use carepath_engine::pathway::Channel;
 use serde::Serialize;
 
@@ -40,6 +41,9 @@ pub struct Message {
     pub role: String,
     /// The template it was rendered from.
     pub template: String,
+    /// For email: a calendar entry to attach, its `uid` already unique to the instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<CalendarEntry>,
 }
 
 /// What a channel says when it accepted a message.

@@ -143,7 +143,7 @@ impl Channels {
     pub async fn send(&self, m: &Message, now: Timestamp) -> Result<Receipt, SendError> {
         match m.channel {
             Channel::Email => match &self.email {
-                Some(email) => email.send(m).await,
+                Some(email) => email.send(m, now).await,
                 None => self
                     .send_to_file(&[m], now)
                     .map_err(|_| not_configured("email")),

@@ -4,22 +4,30 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
 use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, Message as Email, MultiPart};
+use lettre::message::{Attachment, Mailbox, Message as Email, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
+use crate::calendar::Invitation;
 use crate::channel::{Message, Receipt, SendError, mask};
 use crate::config::{ConfigError, secret};
 
 /// The Message-ID of a notice: the installation's id and the notice key, at the domain of the
 /// From address (RFC 5322 §3.6.4). Globally unique, since the installation id is random per
 /// database, and the same on every retry of the notice, so the far end can tell a repeat.
-/// Characters a msg-id may not hold (dot-atom text) become dots.
 pub fn message_id(origin: &str, key: &str, domain: &str) -> String {
+    format!("<{}>", global_id(origin, key, domain))
+}
+
+/// `ORIGIN.KEY@DOMAIN`: an id no other installation gives, stable for one `key` here. The
+/// Message-ID of a notice and the UID of a calendar entry. Characters a msg-id may not hold
+/// (dot-atom text) become dots.
+pub fn global_id(origin: &str, key: &str, domain: &str) -> String {
     let atom = |s: &str| -> String {
         let id: String = s
             .chars()
@@ -42,7 +50,7 @@ pub fn message_id(origin: &str, key: &str, domain: &str) -> String {
         d if d.is_empty() => "carepath.invalid".to_string(),
         d => d,
     };
-    format!("<{left}@{domain}>")
+    format!("{left}@{domain}")
 }
 
 /// How the connection to the SMTP server is protected.
@@ -141,9 +149,9 @@ impl EmailChannel {
         })
     }
 
-    /// Sends one email.
-    pub async fn send(&self, m: &Message) -> Result<Receipt, SendError> {
-        let to = m
+    /// Sends one email; `now` stamps its calendar entry, if it carries one.
+    pub async fn send(&self, m: &Message, now: Timestamp) -> Result<Receipt, SendError> {
+        let to: lettre::Address = m
             .to
             .parse()
             .map_err(|e| SendError::Permanent(format!("bad email address {}: {e}", mask(&m.to))))?;
@@ -154,17 +162,36 @@ impl EmailChannel {
                 self.from.email.domain(),
             )))
             .from(self.from.clone())
-            .to(Mailbox::new(m.name.clone(), to))
+            .to(Mailbox::new(m.name.clone(), to.clone()))
             .subject(m.subject.clone().unwrap_or_default());
-        let email = match &m.html {
+        let bad = |e: &dyn std::fmt::Display| {
+            SendError::Permanent(format!("cannot build the email: {e}"))
+        };
+        let email = match (&m.html, self.invitation(m, &to, now)) {
             // Clients show the last part they can: the HTML, else the text.
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+            (Some(html), None) => builder.multipart(MultiPart::alternative_plain_html(
                 m.body.clone(),
                 html.clone(),
             )),
-            None => builder.header(ContentType::TEXT_PLAIN).body(m.body.clone()),
+            (None, None) => builder.header(ContentType::TEXT_PLAIN).body(m.body.clone()),
+            // The calendar entry rides along as a `.ics` attachment, which every client offers
+            // to add to the calendar.
+            (html, Some((method, ics))) => {
+                let calendar =
+                    ContentType::parse(&format!("text/calendar; charset=utf-8; method={method}"))
+                        .map_err(|e| bad(&e))?;
+                let attachment = Attachment::new("carepath.ics".into()).body(ics, calendar);
+                let mixed = match html {
+                    Some(html) => MultiPart::mixed().multipart(MultiPart::alternative_plain_html(
+                        m.body.clone(),
+                        html.clone(),
+                    )),
+                    None => MultiPart::mixed().singlepart(SinglePart::plain(m.body.clone())),
+                };
+                builder.multipart(mixed.singlepart(attachment))
+            }
         }
-        .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
+        .map_err(|e| bad(&e))?;
         match self.transport.send(email).await {
             Ok(r) => Ok(Receipt {
                 detail: format!(
@@ -177,6 +204,26 @@ impl EmailChannel {
             // Transient replies (4xx), timeouts, refused connections, TLS hiccups: later.
             Err(e) => Err(SendError::Transient(format!("smtp: {e}"))),
         }
+    }
+
+    /// The calendar part of `m`, if it carries an entry: its iTIP method and text.
+    fn invitation(
+        &self,
+        m: &Message,
+        to: &lettre::Address,
+        now: Timestamp,
+    ) -> Option<(&'static str, String)> {
+        let entry = m.calendar.as_ref()?;
+        let uid = global_id(&m.origin, &entry.uid, self.from.email.domain());
+        let invitation = Invitation {
+            entry,
+            uid: &uid,
+            summary: m.subject.as_deref().unwrap_or_default(),
+            organizer: self.from.email.as_ref(),
+            attendee: to.as_ref(),
+            stamp: now,
+        };
+        Some((invitation.method(), invitation.to_ics()))
     }
 }
 

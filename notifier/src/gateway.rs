@@ -59,10 +59,17 @@ pub struct SmsConfig {
     /// `carepath validate` warns when a family SMS template is longer than this.
     #[serde(default = "default_segments")]
     pub max_segments: usize,
-    /// GatewayAPI: the environment variable holding the secret that signs inbound SMS
-    /// webhooks (`X-Gwapi-Signature`). Without it, `carepath run --listen` takes no inbound SMS.
+    /// The environment variable holding the secret shared with the gateway. GatewayAPI signs
+    /// its webhooks with it (`X-Gwapi-Signature`: inbound SMS and delivery receipts); for
+    /// CPSMS, carepath signs each message's receipt URL with it. Without it,
+    /// `carepath run --listen` takes no inbound SMS and no receipts.
     #[serde(default)]
     pub inbound_secret_env: Option<String>,
+    /// Where the gateway reaches `carepath run --listen` from outside, as
+    /// `https://carepath.kommune.dk`: given, each SMS asks for delivery receipts there
+    /// (GatewayAPI's `callback_url`, CPSMS's `dlr_url`). Needs `inbound_secret_env`.
+    #[serde(default)]
+    pub receipts_url: Option<String>,
     /// GatewayAPI: the keyword inbound SMS start with on a shared short code ("CAREPATH STOP");
     /// it is taken off before the reply is read.
     #[serde(default)]
@@ -86,6 +93,36 @@ pub struct SmsChannel {
     username: Option<String>,
     sender: String,
     client: reqwest::Client,
+    /// Where receipts go, and the secret that signs CPSMS's receipt URLs.
+    receipts: Option<(reqwest::Url, String)>,
+}
+
+/// The path under which `carepath run --listen` takes `gateway`'s delivery receipts, for the
+/// gateways that send them.
+pub fn receipts_path(gateway: Gateway) -> Option<&'static str> {
+    match gateway {
+        Gateway::Gatewayapi => Some("/v1/receipts/sms/gatewayapi"),
+        Gateway::Cpsms => Some("/v1/receipts/sms/cpsms"),
+        Gateway::Webhook => None,
+    }
+}
+
+/// The signature of a CPSMS receipt URL for the notice `key`: HMAC-SHA256 with the shared
+/// secret, in hex. CPSMS calls the URL as given and signs nothing itself, so the URL carries
+/// the proof that carepath made it, for this notice only.
+pub fn receipt_signature(secret: &[u8], key: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        // HMAC takes keys of any length.
+        Err(_) => return String::new(),
+    };
+    mac.update(key.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl SmsChannel {
@@ -117,6 +154,34 @@ impl SmsChannel {
             }
             _ => {}
         }
+        let receipts = match &config.receipts_url {
+            None => None,
+            Some(url) => {
+                let base = reqwest::Url::parse(url)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
+                    .ok_or_else(|| {
+                        invalid("receipts_url", format!("{url:?} is not an http(s) URL"))
+                    })?;
+                let Some(var) = &config.inbound_secret_env else {
+                    return Err(invalid(
+                        "inbound_secret_env",
+                        "receipts_url needs the secret that authenticates the gateway's calls"
+                            .into(),
+                    ));
+                };
+                let Some(path) = receipts_path(config.gateway) else {
+                    return Err(invalid(
+                        "receipts_url",
+                        "delivery receipts come from GatewayAPI and CPSMS, not a webhook".into(),
+                    ));
+                };
+                let secret = secret(var, "sms.inbound_secret_env")?;
+                let mut at = base.clone();
+                at.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+                Some((at, secret))
+            }
+        };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs.max(1)))
             .build()
@@ -128,6 +193,7 @@ impl SmsChannel {
             username: config.username.clone(),
             sender: config.sender.clone(),
             client,
+            receipts,
         })
     }
 
@@ -154,6 +220,9 @@ impl SmsChannel {
                     if crate::sms::segments(&m.body).encoding == crate::sms::Encoding::Ucs2 {
                         body["encoding"] = json!("UCS2");
                     }
+                    if let Some(url) = self.receipt_url(&m.key) {
+                        body["callback_url"] = json!(url);
+                    }
                     body
                 }),
             Gateway::Cpsms => self
@@ -163,12 +232,18 @@ impl SmsChannel {
                     self.username.as_deref().unwrap_or_default(),
                     self.token.as_deref(),
                 )
-                .json(&json!({
-                    "to": msisdn.to_string(),
-                    "message": m.body,
-                    "from": self.sender,
-                    "reference": m.key,
-                })),
+                .json(&{
+                    let mut body = json!({
+                        "to": msisdn.to_string(),
+                        "message": m.body,
+                        "from": self.sender,
+                        "reference": m.key,
+                    });
+                    if let Some(url) = self.receipt_url(&m.key) {
+                        body["dlr_url"] = json!(url);
+                    }
+                    body
+                }),
             Gateway::Webhook => {
                 let mut r = self
                     .client
@@ -213,6 +288,21 @@ impl SmsChannel {
         } else {
             Err(SendError::Permanent(reason))
         }
+    }
+}
+
+impl SmsChannel {
+    /// Where the gateway should report on the message `key`, when receipts are configured:
+    /// for CPSMS with the key and its signature in the query, since CPSMS signs nothing.
+    fn receipt_url(&self, key: &str) -> Option<String> {
+        let (url, secret) = self.receipts.as_ref()?;
+        let mut url = url.clone();
+        if self.gateway == Gateway::Cpsms {
+            url.query_pairs_mut()
+                .append_pair("key", key)
+                .append_pair("sig", &receipt_signature(secret.as_bytes(), key));
+        }
+        Some(url.to_string())
     }
 }
 

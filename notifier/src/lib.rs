@@ -6,7 +6,7 @@
 //! - [`sms`]: the arithmetic of SMS segments (GSM-7 and UCS-2);
 //! - [`channel`]: the message handed to a channel, its receipt, and transient versus
 //!   permanent failure;
-//! - [`email`]: SMTP with lettre; [`gateway`]: GatewayAPI, CPSMS and a JSON webhook;
+//! - [`email`]: SMTP with lettre, with [`calendar`] entries (RFC 5545) attached; [`gateway`]: GatewayAPI, CPSMS and a JSON webhook;
 //!   [`file`]: JSON lines to a file or the console, for development and the demo;
 //! - [`retry`]: backoff with jitter, and when a notice becomes a dead letter;
 //! - [`quiet`]: when a family may be messaged, with the Danish public holidays;
@@ -23,6 +23,7 @@ pub use channel::{Message, Receipt, SendError};
 pub use config::{Channels, ConfigError, NotifierConfig};
 pub use render::{RenderError, Rendered, Renderer};
 
+pub mod calendar;
 pub mod channel;
 pub mod config;
 pub mod email;

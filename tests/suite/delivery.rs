@@ -118,7 +118,7 @@ fn phone(reference: &str) -> &'static str {
     }
 }
 
-async fn event(rt: &Runtime<SqliteStore>, reference: &str, name: &str, payload: Value) {
+pub(super) async fn event(rt: &Runtime<SqliteStore>, reference: &str, name: &str, payload: Value) {
     event_keyed(rt, reference, name, name, payload).await;
 }
 
@@ -159,13 +159,13 @@ pub(super) async fn rows(rt: &Runtime<SqliteStore>, template: &str) -> Vec<Outbo
 }
 
 /// aiosmtpd on a free loopback port, writing what it receives to `out`.
-struct SmtpServer {
+pub(super) struct SmtpServer {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl SmtpServer {
-    fn start(out: &Path) -> SmtpServer {
+    pub(super) fn start(out: &Path) -> SmtpServer {
         let port = free_port();
         let mut child = Command::new("python3")
             .arg(root().join("tests/fixtures/smtp_sink.py"))
@@ -174,7 +174,7 @@ impl SmtpServer {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("python3 with aiosmtpd (pip install aiosmtpd; .ci/run installs it)");
+            .expect("python3 with aiosmtpd and icalendar (pip install aiosmtpd icalendar; .ci/run installs them)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
@@ -182,7 +182,7 @@ impl SmtpServer {
         assert_eq!(
             line.trim(),
             "ready",
-            "aiosmtpd did not start: is it installed?"
+            "aiosmtpd did not start: are aiosmtpd and icalendar installed?"
         );
         SmtpServer { child, port }
     }
@@ -202,7 +202,25 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn email_config(port: u16) -> EmailConfig {
+/// A notifier that sends email to the SMTP server on `port`.
+pub(super) fn email_notifier(port: u16) -> Notifier {
+    Notifier::new(&NotifierConfig {
+        email: Some(email_config(port)),
+        ..NotifierConfig::default()
+    })
+    .expect("notifier")
+}
+
+/// A notifier that sends SMS as `sms` says.
+pub(super) fn sms_notifier(sms: SmsConfig) -> Notifier {
+    Notifier::new(&NotifierConfig {
+        sms: Some(sms),
+        ..NotifierConfig::default()
+    })
+    .expect("notifier")
+}
+
+pub(super) fn email_config(port: u16) -> EmailConfig {
     EmailConfig {
         host: "127.0.0.1".into(),
         port: Some(port),
@@ -215,7 +233,7 @@ fn email_config(port: u16) -> EmailConfig {
     }
 }
 
-fn received(out: &Path) -> Vec<Value> {
+pub(super) fn received(out: &Path) -> Vec<Value> {
     let mut files: Vec<_> = std::fs::read_dir(out)
         .expect("out dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -241,11 +259,7 @@ async fn a_handoff_email_arrives_at_a_real_smtp_server_and_a_refused_one_is_dead
     event(&rt, "FAM-1", "first_exam_done", json!({"care_level": 2})).await;
     event(&rt, "FAM-2", "first_exam_done", json!({"care_level": 2})).await;
 
-    let notifier = Notifier::new(&NotifierConfig {
-        email: Some(email_config(smtp.port)),
-        ..NotifierConfig::default()
-    })
-    .expect("notifier");
+    let notifier = email_notifier(smtp.port);
     let now = clock.now();
     let done = notifier.deliver(rt.store(), now).await.expect("deliver");
     assert!(done.sent >= 1 && done.dead >= 1, "{done:?}");
@@ -358,6 +372,7 @@ pub(super) async fn gateway(server: &MockServer) -> SmsConfig {
         max_segments: 3,
         inbound_secret_env: None,
         inbound_keyword: None,
+        receipts_url: None,
     }
 }
 
@@ -399,11 +414,7 @@ async fn a_family_reminder_waits_for_quiet_hours_and_reaches_the_gateway_in_arab
     let (rt, clock) = runtime(dir.path()).await;
     enrol(&rt, "FAM-AR", "jordemoder@example.dk", "ar").await;
     book_scan(&rt, &clock, "FAM-AR").await;
-    let notifier = Notifier::new(&NotifierConfig {
-        sms: Some(gateway(&server).await),
-        ..NotifierConfig::default()
-    })
-    .expect("notifier");
+    let notifier = sms_notifier(gateway(&server).await);
 
     // Saturday 09:30: the reminder is emitted, but a weekend morning before 10:00 is quiet.
     let saturday = local("2027-02-13T09:30");
@@ -550,11 +561,7 @@ async fn opted_out_families_and_ended_pathways_get_nothing() {
     enrol(&rt, "FAM-MOVE", "jordemoder@example.dk", "da").await;
     book_scan(&rt, &clock, "FAM-OUT").await;
     book_scan(&rt, &clock, "FAM-MOVE").await;
-    let notifier = Notifier::new(&NotifierConfig {
-        sms: Some(gateway(&server).await),
-        ..NotifierConfig::default()
-    })
-    .expect("notifier");
+    let notifier = sms_notifier(gateway(&server).await);
     rt.store()
         .set_opt_out("+4520123456", Channel::Sms, true, "cli", clock.now())
         .await
@@ -644,7 +651,7 @@ fn the_example_configuration_parses_and_names_its_secrets() {
 }
 
 /// Signs `claims` as GatewayAPI signs its webhooks: an HS256 JWT.
-fn gwapi_signature(claims: &Value, secret: &[u8]) -> String {
+pub(super) fn gwapi_signature(claims: &Value, secret: &[u8]) -> String {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use hmac::{Hmac, Mac};
@@ -656,24 +663,21 @@ fn gwapi_signature(claims: &Value, secret: &[u8]) -> String {
     format!("{header}.{claims}.{signature}")
 }
 
-#[tokio::test]
-async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
+/// The HTTP API on a free loopback port, without tokens, taking the gateways' calls signed
+/// with `secret`: its base URL, the handle that stops it, and the server.
+pub(super) async fn gateway_api(
+    rt: &Arc<Runtime<SqliteStore>>,
+    secret: &str,
+) -> (
+    String,
+    carepath_worker::worker::Wake,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     use carepath_worker::api;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = accepting_gateway().await;
-    let (rt, clock) = runtime(dir.path()).await;
-    enrol(&rt, "FAM-OUT", "jordemoder@example.dk", "da").await;
-    book_scan(&rt, &clock, "FAM-OUT").await;
-    let rt = Arc::new(rt);
-
-    let secret = "webhook-secret";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!(
-        "http://{}/v1/inbound/sms/gatewayapi",
-        listener.local_addr().expect("addr")
-    );
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
     let wake = carepath_worker::worker::Wake::new();
     let serving = tokio::spawn(api::serve(
         listener,
@@ -685,6 +689,21 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
         )),
         wake.clone(),
     ));
+    (base, wake, serving)
+}
+
+#[tokio::test]
+async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = accepting_gateway().await;
+    let (rt, clock) = runtime(dir.path()).await;
+    enrol(&rt, "FAM-OUT", "jordemoder@example.dk", "da").await;
+    book_scan(&rt, &clock, "FAM-OUT").await;
+    let rt = Arc::new(rt);
+
+    let secret = "webhook-secret";
+    let (base, wake, serving) = gateway_api(&rt, secret).await;
+    let url = format!("{base}/v1/inbound/sms/gatewayapi");
     let http = reqwest::Client::new();
     let post = |body: String, signature: Option<String>| {
         let mut req = http
@@ -790,11 +809,7 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
     assert_eq!(r.json::<Value>().await.expect("json")["code"], "replayed");
 
     // The family's reminder is then skipped, with the reason, not sent.
-    let notifier = Notifier::new(&NotifierConfig {
-        sms: Some(gateway(&server).await),
-        ..NotifierConfig::default()
-    })
-    .expect("notifier");
+    let notifier = sms_notifier(gateway(&server).await);
     let monday = local("2027-02-15T08:00");
     clock.advance_to(monday);
     rt.fire_due(monday, 100).await.expect("fire");
@@ -834,11 +849,7 @@ async fn message_ids_are_unique_per_installation_and_stable_across_retries() {
     let out = dir.path().join("mail");
     std::fs::create_dir_all(&out).expect("mkdir");
     let smtp = SmtpServer::start(&out);
-    let notifier = Notifier::new(&NotifierConfig {
-        email: Some(email_config(smtp.port)),
-        ..NotifierConfig::default()
-    })
-    .expect("notifier");
+    let notifier = email_notifier(smtp.port);
     let mut installations = Vec::new();
     for deployment in ["kommune-a", "kommune-b"] {
         let folder = dir.path().join(deployment);
@@ -886,6 +897,7 @@ async fn message_ids_are_unique_per_installation_and_stable_across_retries() {
         reference: "FAM-7".into(),
         role: "midwife".into(),
         template: "pregnancy_referral".into(),
+        calendar: None,
     };
     for _ in 0..2 {
         channels

@@ -1,4 +1,5 @@
 mod api;
+mod calendar;
 mod cli;
 mod corpus;
 mod delivery;
@@ -8,6 +9,7 @@ mod graphs;
 mod notices;
 mod pathways;
 mod process;
+mod receipts;
 mod runtime;
 mod schema;
 mod support;

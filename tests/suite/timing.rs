@@ -6,14 +6,13 @@
 use serde_json::{Value, json};
 
 use carepath_engine::step::Cause;
-use carepath_notifier::NotifierConfig;
 use carepath_worker::clock::Clock;
 use carepath_worker::delivery::Notifier;
 use carepath_worker::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime};
 use carepath_worker::store::{Contact, NoticeStatus, SqliteStore, Storage};
 
 use super::delivery::{
-    accepting_gateway, enrol, event_keyed, gateway, local, requests, rows, runtime,
+    accepting_gateway, enrol, event_keyed, gateway, local, requests, rows, runtime, sms_notifier,
 };
 use super::fixtures::write_pathway;
 use super::runtime::runtime as runtime_on;
@@ -215,11 +214,7 @@ async fn book(rt: &Runtime<SqliteStore>, reference: &str, key: &str, name: &str,
 }
 
 async fn notifier(server: &wiremock::MockServer) -> Notifier {
-    Notifier::new(&NotifierConfig {
-        sms: Some(gateway(server).await),
-        ..NotifierConfig::default()
-    })
-    .expect("notifier")
+    sms_notifier(gateway(server).await)
 }
 
 #[tokio::test]

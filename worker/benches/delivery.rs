@@ -180,6 +180,7 @@ fn message(i: usize, channel: Channel) -> Message {
         reference: format!("B-{i}"),
         role: "coordinator".into(),
         template: "hello".into(),
+        calendar: None,
     }
 }
 
@@ -376,6 +377,7 @@ async fn sms(n: usize) -> Result<()> {
             max_segments: 3,
             inbound_secret_env: None,
             inbound_keyword: None,
+            receipts_url: None,
         }),
         ..NotifierConfig::default()
     };

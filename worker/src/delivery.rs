@@ -248,6 +248,12 @@ impl Notifier {
                     reference: r.reference.clone(),
                     role: r.role.clone(),
                     template: r.template.clone(),
+                    // The entry's uid is unique within its instance; the channel makes it
+                    // unique to the installation.
+                    calendar: r.calendar.clone().map(|mut c| {
+                        c.uid = format!("{}.{}", r.instance_id, c.uid);
+                        c
+                    }),
                 },
             ));
         }

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 
 use carepath_engine::pathway::Channel;
 
-use crate::store::{Delivery, OutboxRow, Stats};
+use crate::store::{Delivery, OutboxRow, ReceiptState, Stats};
 
 /// Upper bounds (seconds) of the timer lateness histogram's buckets.
 const LATENESS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
@@ -91,6 +91,19 @@ impl Metrics {
                 .flatten()
                 .map_or("none", Channel::as_str);
             *map.entry((channel, result)).or_default() += 1;
+        }
+    }
+
+    /// Counts an SMS gateway's receipt, by what it says.
+    pub fn receipt(&self, state: ReceiptState) {
+        let result = match state {
+            ReceiptState::Pending => "receipt_pending",
+            ReceiptState::Delivered => "receipt_delivered",
+            ReceiptState::Failed => "receipt_failed",
+            ReceiptState::Expired => "receipt_expired",
+        };
+        if let Ok(mut map) = self.deliveries.lock() {
+            *map.entry(("sms", result)).or_default() += 1;
         }
     }
 

@@ -1355,6 +1355,10 @@ fn render(
     let (mut notice, contact) = addressed(version, roles, &n.key, &n.template, &n.to, now);
     notice.expires_at = n.expires_at;
     notice.topic = n.topic.clone();
+    // A calendar entry travels by email only.
+    if notice.channel == Some(Channel::Email) {
+        notice.calendar = n.calendar.clone();
+    }
     let (Some(contact), Some(channel)) = (contact, notice.channel) else {
         return notice;
     };
@@ -1413,6 +1417,7 @@ fn addressed(
         not_before: now,
         expires_at: None,
         topic: None,
+        calendar: None,
         error: None,
     };
     let Some((contact_ref, contact)) = roles.get(role) else {

@@ -14,8 +14,9 @@ use carepath_engine::step::{ArmedTimer, Cause, History, Instance, Purpose, Statu
 use carepath_engine::{PathwaySource, SourceFile};
 use carepath_worker::store::{
     Changes, Contact, ContactRef, Delivery, EventRecord, InstanceFilter, InstanceUpdate,
-    KeptResponse, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome, Requeue,
-    SqliteStore, Storage, StoreError, Stored, Target, Tx, Withdraw, Withdrawn,
+    KeptResponse, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome,
+    ReceiptOutcome, ReceiptReport, ReceiptState, Requeue, SqliteStore, Storage, StoreError, Stored,
+    Target, Tx, Withdraw, Withdrawn,
 };
 
 fn t0() -> Timestamp {
@@ -108,6 +109,7 @@ fn notice(key: &str, version: i64, contact: Option<ContactRef>, status: NoticeSt
         not_before: t0(),
         expires_at: None,
         topic: None,
+        calendar: None,
         error: None,
     }
 }
@@ -1093,6 +1095,144 @@ async fn an_update_assigns_contacts_or_keeps_them<S: Storage>(store: &S) {
     assert_eq!(contacts[&row.roles["volunteer"]].name, "Birgitte");
 }
 
+async fn receipts_are_recorded_and_a_final_failure_is_a_dead_letter<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-R", vec![]).await;
+    let version = version(store).await;
+    let mut with_entry = notice("1:a:family", version, None, NoticeStatus::Queued);
+    let entry = carepath_engine::calendar::CalendarEntry {
+        uid: "appointment:scan".into(),
+        sequence: 2,
+        cancelled: false,
+        when: carepath_engine::calendar::When::Moment {
+            start: minutes(90),
+            end: None,
+        },
+        location: Some("Hvidovre Hospital, indgang 3".into()),
+    };
+    with_entry.calendar = Some(entry.clone());
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            outbox: vec![
+                (Target::Id(id), with_entry),
+                (
+                    Target::Id(id),
+                    notice("2:b:family", version, None, NoticeStatus::Queued),
+                ),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    assert_eq!(rows[0].calendar.as_ref(), Some(&entry), "the entry is kept");
+    assert_eq!(rows[1].calendar, None);
+    let (a, b) = (rows[0].clone(), rows[1].clone());
+    store
+        .record_deliveries(
+            &[
+                Delivery::Sent {
+                    id: a.id,
+                    detail: "gatewayapi 200".into(),
+                },
+                Delivery::Sent {
+                    id: b.id,
+                    detail: "gatewayapi 200".into(),
+                },
+            ],
+            minutes(1),
+        )
+        .await
+        .expect("sent");
+    // On its way, then delivered; a late "on its way" changes nothing; a final failure makes
+    // a dead letter; a key no notice has is missing.
+    let steps = [
+        (&a.key, ReceiptState::Pending, "GatewayAPI ENROUTE", 2),
+        (&a.key, ReceiptState::Delivered, "GatewayAPI DELIVERED", 3),
+        (&a.key, ReceiptState::Pending, "GatewayAPI ENROUTE", 4),
+        (&b.key, ReceiptState::Failed, "GatewayAPI UNDELIVERABLE", 5),
+        (
+            &"9:z".to_string(),
+            ReceiptState::Delivered,
+            "GatewayAPI DELIVERED",
+            5,
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (key, state, detail, at) in steps {
+        let report = ReceiptReport {
+            key: key.clone(),
+            state,
+            detail: detail.into(),
+        };
+        outcomes.push(
+            store
+                .record_receipt(&report, minutes(at))
+                .await
+                .expect("receipt"),
+        );
+    }
+    assert_eq!(
+        outcomes,
+        [
+            ReceiptOutcome::Recorded {
+                id: a.id,
+                dead: false
+            },
+            ReceiptOutcome::Recorded {
+                id: a.id,
+                dead: false
+            },
+            ReceiptOutcome::Stale {
+                id: a.id,
+                state: ReceiptState::Delivered
+            },
+            ReceiptOutcome::Recorded {
+                id: b.id,
+                dead: true
+            },
+            ReceiptOutcome::Missing,
+        ]
+    );
+
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    assert_eq!(
+        (rows[0].status, rows[0].receipt, rows[0].receipt_at),
+        (
+            NoticeStatus::Sent,
+            Some(ReceiptState::Delivered),
+            Some(minutes(3))
+        )
+    );
+    assert_eq!(
+        (rows[1].status, rows[1].receipt),
+        (NoticeStatus::Dead, Some(ReceiptState::Failed))
+    );
+    let reason = rows[1].last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("UNDELIVERABLE") && reason.contains(&format!("outbox retry {}", b.id)),
+        "{reason}"
+    );
+    let steps = |log: Vec<carepath_worker::store::OutboxLogEntry>| -> Vec<String> {
+        log.into_iter().map(|e| e.status).collect()
+    };
+    assert_eq!(
+        steps(store.outbox_log(a.id).await.expect("log")),
+        ["queued", "sent", "receipt pending", "receipt delivered"]
+    );
+    assert_eq!(
+        steps(store.outbox_log(b.id).await.expect("log")),
+        ["queued", "sent", "receipt failed", "dead"]
+    );
+}
+
 /// Runs every property against one backend. `$open` is an async expression giving a fresh,
 /// empty store and whatever keeps it alive.
 macro_rules! backend {
@@ -1127,6 +1267,7 @@ macro_rules! backend {
             property!(an_opt_out_knows_its_source_and_an_address_its_families_pathways);
             property!(an_inbound_call_is_taken_once_within_its_window);
             property!(a_database_has_one_random_installation_id);
+            property!(receipts_are_recorded_and_a_final_failure_is_a_dead_letter);
         }
     };
 }

@@ -109,18 +109,8 @@ pub async fn gatewayapi<S: Storage>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let Some(secret) = &api.gatewayapi_secret else {
-        return Err(Problem::not_found(
-            "inbound SMS are not configured: set [sms] inbound_secret_env",
-        ));
-    };
-    let token = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Problem::unauthorized("no X-Gwapi-Signature header"))?;
     let now = api.runtime.clock().now();
-    let claims = verify_jwt(token, secret.as_bytes(), now.as_second())
-        .map_err(|why| Problem::unauthorized(&format!("X-Gwapi-Signature: {why}")))?;
+    let (token, claims) = gatewayapi_claims(&api, &headers, "inbound SMS")?;
 
     let body: Value = super::parse_body(&body)?;
     signed_for(&claims, &body, now.as_second())
@@ -194,24 +184,53 @@ pub async fn gatewayapi<S: Storage>(
     Ok(Json(json!({"action": action.as_str(), "changed": changed})))
 }
 
+/// The verified claims of a GatewayAPI webhook call, and its token: refused 404 when no secret
+/// is configured for `what`, 401 without a valid signature.
+pub(super) fn gatewayapi_claims<'h, S: Storage>(
+    api: &Api<S>,
+    headers: &'h HeaderMap,
+    what: &str,
+) -> Result<(&'h str, Value), Problem> {
+    let Some(secret) = &api.gateway_secret else {
+        return Err(Problem::not_found(&format!(
+            "{what} are not configured: set [sms] inbound_secret_env"
+        )));
+    };
+    let token = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Problem::unauthorized("no X-Gwapi-Signature header"))?;
+    let now = api.runtime.clock().now();
+    let claims = verify_jwt(token, secret.as_bytes(), now.as_second())
+        .map_err(|why| Problem::unauthorized(&format!("X-Gwapi-Signature: {why}")))?;
+    Ok((token, claims))
+}
+
 /// A JSON scalar as text, so a number and its string compare equal (`4512345678`, `"4512345678"`).
-fn scalar(v: &Value) -> String {
+pub(super) fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.trim().trim_start_matches('+').to_string(),
         other => other.to_string(),
     }
 }
 
-/// Whether the signed `claims` are this `body`'s message, and fresh at `now` (seconds).
-pub fn signed_for(claims: &Value, body: &Value, now: i64) -> Result<(), String> {
-    for member in ["msisdn", "message"] {
+/// Whether the signed `claims` are this `body`: they hold every `required` member, and each
+/// of `compared` the body has is the one signed. GatewayAPI's claims are the call itself, so a
+/// token signed for one call cannot carry another's content.
+pub fn same_call(
+    claims: &Value,
+    body: &Value,
+    required: &[&str],
+    compared: &[&str],
+) -> Result<(), String> {
+    for member in required {
         if claims.get(member).is_none_or(Value::is_null) {
             return Err(format!(
                 "the signed claims hold no \"{member}\": the signature does not cover the message"
             ));
         }
     }
-    for member in ["id", "msisdn", "message", "senttime"] {
+    for member in compared {
         if let Some(said) = body.get(member).filter(|v| !v.is_null())
             && claims.get(member).map(scalar) != Some(scalar(said))
         {
@@ -220,6 +239,17 @@ pub fn signed_for(claims: &Value, body: &Value, now: i64) -> Result<(), String> 
             ));
         }
     }
+    Ok(())
+}
+
+/// Whether the signed `claims` are this `body`'s message, and fresh at `now` (seconds).
+pub fn signed_for(claims: &Value, body: &Value, now: i64) -> Result<(), String> {
+    same_call(
+        claims,
+        body,
+        &["msisdn", "message"],
+        &["id", "msisdn", "message", "senttime"],
+    )?;
     match (claims["exp"].as_i64(), claims["senttime"].as_i64()) {
         (Some(_), _) => Ok(()), // checked with the signature
         (None, Some(sent)) if (now - sent).abs() <= FRESHNESS => Ok(()),

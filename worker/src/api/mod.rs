@@ -6,6 +6,7 @@
 //! - [`pathways`]: the loaded pathways and their graphs;
 //! - [`outbox`]: the outbox, and families' opt-outs;
 //! - [`inbound`]: gateways' webhooks: a family's "STOP" SMS opts their number out;
+//! - [`receipts`]: the SMS gateways' delivery receipts, on each notice's provenance;
 //! - [`ingest`]: group commit: events reported together share one durable commit;
 //! - [`idempotency`]: a POST repeated with its `Idempotency-Key` gets the first answer;
 //! - [`problem`]: errors as `application/problem+json` (RFC 9457);
@@ -44,6 +45,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod pathways;
 pub mod problem;
+pub mod receipts;
 
 pub use auth::{ApiConfig, Caller, Scope, Tokens};
 pub use problem::{Problem, parse_body};
@@ -60,8 +62,9 @@ pub struct Api<S: Storage> {
     pub runtime: Arc<Runtime<S>>,
     /// The configured tokens.
     pub tokens: Arc<Tokens>,
-    /// The secret that signs GatewayAPI's inbound SMS webhooks, when configured.
-    pub gatewayapi_secret: Option<String>,
+    /// The secret shared with the SMS gateway, when configured: GatewayAPI signs its webhooks
+    /// (inbound SMS, delivery receipts) with it, and carepath signs CPSMS's receipt URLs.
+    pub gateway_secret: Option<String>,
     /// The event committer.
     pub ingest: ingest::Ingest,
     /// Called after a change that may have scheduled work: wakes the worker.
@@ -77,7 +80,7 @@ impl<S: Storage> Clone for Api<S> {
         Api {
             runtime: self.runtime.clone(),
             tokens: self.tokens.clone(),
-            gatewayapi_secret: self.gatewayapi_secret.clone(),
+            gateway_secret: self.gateway_secret.clone(),
             ingest: self.ingest.clone(),
             committed: self.committed.clone(),
             reservations: self.reservations.clone(),
@@ -92,14 +95,14 @@ impl<S: Storage> Api<S> {
     pub fn new(
         runtime: Arc<Runtime<S>>,
         tokens: Tokens,
-        gatewayapi_secret: Option<String>,
+        gateway_secret: Option<String>,
         committed: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
         Api {
             ingest: ingest::Ingest::start(runtime.clone(), committed.clone()),
             runtime,
             tokens: Arc::new(tokens),
-            gatewayapi_secret,
+            gateway_secret,
             committed,
             reservations: Arc::default(),
             inbound_keyword: None,
@@ -154,6 +157,14 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
         .route("/v1/pathways/{id}", get(pathways::show::<S>))
         .route("/v1/outbox", get(outbox::outbox::<S>))
         .route("/v1/inbound/sms/gatewayapi", post(inbound::gatewayapi::<S>))
+        .route(
+            "/v1/receipts/sms/gatewayapi",
+            post(receipts::gatewayapi::<S>),
+        )
+        .route(
+            "/v1/receipts/sms/cpsms",
+            get(receipts::cpsms::<S>).post(receipts::cpsms::<S>),
+        )
         .route("/healthz", get(healthz::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/openapi.json", get(openapi_json))

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{inbound, instances, outbox, pathways, problem};
+use super::{inbound, instances, outbox, pathways, problem, receipts};
 use crate::runtime::{EnrolRequest, Enrolled};
 use crate::store::Contact;
 
@@ -33,6 +33,8 @@ and pathways limit what it may do. Errors are RFC 9457 problem documents.",
         outbox::outbox,
         outbox::opt_out,
         inbound::gatewayapi,
+        receipts::gatewayapi,
+        receipts::cpsms,
         super::healthz,
         super::metrics,
     ),

@@ -57,6 +57,12 @@ pub struct OutboxEntry {
     pub attempts: u32,
     /// The last error, or why it was skipped.
     pub last_error: Option<String>,
+    /// What the SMS gateway last reported: pending, delivered, failed or expired; absent
+    /// until a receipt arrives.
+    pub receipt: Option<String>,
+    /// When that receipt arrived.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub receipt_at: Option<Timestamp>,
 }
 
 impl From<OutboxRow> for OutboxEntry {
@@ -74,6 +80,8 @@ impl From<OutboxRow> for OutboxEntry {
             not_before: o.not_before,
             attempts: o.attempts,
             last_error: o.last_error,
+            receipt: o.receipt.map(|r| r.as_str().to_string()),
+            receipt_at: o.receipt_at,
         }
     }
 }

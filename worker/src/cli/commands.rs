@@ -265,7 +265,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     wake.listen(&db.db);
     let server = match listen {
         Some(addr) => {
-            let gatewayapi_secret = match config
+            let gateway_secret = match config
                 .notifier
                 .as_ref()
                 .and_then(|c| c.sms.as_ref())
@@ -296,7 +296,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
             let api = api::Api::new(
                 rt.clone(),
                 tokens,
-                gatewayapi_secret,
+                gateway_secret,
                 api::waker(wake.clone(), other),
             )
             .with_inbound_keyword(keyword);
@@ -747,6 +747,17 @@ async fn outbox_action(
                         row.attempts,
                         if row.attempts == 1 { "" } else { "s" }
                     );
+                    if let (Some(receipt), Some(at)) = (row.receipt, row.receipt_at) {
+                        println!("Receipt: {} at {at}", receipt.as_str());
+                    }
+                    if let Some(c) = &row.calendar {
+                        println!(
+                            "Calendar: {} version {}{}",
+                            c.uid,
+                            c.sequence,
+                            if c.cancelled { ", cancelled" } else { "" }
+                        );
+                    }
                     if let Some(subject) = &row.text.subject {
                         println!("Subject: {subject}");
                     }

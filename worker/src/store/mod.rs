@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use carepath_engine::PathwaySource;
+use carepath_engine::calendar::CalendarEntry;
 use carepath_engine::pathway::Channel;
 use carepath_engine::step::{ArmedTimer, History, Instance};
 
@@ -296,6 +297,8 @@ pub struct NewNotice {
     pub expires_at: Option<Timestamp>,
     /// What it is about, when a later step can withdraw it (`appointment:ID`).
     pub topic: Option<String>,
+    /// The calendar entry it carries by email.
+    pub calendar: Option<CalendarEntry>,
     /// Why it is dead or skipped.
     pub error: Option<String>,
 }
@@ -414,6 +417,102 @@ pub struct OutboxRow {
     pub created_at: Timestamp,
     /// The recipient's name, when a contact plays the role.
     pub recipient: Option<String>,
+    /// The calendar entry it carries by email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<CalendarEntry>,
+    /// What the SMS gateway last reported of it, and when: absent until a receipt arrives.
+    pub receipt: Option<ReceiptState>,
+    /// When the last receipt arrived.
+    pub receipt_at: Option<Timestamp>,
+}
+
+/// What an SMS gateway reported of a message it accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptState {
+    /// On its way: buffered, at the operator, not final.
+    Pending,
+    /// On the phone.
+    Delivered,
+    /// Not deliverable: rejected, unknown number, barred. Final.
+    Failed,
+    /// The network gave up before the phone could be reached. Final.
+    Expired,
+}
+
+impl ReceiptState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptState::Pending => "pending",
+            ReceiptState::Delivered => "delivered",
+            ReceiptState::Failed => "failed",
+            ReceiptState::Expired => "expired",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ReceiptState::Pending,
+            ReceiptState::Delivered,
+            ReceiptState::Failed,
+            ReceiptState::Expired,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// No later report changes it.
+    pub fn is_final(self) -> bool {
+        self != ReceiptState::Pending
+    }
+
+    /// The message did not reach the phone and never will: a dead letter.
+    pub fn is_failure(self) -> bool {
+        matches!(self, ReceiptState::Failed | ReceiptState::Expired)
+    }
+}
+
+/// One delivery receipt from an SMS gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptReport {
+    /// The notice's key, as it was handed to the gateway.
+    pub key: String,
+    /// What it says.
+    pub state: ReceiptState,
+    /// The gateway's own words, for the provenance: its status, error code and text.
+    pub detail: String,
+}
+
+/// Why a notice whose SMS did not arrive is a dead letter, in words an operator can act on.
+pub fn receipt_failure(state: ReceiptState, detail: &str, id: i64) -> String {
+    let what = match state {
+        ReceiptState::Expired => "the phone could not be reached before the network gave up",
+        _ => "the phone network could not deliver the SMS",
+    };
+    format!("{what} ({detail}): check the family's number, then `carepath outbox retry {id}`")
+}
+
+/// What recording a receipt did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// Recorded on the notice; `dead` when a final failure made it a dead letter.
+    Recorded {
+        /// The notice's row.
+        id: i64,
+        /// It became a dead letter.
+        dead: bool,
+    },
+    /// The notice has a final receipt already; a late report does not change it.
+    Stale {
+        /// The notice's row.
+        id: i64,
+        /// Its final state.
+        state: ReceiptState,
+    },
+    /// No notice has this key.
+    Missing,
 }
 
 /// One line of an outbox row's provenance.
@@ -719,6 +818,14 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         outbox_id: i64,
     ) -> impl Future<Output = Result<Vec<OutboxLogEntry>>> + Send;
+
+    /// Records an SMS gateway's receipt on the notice it is about, in its provenance; a final
+    /// failure of a sent notice makes it a dead letter with the operator-facing reason.
+    fn record_receipt(
+        &self,
+        report: &ReceiptReport,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<ReceiptOutcome>> + Send;
 
     /// Records what delivery did with each row, and logs it, in one transaction. Sent, Retry
     /// and Dead count as attempts.

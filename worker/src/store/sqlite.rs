@@ -25,7 +25,8 @@ use carepath_engine::step::History;
 use super::{
     Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord, InstanceFilter, InstanceRow,
     KeptResponse, NoticeStatus, NoticeText, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome,
-    Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
+    ReceiptOutcome, ReceiptReport, ReceiptState, Requeue, Result, Stats, Storage, StoreError,
+    Stored, StoredPathway, Target, Tx, Withdrawn,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -378,7 +379,42 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
         last_error: r.try_get("last_error")?,
         created_at: ts(r.try_get("created_at")?, &what)?,
         recipient: r.try_get("recipient")?,
+        calendar: r
+            .try_get::<Option<String>, _>("calendar")?
+            .map(|c| json(&c, &what))
+            .transpose()?,
+        receipt: r
+            .try_get::<Option<String>, _>("receipt")?
+            .map(|s| {
+                ReceiptState::parse(&s).ok_or_else(|| StoreError::Data {
+                    what: what.clone(),
+                    reason: format!("unknown receipt {s:?}"),
+                })
+            })
+            .transpose()?,
+        receipt_at: r
+            .try_get::<Option<i64>, _>("receipt_at")?
+            .map(|t| ts(t, &what))
+            .transpose()?,
     })
+}
+
+/// One line of a notice's provenance.
+async fn log_line(
+    tx: &mut SqliteTx,
+    outbox_id: i64,
+    at: Timestamp,
+    status: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO outbox_log (outbox_id, at, status, detail) VALUES (?, ?, ?, ?)")
+        .bind(outbox_id)
+        .bind(ms(at))
+        .bind(status)
+        .bind(detail)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
 }
 
 /// `?, ?, ?` for an `IN (…)` list.
@@ -837,6 +873,58 @@ impl Storage for SqliteStore {
         tx.commit().await
     }
 
+    async fn record_receipt(
+        &self,
+        report: &ReceiptReport,
+        now: Timestamp,
+    ) -> Result<ReceiptOutcome> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT id, status, receipt FROM outbox WHERE key = ?")
+            .bind(&report.key)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(ReceiptOutcome::Missing);
+        };
+        let id: i64 = row.try_get("id")?;
+        let status: String = row.try_get("status")?;
+        let known = row
+            .try_get::<Option<String>, _>("receipt")?
+            .and_then(|r| ReceiptState::parse(&r));
+        // Reports can arrive out of order: a final one stands.
+        if let Some(state) = known.filter(|k| k.is_final()) {
+            return Ok(ReceiptOutcome::Stale { id, state });
+        }
+        let state = report.state;
+        sqlx::query("UPDATE outbox SET receipt = ?, receipt_at = ?, updated_at = ? WHERE id = ?")
+            .bind(state.as_str())
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await?;
+        log_line(
+            &mut tx,
+            id,
+            now,
+            &format!("receipt {}", state.as_str()),
+            &report.detail,
+        )
+        .await?;
+        let dead = state.is_failure() && status == NoticeStatus::Sent.as_str();
+        if dead {
+            let reason = super::receipt_failure(state, &report.detail, id);
+            sqlx::query("UPDATE outbox SET status = 'dead', last_error = ? WHERE id = ?")
+                .bind(&reason)
+                .bind(id)
+                .execute(&mut *tx.tx)
+                .await?;
+            log_line(&mut tx, id, now, NoticeStatus::Dead.as_str(), &reason).await?;
+        }
+        tx.commit().await?;
+        Ok(ReceiptOutcome::Recorded { id, dead })
+    }
+
     async fn requeue(&self, outbox_id: i64, now: Timestamp) -> Result<Requeue> {
         let mut tx = self.begin().await?;
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE id = ?")
@@ -1205,10 +1293,10 @@ impl Tx for SqliteTx {
             }
             skip.execute(&mut *conn).await?;
         }
-        for chunk in changes.outbox.chunks(MAX_BINDS / 21) {
+        for chunk in changes.outbox.chunks(MAX_BINDS / 22) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
-                 channel, address, language, subject, body, html, status, not_before, expires_at, topic, attempts, last_error, created_at, updated_at) ",
+                 channel, address, language, subject, body, html, status, not_before, expires_at, topic, calendar, attempts, last_error, created_at, updated_at) ",
             );
             q.push_values(chunk, |mut b, (t, n)| {
                 let id = target(*t);
@@ -1229,6 +1317,7 @@ impl Tx for SqliteTx {
                     .push_bind(ms(n.not_before))
                     .push_bind(n.expires_at.map(ms))
                     .push_bind(&n.topic)
+                    .push_bind(n.calendar.as_ref().map(to_json))
                     .push_bind(0i64)
                     .push_bind(&n.error)
                     .push_bind(ms(now))
