@@ -44,13 +44,19 @@ fn start_worker(
     clock: &str,
     extra: &[&str],
 ) -> (Child, mpsc::Receiver<String>) {
-    let mut child = carepath()
-        .args(["run", "--db"])
+    let mut run = carepath();
+    run.args(["run", "--db"])
         .arg(db)
         .arg("--pathways")
         .arg(pathways)
         .args(["--clock", clock])
-        .args(extra)
+        .args(extra);
+    start(run)
+}
+
+/// Starts `command`, a `carepath run`, and waits until it says it is running.
+fn start(mut command: std::process::Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
         .env("CAREPATH_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -101,6 +107,99 @@ async fn history_rows(db: &Path) -> usize {
     n
 }
 
+/// Enrols `families` on the chain of `steps` at T0, each with a coordinator by email.
+async fn enrol_chain(db: &Path, pathways: &Path, families: usize) {
+    let t0: Timestamp = T0.parse().expect("t0");
+    let store = SqliteStore::open(db).await.expect("open");
+    let (catalog, _) = Catalog::sync(&store, &[pathways.to_path_buf()], t0)
+        .await
+        .expect("load");
+    let rt = Runtime::new(
+        store,
+        catalog,
+        Arc::new(VirtualClock::new(t0)) as Arc<dyn Clock>,
+    );
+    for i in 0..families {
+        rt.enrol(&EnrolRequest {
+            reference: format!("FAM-{i:04}"),
+            pathway: "chain".into(),
+            fields: Default::default(),
+            contacts: coordinator(),
+        })
+        .await
+        .expect("enrol");
+    }
+    rt.store().close().await;
+}
+
+/// Two `carepath run` processes on one SQLite file, started together on a backlog: each
+/// notice is claimed by one of them and sent once (before claims, 89 % went out twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_on_one_database_send_each_notice_once() {
+    const FAMILIES: usize = 1500;
+    const STEPS: usize = 2;
+    let dir = tempfile::tempdir().expect("tmp");
+    let pathways = dir.path().join("pathways");
+    write_pathway(&pathways, &chain(STEPS), &["entered", "counted"]);
+    let db = dir.path().join("two.db");
+    enrol_chain(&db, &pathways, FAMILIES).await;
+
+    let clock = "fixed:2027-04-01T00:00:00Z";
+    let sinks = [dir.path().join("a.jsonl"), dir.path().join("b.jsonl")];
+    let mut workers: Vec<(Child, mpsc::Receiver<String>)> = sinks
+        .iter()
+        .map(|sink| {
+            let sink = sink.to_str().expect("utf-8");
+            start_worker(&db, &pathways, clock, &["--until-idle", "--sink", sink])
+        })
+        .collect();
+    for (w, log) in &mut workers {
+        let status = wait_exit(w, Duration::from_secs(120)).expect("the worker finishes");
+        let said: Vec<String> = log.try_iter().collect();
+        assert!(status.success(), "{status:?}: {}", said.join("\n"));
+    }
+
+    let mut by_worker = Vec::new();
+    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+    for sink in &sinks {
+        let text = std::fs::read_to_string(sink).unwrap_or_default();
+        let mut n = 0;
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("a JSON line");
+            let key = v["message"]["key"].as_str().expect("key").to_string();
+            *keys.entry(key).or_default() += 1;
+            n += 1;
+        }
+        by_worker.push(n);
+    }
+    eprintln!("sent by each worker: {by_worker:?}");
+    let twice: Vec<&String> = keys
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} of {} notices went out more than once: {:?}",
+        twice.len(),
+        keys.len(),
+        twice.iter().take(5).collect::<Vec<_>>()
+    );
+    let store = SqliteStore::open(&db).await.expect("open");
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    store.close().await;
+    assert_eq!(rows.len(), FAMILIES * (STEPS + 1));
+    assert!(
+        rows.iter()
+            .all(|r| r.status == carepath_worker::store::NoticeStatus::Sent),
+        "every notice sent"
+    );
+    assert_eq!(keys.len(), rows.len(), "each one at a sink");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_at_random_points_loses_and_repeats_nothing() {
     const FAMILIES: usize = 1500;
@@ -109,29 +208,8 @@ async fn a_worker_killed_at_random_points_loses_and_repeats_nothing() {
     let pathways = dir.path().join("pathways");
     write_pathway(&pathways, &chain(STEPS), &["entered", "counted"]);
     let db = dir.path().join("crash.db");
+    enrol_chain(&db, &pathways, FAMILIES).await;
     let t0: Timestamp = T0.parse().expect("t0");
-    {
-        let store = SqliteStore::open(&db).await.expect("open");
-        let (catalog, _) = Catalog::sync(&store, std::slice::from_ref(&pathways), t0)
-            .await
-            .expect("load");
-        let rt = Runtime::new(
-            store,
-            catalog,
-            Arc::new(VirtualClock::new(t0)) as Arc<dyn Clock>,
-        );
-        for i in 0..FAMILIES {
-            rt.enrol(&EnrolRequest {
-                reference: format!("FAM-{i:04}"),
-                pathway: "chain".into(),
-                fields: Default::default(),
-                contacts: coordinator(),
-            })
-            .await
-            .expect("enrol");
-        }
-        rt.store().close().await;
-    }
     let total = FAMILIES * (STEPS + 1);
     let clock = "fixed:2027-04-01T00:00:00Z";
     let mut kills = 0;
@@ -273,6 +351,134 @@ async fn sigterm_stops_the_worker_cleanly_and_another_process_wakes_it() {
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
+/// A database removed under a running worker is noticed: the worker stops with a message
+/// that says so and a failing exit code, instead of writing on into a file nobody will find.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_database_is_removed_stops_and_says_why() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pathways = dir.path().join("pathways");
+    write_pathway(&pathways, &chain(2), &["entered", "counted"]);
+    let db = dir.path().join("gone.db");
+    let (mut worker, log) = start_worker(&db, &pathways, "fixed:2027-04-01T00:00:00Z", &[]);
+    std::fs::remove_file(&db).expect("rm");
+    let status = wait_exit(&mut worker, Duration::from_secs(30)).expect("it stops");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let said: Vec<String> = log.try_iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("gone.db was removed while carepath was running")),
+        "{said:?}"
+    );
+    assert!(!db.exists(), "not made again");
+}
+
+/// A full disk under a running process: writes and /healthz answer 503 while it lasts, and
+/// both work again once there is room, with no restart (today's bug: one "database or disk is
+/// full" left every later write failing while /healthz said ok). The disk is a 3 MiB tmpfs in
+/// a mount namespace of the worker's own (`unshare`), filled and emptied through
+/// `/proc/PID/root`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_writes_and_health_until_there_is_room_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("carepath.toml");
+    let out = carepath()
+        .args([
+            "token",
+            "new",
+            "--name",
+            "epj",
+            "--scope",
+            "instances:write",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("token new");
+    assert!(out.status.success());
+    let token = stdout(&out).trim().to_string();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mkdir");
+    let exe = carepath().get_program().to_owned();
+    let script = format!(
+        "mount -t tmpfs -o size=3m none '{disk}' || exit 97; exec '{exe}' run --db '{disk}/c.db' \
+         --pathways '{pathways}' --listen 127.0.0.1:0 --config '{config}' \
+         --clock fixed:2027-01-11T08:00:00Z",
+        disk = disk.display(),
+        exe = Path::new(&exe).display(),
+        pathways = root().join("pathways").display(),
+        config = config.display(),
+    );
+    let can = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=1m none /mnt"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        can,
+        "this test mounts a small tmpfs in a namespace of its own: it needs util-linux's \
+         unshare and user namespaces (or root)"
+    );
+    let mut command = std::process::Command::new("unshare");
+    command.args(["-rm", "sh", "-c", &script]);
+    let (mut worker, log) = start(command);
+    let addr = api_address(&log);
+    let http = reqwest::Client::new();
+    let enrol = |n: usize| {
+        http.post(format!("http://{addr}/v1/instances"))
+            .bearer_auth(&token)
+            .json(
+                &json!({"ref": format!("FAM-{n}"), "pathway": "standard-track",
+                "fields": {"due_date": "2027-08-20"},
+                "contacts": {"gp": {"name": "Lægehuset", "email": "laege@example.dk"}}}),
+            )
+            .send()
+    };
+    let health = || http.get(format!("http://{addr}/healthz")).send();
+    assert_eq!(enrol(1).await.expect("post").status(), 201);
+    assert_eq!(health().await.expect("get").status(), 200);
+
+    // Fill the worker's disk to the last block.
+    let filler = Path::new(&format!("/proc/{}/root", worker.id())).join(
+        disk.strip_prefix("/")
+            .expect("an absolute temporary folder")
+            .join("filler"),
+    );
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("the worker's disk, seen from here");
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    for n in 2..5 {
+        let r = enrol(n).await.expect("post");
+        assert_eq!(r.status(), 503);
+        let problem: Value = r.json().await.expect("json");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("disk is full")),
+            "{problem}"
+        );
+    }
+    assert_eq!(
+        health().await.expect("get").status(),
+        503,
+        "unhealthy while full"
+    );
+
+    // Room again: the same process takes writes and says it is healthy.
+    std::fs::remove_file(&filler).expect("rm filler");
+    for n in 5..10 {
+        let r = enrol(n).await.expect("post");
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+    assert_eq!(health().await.expect("get").status(), 200);
+    // SAFETY: kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let status = wait_exit(&mut worker, Duration::from_secs(30)).expect("stops");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
 #[test]
 fn enroll_event_and_status_from_the_command_line() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -285,6 +491,17 @@ fn enroll_event_and_status_from_the_command_line() {
             .args(["--clock", "fixed:2027-01-11T08:00:00Z"]);
         c
     };
+    // A report into a database that is not there is refused, and makes no empty one.
+    let out = base(&["event", "FAM-0001", "first_exam_done", "--key", "k"])
+        .output()
+        .expect("event");
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no such file") && said.contains("carepath enroll"),
+        "{said}"
+    );
+    assert!(!db.exists(), "no database was made");
     let out = base(&["enroll", "examples/families/standard-track.json"])
         .output()
         .expect("enroll");

@@ -20,13 +20,18 @@ use carepath_notifier::retry::RetryPolicy;
 use carepath_notifier::{Channels, ConfigError, Message, NotifierConfig, SendError};
 
 use crate::metrics::Metrics;
-use crate::store::{Delivery, NoticeStatus, OutboxFilter, OutboxRow, Storage, StoreError};
+use crate::store::{Delivery, OutboxRow, Storage, StoreError};
 
 /// Notices sent concurrently: enough to keep pooled SMTP connections and a gateway busy.
 const CONCURRENCY: usize = 16;
 
-/// Rows read per round.
+/// Rows claimed per round.
 const BATCH: u32 = 200;
+
+/// How long a claim on a notice lasts: longer than a round of sending takes (a round of 200
+/// at 16 at a time, each up to its channel's timeout), so only a worker that died lets it
+/// run out. Then another worker sends the notice again, under the same key.
+pub const LEASE: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
 
 /// The configured channels with their retry policy and quiet hours.
 #[derive(Clone, Debug)]
@@ -35,6 +40,9 @@ pub struct Notifier {
     retry: RetryPolicy,
     quiet: QuietHours,
     metrics: Option<Arc<Metrics>>,
+    /// Who claims the notices this notifier sends: the process and a random part, so two
+    /// workers on one database never share a claim.
+    worker: String,
 }
 
 /// What one delivery pass did.
@@ -62,6 +70,7 @@ impl Notifier {
             retry: config.delivery.clone(),
             quiet: config.quiet_hours.clone(),
             metrics: None,
+            worker: format!("pid {} #{:08x}", std::process::id(), fastrand::u32(..)),
         })
     }
 
@@ -115,7 +124,13 @@ impl Notifier {
         Ok((key, channel))
     }
 
-    /// Delivers every queued notice whose time has come by `now`.
+    /// Who this notifier claims notices as.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// Delivers every queued notice whose time has come by `now`, each claimed before it is
+    /// sent, so several workers on one database send each notice once.
     pub async fn deliver<S: Storage>(
         &self,
         store: &S,
@@ -124,15 +139,11 @@ impl Notifier {
         let mut total = Delivered::default();
         let origin = store.installation().await?;
         loop {
-            let rows = store
-                .outbox(&OutboxFilter {
-                    status: Some(NoticeStatus::Queued),
-                    due_by: Some(now),
-                    limit: Some(BATCH),
-                    skip_held: true,
-                    ..OutboxFilter::default()
-                })
-                .await?;
+            let until = now.checked_add(LEASE).map_err(|e| StoreError::Data {
+                what: "a notice's lease".into(),
+                reason: e.to_string(),
+            })?;
+            let rows = store.claim_notices(&self.worker, now, until, BATCH).await?;
             if rows.is_empty() {
                 return Ok(total);
             }
@@ -337,19 +348,4 @@ impl Notifier {
             }
         }
     }
-}
-
-/// When the earliest queued notice may go, for the worker's sleep.
-pub async fn next_notice<S: Storage>(store: &S) -> Result<Option<Timestamp>, StoreError> {
-    Ok(store
-        .outbox(&OutboxFilter {
-            status: Some(NoticeStatus::Queued),
-            limit: Some(1),
-            // A family on hold's notices wait for the resume, which wakes the worker.
-            skip_held: true,
-            ..OutboxFilter::default()
-        })
-        .await?
-        .first()
-        .map(|r| r.not_before))
 }

@@ -16,7 +16,7 @@ use carepath_engine::step::Cause;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, VirtualClock};
-use crate::delivery::{self, Notifier};
+use crate::delivery::Notifier;
 use crate::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime, RuntimeError};
 use crate::store::{Contact, NoticeStatus, OutboxFilter, SqliteStore, Storage, StoreError};
 use carepath_notifier::NotifierConfig;
@@ -329,7 +329,7 @@ pub async fn simulate(
         let next = [
             rt.store().next_due().await?,
             next_event,
-            delivery::next_notice(rt.store()).await?,
+            rt.store().next_notice().await?,
         ]
         .into_iter()
         .flatten()

@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use tokio::net::UnixDatagram;
 use tokio::sync::Notify;
 
-use crate::delivery::{self, Notifier};
+use crate::delivery::Notifier;
 use crate::lateness::Lateness;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::Storage;
@@ -148,6 +148,46 @@ impl Wake {
     }
 }
 
+/// How often [`watch_database`] looks at the database file.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Watches the database file of a running process: once it is removed or replaced by another
+/// file, every later write would go to a file nobody will find again, so the process stops
+/// (through `wake`) and the returned slot says why. The caller exits non-zero with it.
+pub fn watch_database(db: &Path, wake: &Wake) -> Arc<std::sync::OnceLock<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let gone = Arc::new(std::sync::OnceLock::new());
+    let identity = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    // Opened a moment ago: a file missing already was removed in between.
+    let original = identity(db);
+    let (db, wake, slot) = (db.to_path_buf(), wake.clone(), gone.clone());
+    tokio::spawn(async move {
+        let mut first = true;
+        while !wake.stopping() {
+            if !first {
+                tokio::time::sleep(WATCH_EVERY).await;
+            }
+            first = false;
+            let why = match (identity(&db), original) {
+                (Some(now), Some(original)) if now == original => continue,
+                (Some(_), _) => "was replaced by another file",
+                (None, _) => "was removed",
+            };
+            let message = format!(
+                "the database {} {why} while carepath was running: stopping, since what it \
+                 writes now would be lost; restore the file (or start carepath again on the new \
+                 one)",
+                db.display()
+            );
+            tracing::error!("{message}");
+            let _ = slot.set(message);
+            wake.stop();
+            return;
+        }
+    });
+    gone
+}
+
 fn socket_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".wake");
@@ -215,7 +255,7 @@ pub async fn run<S: Storage>(
         };
         if notifier.is_some() {
             // A notice held for quiet hours or waiting for a retry wakes the loop too.
-            if let Some(n) = delivery::next_notice(rt.store()).await? {
+            if let Some(n) = rt.store().next_notice().await? {
                 next = Some(next.map_or(n, |t| t.min(n)));
             }
         }

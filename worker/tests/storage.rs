@@ -611,16 +611,15 @@ async fn deliveries_are_recorded_with_their_provenance<S: Storage>(store: &S) {
         )
         .await
         .expect("record");
-    store
-        .record_deliveries(
-            &[Delivery::Sent {
-                id: a,
-                detail: "smtp 250".into(),
-            }],
-            minutes(5),
-        )
-        .await
-        .expect("record");
+    record(
+        store,
+        Delivery::Sent {
+            id: a,
+            detail: "smtp 250".into(),
+        },
+        minutes(5),
+    )
+    .await;
     let rows = store
         .outbox(&OutboxFilter::default())
         .await
@@ -1018,16 +1017,15 @@ async fn a_withdrawn_topic_skips_only_its_queued_notices<S: Storage>(store: &S) 
         Some("appointment scan was cancelled")
     );
     // Delivery records an expired notice with its reason.
-    store
-        .record_deliveries(
-            &[Delivery::Expired {
-                id: rows[1].id,
-                reason: "it expired".into(),
-            }],
-            minutes(91),
-        )
-        .await
-        .expect("record");
+    record(
+        store,
+        Delivery::Expired {
+            id: rows[1].id,
+            reason: "it expired".into(),
+        },
+        minutes(91),
+    )
+    .await;
     let expired = store
         .outbox(&OutboxFilter {
             status: Some(NoticeStatus::Expired),
@@ -1233,6 +1231,120 @@ async fn receipts_are_recorded_and_a_final_failure_is_a_dead_letter<S: Storage>(
     );
 }
 
+async fn a_claimed_notice_is_handed_to_one_worker_until_its_lease_ends<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-C", vec![]).await;
+    let version = version(store).await;
+    let mut later = notice("3:c:midwife", version, None, NoticeStatus::Queued);
+    later.not_before = minutes(60);
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            outbox: vec![
+                (
+                    Target::Id(id),
+                    notice("1:a:midwife", version, None, NoticeStatus::Queued),
+                ),
+                (
+                    Target::Id(id),
+                    notice("2:b:midwife", version, None, NoticeStatus::Queued),
+                ),
+                (Target::Id(id), later),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let keys = |rows: Vec<carepath_worker::store::OutboxRow>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| r.key.rsplit(':').nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    // Worker A claims what is due; worker B, a minute later, is handed nothing.
+    let a = store
+        .claim_notices("A", minutes(1), minutes(11), 10)
+        .await
+        .expect("claim");
+    let (a_id, b_id) = (a[0].id, a[1].id);
+    assert_eq!(keys(a), ["a", "b"], "due ones, oldest first");
+    let b = store
+        .claim_notices("B", minutes(2), minutes(12), 10)
+        .await
+        .expect("claim");
+    assert!(b.is_empty(), "claimed by A: {:?}", keys(b));
+    assert_eq!(
+        store.next_notice().await.expect("next"),
+        Some(minutes(11)),
+        "the next a worker may take: when A's lease ends"
+    );
+    // A sends one and dies holding the other; its lease runs out and B takes it.
+    record(
+        store,
+        Delivery::Sent {
+            id: a_id,
+            detail: "smtp 250".into(),
+        },
+        minutes(3),
+    )
+    .await;
+    let b = store
+        .claim_notices("B", minutes(5), minutes(15), 10)
+        .await
+        .expect("claim");
+    assert!(b.is_empty(), "A's lease on b still runs");
+    let b = store
+        .claim_notices("B", minutes(11), minutes(21), 10)
+        .await
+        .expect("claim");
+    assert_eq!(keys(b), ["b"], "the lease ran out");
+    record(
+        store,
+        Delivery::Sent {
+            id: b_id,
+            detail: "smtp 250".into(),
+        },
+        minutes(12),
+    )
+    .await;
+    // A comes back and reports what it did long ago: history, not the notice's state.
+    record(
+        store,
+        Delivery::Dead {
+            id: b_id,
+            error: "smtp 550".into(),
+        },
+        minutes(13),
+    )
+    .await;
+    let rows = store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    let b_row = rows.iter().find(|r| r.id == b_id).expect("b");
+    assert_eq!((b_row.status, b_row.attempts), (NoticeStatus::Sent, 1));
+    let log: Vec<String> = store
+        .outbox_log(b_id)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(log, ["queued", "sent", "late report"]);
+    assert_eq!(
+        store.next_notice().await.expect("next"),
+        Some(minutes(60)),
+        "only c waits"
+    );
+}
+
+/// Records one delivery outcome at `at`.
+async fn record<S: Storage>(store: &S, delivery: Delivery, at: Timestamp) {
+    store
+        .record_deliveries(&[delivery], at)
+        .await
+        .expect("record");
+}
+
 /// Runs every property against one backend. `$open` is an async expression giving a fresh,
 /// empty store and whatever keeps it alive.
 macro_rules! backend {
@@ -1268,6 +1380,7 @@ macro_rules! backend {
             property!(an_inbound_call_is_taken_once_within_its_window);
             property!(a_database_has_one_random_installation_id);
             property!(receipts_are_recorded_and_a_final_failure_is_a_dead_letter);
+            property!(a_claimed_notice_is_handed_to_one_worker_until_its_lease_ends);
         }
     };
 }

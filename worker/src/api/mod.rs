@@ -263,18 +263,19 @@ async fn access_log<S: Storage>(State(api): State<Api<S>>, req: Request, next: N
     response
 }
 
-/// The process answers and its database is reachable.
+/// The process answers and its database takes writes: a small row is written and committed.
 #[utoipa::path(
     get, path = "/healthz", operation_id = "health", tag = "operations",
     responses(
         (status = 200, description = "ok", body = String, content_type = "text/plain"),
-        (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer or cannot take a write (a full disk)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn healthz<S: Storage>(State(api): State<Api<S>>) -> Result<&'static str, Problem> {
+    // A write, not a read: a full disk leaves reads working while nothing can be saved.
     api.runtime
         .store()
-        .next_due()
+        .check_writes(api.runtime.clock().now())
         .await
         .map_err(Problem::store)?;
     Ok("ok\n")

@@ -140,9 +140,15 @@ fn new_key() -> String {
     )
 }
 
-/// Opens the database and its catalog, loading the pathway folder when it exists.
-async fn open(db: &DbArgs, now: Timestamp) -> anyhow::Result<(SqliteStore, Catalog)> {
-    let store = SqliteStore::open(&db.db).await?;
+/// Opens the database and its catalog, loading the pathway folder when it exists. Only the
+/// commands meant to start a database (`run`, `enroll`) `create` a missing one: any other
+/// would report into an empty new file and lose the report.
+async fn open(db: &DbArgs, now: Timestamp, create: bool) -> anyhow::Result<(SqliteStore, Catalog)> {
+    let store = if create {
+        SqliteStore::open(&db.db).await?
+    } else {
+        SqliteStore::open_existing(&db.db).await?
+    };
     let catalog = if db.pathways.exists() {
         let (catalog, loaded) =
             Catalog::sync(&store, std::slice::from_ref(&db.pathways), now).await?;
@@ -241,7 +247,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
         no_delivery,
     } = args;
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
-    let (store, catalog) = open(&db, clock.now()).await?;
+    let (store, catalog) = open(&db, clock.now(), true).await?;
     tracing::info!(
         db = %db.db.display(),
         pathways = ?catalog.pathway_ids(),
@@ -263,6 +269,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     let wake = Wake::new();
     wake.stop_on_signals()?;
     wake.listen(&db.db);
+    let lost = worker::watch_database(&db.db, &wake);
     let server = match listen {
         Some(addr) => {
             let gateway_secret = match config
@@ -319,7 +326,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
             server.await??;
         }
         rt.store().close().await;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit(&lost));
     }
     let summary = worker::run(
         &rt,
@@ -354,7 +361,18 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
         "worker stopped"
     );
     rt.store().close().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(exit(&lost))
+}
+
+/// Success, unless the database was lost under the running process.
+fn exit(lost: &std::sync::OnceLock<String>) -> ExitCode {
+    match lost.get() {
+        Some(why) => {
+            eprintln!("carepath: {why}");
+            ExitCode::from(1)
+        }
+        None => ExitCode::SUCCESS,
+    }
 }
 
 async fn enroll(path: &Path, pathway: Option<String>, db: &DbArgs) -> anyhow::Result<ExitCode> {
@@ -366,7 +384,7 @@ async fn enroll(path: &Path, pathway: Option<String>, db: &DbArgs) -> anyhow::Re
         );
     };
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
-    let (store, catalog) = open(db, clock.now()).await?;
+    let (store, catalog) = open(db, clock.now(), true).await?;
     let rt = Runtime::new(store, catalog, clock);
     let result = rt
         .enrol(&EnrolRequest {
@@ -399,7 +417,7 @@ async fn enroll(path: &Path, pathway: Option<String>, db: &DbArgs) -> anyhow::Re
 
 async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode> {
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
-    let (store, catalog) = open(db, clock.now()).await?;
+    let (store, catalog) = open(db, clock.now(), false).await?;
     let rt = Runtime::new(store, catalog, clock);
     let results = rt.apply_events(std::slice::from_ref(&req)).await;
     rt.store().close().await;

@@ -819,6 +819,27 @@ pub trait Storage: Send + Sync + 'static {
         outbox_id: i64,
     ) -> impl Future<Output = Result<Vec<OutboxLogEntry>>> + Send;
 
+    /// Writes and commits a small row: fails while the database cannot take writes (a full
+    /// disk, a file that went read-only), for `/healthz`.
+    fn check_writes(&self, now: Timestamp) -> impl Future<Output = Result<()>> + Send;
+
+    /// Claims up to `limit` queued notices due by `now` for `worker`, with a lease until
+    /// `until`, oldest first: no other worker is handed them before the lease ends or `worker`
+    /// records what it did ([`Storage::record_deliveries`] clears the claim). Notices of a
+    /// family on hold wait for the resume.
+    fn claim_notices(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        until: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+
+    /// When the next queued notice may be claimed: its `not_before`, or the end of a lease
+    /// another worker holds on it, whichever is later. Notices of families on hold wait for
+    /// the resume, which wakes the worker.
+    fn next_notice(&self) -> impl Future<Output = Result<Option<Timestamp>>> + Send;
+
     /// Records an SMS gateway's receipt on the notice it is about, in its provenance; a final
     /// failure of a sent notice makes it a dead letter with the operator-facing reason.
     fn record_receipt(
@@ -828,7 +849,9 @@ pub trait Storage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ReceiptOutcome>> + Send;
 
     /// Records what delivery did with each row, and logs it, in one transaction. Sent, Retry
-    /// and Dead count as attempts.
+    /// and Dead count as attempts. A row's status changes only while it is queued, so a
+    /// worker whose lease ran out cannot overwrite what another worker recorded; the claim is
+    /// cleared.
     fn record_deliveries(
         &self,
         deliveries: &[Delivery],

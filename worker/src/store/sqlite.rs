@@ -77,6 +77,23 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // After "database or disk is full" (or an I/O error) SQLite may roll a transaction
+            // back by itself; sqlx's ROLLBACK then fails and the connection goes back to the
+            // pool believing it is still in a transaction, refusing every later BEGIN. Such a
+            // connection is closed instead of reused (the ping of `test_before_acquire` has let
+            // a dropped transaction's own rollback finish first), so the pool heals once the
+            // disk has room again.
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    if sqlx::Connection::is_in_transaction(conn) {
+                        tracing::warn!(
+                            "a database connection was left inside a failed transaction: replaced"
+                        );
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| classify(e, &shown))?;
@@ -398,6 +415,15 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
             .transpose()?,
     })
 }
+
+/// Bytes the health probe writes: about what an enrolment or a batch of steps needs, so a disk
+/// with room for the probe has room for real work. Random, since SQLite leaves a page that
+/// would not change unwritten.
+const HEALTH_PAD: i64 = 64 * 1024;
+
+/// An outbox row with its family's reference and its recipient's name, up to `WHERE`.
+const OUTBOX_SELECT: &str = "SELECT o.*, i.ref, c.name AS recipient FROM outbox o \
+     JOIN instances i ON i.id = o.instance_id LEFT JOIN contacts c ON c.id = o.contact_id";
 
 /// One line of a notice's provenance.
 async fn log_line(
@@ -755,10 +781,7 @@ impl Storage for SqliteStore {
     }
 
     async fn outbox(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT o.*, i.ref, c.name AS recipient FROM outbox o JOIN instances i ON i.id = o.instance_id \
-             LEFT JOIN contacts c ON c.id = o.contact_id WHERE 1 = 1",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new(format!("{OUTBOX_SELECT} WHERE 1 = 1"));
         if let Some(at) = filter.due_by {
             q.push(" AND o.not_before <= ").push_bind(ms(at));
         }
@@ -847,10 +870,18 @@ impl Storage for SqliteStore {
             q.push(") UPDATE outbox SET status = v.status, not_before = coalesce(v.not_before, outbox.not_before), \
                     attempts = outbox.attempts + v.attempted, \
                     last_error = CASE WHEN v.status = 'sent' THEN outbox.last_error ELSE v.detail END, \
-                    updated_at = ");
+                    claimed_by = NULL, lease_until = NULL, updated_at = ");
             q.push_bind(ms(now));
-            q.push(" FROM v WHERE outbox.id = v.id");
-            q.build().persistent(false).execute(&mut *tx.tx).await?;
+            q.push(
+                " FROM v WHERE outbox.id = v.id AND outbox.status = 'queued' RETURNING outbox.id",
+            );
+            let applied: std::collections::HashSet<i64> = q
+                .build_query_scalar::<i64>()
+                .persistent(false)
+                .fetch_all(&mut *tx.tx)
+                .await?
+                .into_iter()
+                .collect();
             let mut log = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox_log (outbox_id, at, status, detail) ",
             );
@@ -862,15 +893,91 @@ impl Storage for SqliteStore {
                         Delivery::Held { .. } => "held",
                         _ => status,
                     };
+                    // What a worker did after its claim ran out and another worker recorded
+                    // the notice is history, not its state.
+                    let (shown, detail) = if applied.contains(id) {
+                        (shown.to_string(), detail.to_string())
+                    } else {
+                        (
+                            "late report".to_string(),
+                            format!("{shown}, by a worker whose claim had run out: {detail}"),
+                        )
+                    };
                     b.push_bind(id)
                         .push_bind(ms(now))
                         .push_bind(shown)
-                        .push_bind(*detail);
+                        .push_bind(detail);
                 },
             );
             log.build().persistent(false).execute(&mut *tx.tx).await?;
         }
         tx.commit().await
+    }
+
+    async fn check_writes(&self, now: Timestamp) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO health (id, checked_at, pad) VALUES (1, ?, randomblob(?)) \
+             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, pad = excluded.pad",
+        )
+        .bind(ms(now))
+        .bind(HEALTH_PAD)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(|e| classify(e, &self.path))?;
+        tx.commit().await
+    }
+
+    async fn claim_notices(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE outbox SET claimed_by = ?, lease_until = ? WHERE id IN ( \
+               SELECT o.id FROM outbox o WHERE o.status = 'queued' AND o.not_before <= ? \
+               AND (o.lease_until IS NULL OR o.lease_until <= ?) \
+               AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id) \
+               ORDER BY o.not_before, o.id LIMIT ?) RETURNING id",
+        )
+        .bind(worker)
+        .bind(ms(until))
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_BINDS) {
+            let sql = format!(
+                "{OUTBOX_SELECT} WHERE o.id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&mut *tx.tx).await? {
+                rows.push(outbox_row(&r)?);
+            }
+        }
+        tx.commit().await?;
+        rows.sort_by_key(|r| (r.not_before, r.id));
+        Ok(rows)
+    }
+
+    async fn next_notice(&self) -> Result<Option<Timestamp>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT min(max(not_before, coalesce(lease_until, 0))) FROM outbox o \
+             WHERE o.status = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        next.map(|t| ts(t, "outbox")).transpose()
     }
 
     async fn record_receipt(
@@ -939,7 +1046,8 @@ impl Storage for SqliteStore {
             return Ok(Requeue::NotRetryable(status));
         }
         sqlx::query(
-            "UPDATE outbox SET status = 'queued', attempts = 0, not_before = ?, updated_at = ? WHERE id = ?",
+            "UPDATE outbox SET status = 'queued', attempts = 0, not_before = ?, updated_at = ?, \
+             claimed_by = NULL, lease_until = NULL WHERE id = ?",
         )
         .bind(ms(now))
         .bind(ms(now))
