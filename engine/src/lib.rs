@@ -53,6 +53,7 @@ pub mod expr;
 pub mod graph;
 pub mod json;
 pub mod pathway;
+pub mod privacy;
 pub mod step;
 pub mod template;
 pub mod time;

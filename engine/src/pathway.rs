@@ -247,11 +247,12 @@ impl Field {
         if ok {
             return Ok(());
         }
-        // A sensitive value is never echoed: reasons are recorded, shown and logged.
+        // A sensitive value is never echoed, nor one that looks like a CPR number: reasons
+        // are recorded, shown and logged.
         let value = if self.sensitive {
             "a value that is not shown, since the field is sensitive".to_string()
         } else {
-            value.to_string()
+            crate::privacy::shown(value)
         };
         Err(match self.ty {
             FieldType::Date => format!("expected a date such as \"2026-03-01\", found {value}"),

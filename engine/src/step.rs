@@ -1431,7 +1431,7 @@ fn check_payload(
         other => {
             return Err(err(
                 String::new(),
-                format!("expected an object, found {other}"),
+                format!("expected an object, found {}", crate::privacy::shown(other)),
             ));
         }
     };

@@ -974,6 +974,28 @@ async fn every_refusal_is_a_problem_document_and_echoes_nothing_sensitive() {
     assert_eq!(a.status, 422, "{:?}", a.body);
     assert!(!a.body.to_string().contains("101901234"), "{}", a.body);
     assert!(a.body.to_string().contains("not shown"), "{}", a.body);
+    // Nor a CPR number typed into a field that is not sensitive, or sent as the payload.
+    let mut misplaced = family("FAM-0103");
+    misplaced["fields"]["interpreter_needed"] = json!("010190-1234");
+    let a = s
+        .post("/v1/instances", MUNICIPALITY, &misplaced, None)
+        .await;
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert!(!a.body.to_string().contains("1234"), "{}", a.body);
+    assert!(
+        a.body.to_string().contains("looks like a CPR number"),
+        "{}",
+        a.body
+    );
+    let events = format!("/v1/instances/{id}/events");
+    for body in [
+        json!({"event": "birth_registered", "payload": {"birth_date": "0101901234"}}),
+        json!({"event": "birth_registered", "payload": "0101901234"}),
+    ] {
+        let a = s.post(&events, MUNICIPALITY, &body, Some("cpr")).await;
+        assert!(a.status >= 400, "{:?}", a.body);
+        assert!(!a.body.to_string().contains("1234"), "{}", a.body);
+    }
 }
 
 /// Twenty enrolments sent at once with one key and one body: one enrolment, and every one of
