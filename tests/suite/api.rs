@@ -24,6 +24,7 @@ const HOSPITAL: &str = "cp_hospital-token"; // events:write + read, standard tra
 const MUNICIPALITY: &str = "cp_municipality-token"; // instances:write + read, every pathway
 const RED_CROSS: &str = "cp_red-cross-token"; // admin, its own pathway only
 const READER: &str = "cp_reader-token"; // read
+const ADMIN: &str = "cp_admin-token"; // admin, every pathway
 
 struct Server {
     url: String,
@@ -111,6 +112,7 @@ async fn start() -> Server {
                 Some(&["good-start"]),
             ),
             token("reader", READER, &[Scope::Read], None),
+            token("operations", ADMIN, &[Scope::Admin], None),
         ],
     };
     let tokens = Tokens::new(&config, &rt.catalog().pathway_ids()).expect("tokens");
@@ -996,6 +998,117 @@ async fn every_refusal_is_a_problem_document_and_echoes_nothing_sensitive() {
         assert!(a.status >= 400, "{:?}", a.body);
         assert!(!a.body.to_string().contains("1234"), "{}", a.body);
     }
+}
+
+/// Every write a token makes is a line of the audit log, with who, what, when and for which
+/// family, and never a payload or sensitive value; the log takes no change once written.
+#[tokio::test]
+async fn every_write_is_in_the_append_only_audit_log() {
+    let s = start().await;
+    let id = s.enrol("FAM-AUD").await;
+    let events = format!("/v1/instances/{id}/events");
+    let a = s
+        .post(
+            &events,
+            HOSPITAL,
+            &json!({"event": "first_exam_done", "payload": {"care_level": 2}}),
+            Some("exam-1"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let a = s
+        .post(
+            &events,
+            HOSPITAL,
+            &json!({"event": "birth_registered", "payload": {"birth_date": "0101901234"}}),
+            Some("birth-1"),
+        )
+        .await;
+    assert!(a.status >= 400);
+    for action in ["hold", "resume"] {
+        let a = s
+            .post(
+                &format!("/v1/instances/{id}/{action}"),
+                MUNICIPALITY,
+                &json!({"reason": "indlagt"}),
+                Some(action),
+            )
+            .await;
+        assert!(a.status < 300, "{action}: {:?}", a.body);
+    }
+    // Read by an admin of every pathway; nobody else.
+    let a = s
+        .call("GET", "/v1/audit?ref=FAM-AUD", Some(READER), None, None)
+        .await;
+    a.problem(403, "insufficient-scope");
+    let a = s
+        .call("GET", "/v1/audit?ref=FAM-AUD", Some(RED_CROSS), None, None)
+        .await;
+    a.problem(403, "insufficient-scope");
+    let a = s
+        .call("GET", "/v1/audit?ref=FAM-AUD", Some(ADMIN), None, None)
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let lines = a.body.as_array().expect("lines").clone();
+    let summary: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["actor"].as_str().unwrap_or("").to_string(),
+                l["action"].as_str().unwrap_or("").to_string(),
+                l["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let expect = |actor: &str, action: &str, outcome: &str| {
+        (actor.to_string(), action.to_string(), outcome.to_string())
+    };
+    assert_eq!(
+        summary,
+        [
+            expect("token municipality", "enrol", "ok"),
+            expect("token hospital", "event", "ok"),
+            expect("token hospital", "event", "refused 422"),
+            expect("token municipality", "hold", "ok"),
+            expect("token municipality", "resume", "ok"),
+        ],
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["ref"] == "FAM-AUD"));
+    assert_eq!(lines[1]["detail"], "event first_exam_done, key exam-1");
+    assert_eq!(lines[1]["instance_id"], id);
+    let text = serde_json::to_string(&lines).expect("json");
+    assert!(
+        !text.contains("0101901234") && !text.contains("care_level"),
+        "no payload or sensitive value: {text}"
+    );
+
+    // Append-only, whoever holds the file.
+    let db = s._dir.path().join("carepath.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .expect("connect");
+    for sql in [
+        "UPDATE audit SET actor = 'someone else'",
+        "DELETE FROM audit",
+    ] {
+        let e = sqlx::query(sql).execute(&pool).await.expect_err("refused");
+        assert!(e.to_string().contains("append-only"), "{e}");
+    }
+    pool.close().await;
+    // The command line reads the same log.
+    let out = super::support::carepath()
+        .args(["audit", "--ref", "FAM-AUD", "--db"])
+        .arg(&db)
+        .output()
+        .expect("audit");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(shown.lines().count(), 5, "{shown}");
+    assert!(
+        shown.contains("token hospital") && shown.contains("refused 422"),
+        "{shown}"
+    );
 }
 
 /// Twenty enrolments sent at once with one key and one body: one enrolment, and every one of

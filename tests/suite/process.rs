@@ -488,7 +488,8 @@ fn enroll_event_and_status_from_the_command_line() {
         c.args(args)
             .arg("--db")
             .arg(&db)
-            .args(["--clock", "fixed:2027-01-11T08:00:00Z"]);
+            .args(["--clock", "fixed:2027-01-11T08:00:00Z"])
+            .env("USER", "jordemoder-anne");
         c
     };
     // A report into a database that is not there is refused, and makes no empty one.
@@ -590,6 +591,40 @@ fn enroll_event_and_status_from_the_command_line() {
         .output()
         .expect("status");
     assert_eq!(missing.status.code(), Some(1));
+
+    // What the operator did is in the audit log, under their user name.
+    let audit = carepath()
+        .args(["audit", "--ref", "FAM-0001", "--format", "json", "--db"])
+        .arg(&db)
+        .output()
+        .expect("audit");
+    assert!(audit.status.success());
+    let lines: Vec<Value> = stdout(&audit)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let actions: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["action"].as_str().unwrap_or(""),
+                l["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(actions[0], ("enrol", "ok"), "{lines:#?}");
+    assert!(actions.contains(&("event", "ok")), "{lines:#?}");
+    assert!(
+        actions
+            .iter()
+            .any(|(a, o)| *a == "event" && o.starts_with("refused")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|l| l["actor"] == "cli jordemoder-anne"),
+        "{lines:#?}"
+    );
+    assert!(!stdout(&audit).contains("0101901234"));
 }
 
 #[test]

@@ -13,10 +13,10 @@ use carepath_engine::pathway::Channel;
 use carepath_engine::step::{ArmedTimer, Cause, History, Instance, Purpose, Status};
 use carepath_engine::{PathwaySource, SourceFile};
 use carepath_worker::store::{
-    Changes, Contact, ContactRef, Delivery, EventRecord, InstanceFilter, InstanceUpdate,
-    KeptResponse, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome,
-    ReceiptOutcome, ReceiptReport, ReceiptState, Requeue, SqliteStore, Storage, StoreError, Stored,
-    Target, Tx, Withdraw, Withdrawn,
+    AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, EventRecord, InstanceFilter,
+    InstanceUpdate, KeptResponse, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter,
+    Outcome, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue, SqliteStore, Storage,
+    StoreError, Stored, Target, Tx, Withdraw, Withdrawn,
 };
 
 fn t0() -> Timestamp {
@@ -1337,6 +1337,49 @@ async fn a_claimed_notice_is_handed_to_one_worker_until_its_lease_ends<S: Storag
     );
 }
 
+async fn the_audit_log_keeps_lines_in_order_and_filters_them<S: Storage>(store: &S) {
+    let line = |at: i64, actor: &str, action: &str, reference: Option<&str>| AuditEntry {
+        at: minutes(at),
+        actor: actor.into(),
+        action: action.into(),
+        reference: reference.map(str::to_string),
+        instance_id: None,
+        detail: None,
+        outcome: "ok".into(),
+    };
+    let lines = [
+        line(1, "token epj", "enrol", Some("FAM-A")),
+        line(2, "cli anne", "event", Some("FAM-B")),
+        line(3, "token epj", "hold", Some("FAM-A")),
+        line(4, "gateway GatewayAPI", "opt-out", None),
+    ];
+    for l in &lines {
+        store.append_audit(l).await.expect("append");
+    }
+    let all = store
+        .audit_log(&AuditFilter::default())
+        .await
+        .expect("read");
+    assert_eq!(all, lines);
+    let a = store
+        .audit_log(&AuditFilter {
+            reference: Some("FAM-A".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("read");
+    assert_eq!(a, [lines[0].clone(), lines[2].clone()]);
+    let late = store
+        .audit_log(&AuditFilter {
+            since: Some(minutes(3)),
+            limit: Some(1),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("read");
+    assert_eq!(late, [lines[2].clone()]);
+}
+
 /// Records one delivery outcome at `at`.
 async fn record<S: Storage>(store: &S, delivery: Delivery, at: Timestamp) {
     store
@@ -1381,6 +1424,7 @@ macro_rules! backend {
             property!(a_database_has_one_random_installation_id);
             property!(receipts_are_recorded_and_a_final_failure_is_a_dead_letter);
             property!(a_claimed_notice_is_handed_to_one_worker_until_its_lease_ends);
+            property!(the_audit_log_keeps_lines_in_order_and_filters_them);
         }
     };
 }

@@ -180,6 +180,25 @@ pub async fn gatewayapi<S: Storage>(
             .await
             .map_err(|e| Problem::unavailable(&format!("the opt-out was not saved: {e}")))?,
     };
+    if action != Action::Ignored {
+        let entry = crate::store::AuditEntry {
+            at: now,
+            actor: "gateway GatewayAPI".into(),
+            action: if action == Action::OptedOut {
+                "opt-out"
+            } else {
+                "opt-in"
+            }
+            .into(),
+            reference: None,
+            instance_id: None,
+            detail: Some(format!("sms {shown}, the family's reply")),
+            outcome: "ok".into(),
+        };
+        if let Err(e) = api.runtime.store().append_audit(&entry).await {
+            tracing::error!(error = %e, "the audit line was not written");
+        }
+    }
     tracing::info!(from = %shown, action = action.as_str(), changed, "inbound SMS");
     Ok(Json(json!({"action": action.as_str(), "changed": changed})))
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`auth`]: bearer tokens from the configuration, stored hashed, with scopes and an
 //!   optional restriction to pathways;
+//! - [`audit`]: every write a token makes, a line of the append-only audit log;
 //! - [`instances`]: enrol a family, report events, read, list, hold and resume;
 //! - [`pathways`]: the loaded pathways and their graphs;
 //! - [`outbox`]: the outbox, and families' opt-outs;
@@ -36,6 +37,7 @@ use crate::runtime::Runtime;
 use crate::store::Storage;
 use crate::worker::Wake;
 
+pub mod audit;
 pub mod auth;
 pub mod idempotency;
 pub mod inbound;
@@ -148,11 +150,19 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
         .route("/v1/instances/{id}/resume", post(instances::resume::<S>))
         .route("/v1/opt-outs", post(outbox::opt_out::<S>))
         .route_layer(idempotent);
-    Router::new()
+    // Operators' writes, each a line of the audit log.
+    let writes = Router::new()
         .merge(kept)
+        .route("/v1/instances/{id}/events", post(instances::event::<S>))
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            audit::record::<S>,
+        ));
+    Router::new()
+        .merge(writes)
         .route("/v1/instances", get(instances::list::<S>))
         .route("/v1/instances/{id}", get(instances::show::<S>))
-        .route("/v1/instances/{id}/events", post(instances::event::<S>))
+        .route("/v1/audit", get(audit::log::<S>))
         .route("/v1/pathways", get(pathways::list::<S>))
         .route("/v1/pathways/{id}", get(pathways::show::<S>))
         .route("/v1/outbox", get(outbox::outbox::<S>))

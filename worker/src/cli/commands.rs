@@ -20,7 +20,9 @@ use crate::delivery::Notifier;
 use crate::lateness::Lateness;
 use crate::runtime::{EnrolRequest, EventRequest, Runtime};
 use crate::simulate::{self, Family, ScriptedEvent};
-use crate::store::{NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage};
+use crate::store::{
+    AuditEntry, AuditFilter, NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage,
+};
 use crate::worker::{self, Options, Wake};
 use carepath_notifier::NotifierConfig;
 use carepath_notifier::file::{Console as FileConsole, FileConfig};
@@ -94,6 +96,12 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             undo,
             db,
         } => optout(&db, &address, channel.as_deref(), undo).await,
+        Command::Audit {
+            reference,
+            since,
+            format,
+            db,
+        } => audit_log(&db, reference, since.as_deref(), format).await,
         Command::Simulate {
             pathway,
             family,
@@ -160,6 +168,43 @@ async fn open(db: &DbArgs, now: Timestamp, create: bool) -> anyhow::Result<(Sqli
         Catalog::from_store(&store).await?
     };
     Ok((store, catalog))
+}
+
+/// Who runs a command, for the audit log: the user of the operating system.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "(unknown user)".into());
+    format!("cli {user}")
+}
+
+/// Appends what a command did to the audit log: `outcome` is `Ok`, or the refusal's code or
+/// reason (never a value from the input).
+async fn audit(
+    store: &SqliteStore,
+    at: Timestamp,
+    action: &str,
+    reference: Option<&str>,
+    instance_id: Option<i64>,
+    detail: Option<String>,
+    outcome: Result<(), String>,
+) -> anyhow::Result<()> {
+    store
+        .append_audit(&AuditEntry {
+            at,
+            actor: cli_actor(),
+            action: action.into(),
+            reference: reference.map(str::to_string),
+            instance_id,
+            detail,
+            outcome: match outcome {
+                Ok(()) => "ok".into(),
+                Err(why) => format!("refused: {why}"),
+            },
+        })
+        .await
+        .context("the audit log could not be written")?;
+    Ok(())
 }
 
 /// Logs to stderr at `CAREPATH_LOG`, or at `default` without it.
@@ -394,6 +439,16 @@ async fn enroll(path: &Path, pathway: Option<String>, db: &DbArgs) -> anyhow::Re
             contacts: family.contacts,
         })
         .await;
+    audit(
+        rt.store(),
+        rt.clock().now(),
+        "enrol",
+        Some(&family.reference),
+        result.as_ref().ok().map(|e| e.instance_id),
+        Some(format!("pathway {pathway}")),
+        result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    )
+    .await?;
     rt.store().close().await;
     match result {
         Ok(e) => {
@@ -420,10 +475,24 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
     let (store, catalog) = open(db, clock.now(), false).await?;
     let rt = Runtime::new(store, catalog, clock);
     let results = rt.apply_events(std::slice::from_ref(&req)).await;
-    rt.store().close().await;
     let Some(r) = results?.pop() else {
         bail!("no result for the event");
     };
+    audit(
+        rt.store(),
+        rt.clock().now(),
+        "event",
+        Some(&r.record.reference),
+        r.record.instance_id,
+        Some(format!("event {}, key {}", r.record.name, r.record.key)),
+        match (&r.record.outcome, r.conflict) {
+            (_, true) => Err("the key was used for another event".to_string()),
+            (Outcome::Applied, _) => Ok(()),
+            (Outcome::Rejected, _) => Err(r.record.code.clone().unwrap_or_default()),
+        },
+    )
+    .await?;
+    rt.store().close().await;
     if r.conflict {
         eprintln!(
             "carepath: key {} was used before for another event ({} for {}): nothing was applied; use a new key for a new event",
@@ -712,24 +781,29 @@ async fn outbox_action(
 ) -> anyhow::Result<ExitCode> {
     let store = SqliteStore::open_existing(db).await?;
     let code = match action {
-        OutboxAction::Retry { id } => match store.requeue(id, Timestamp::now()).await? {
-            Requeue::Queued => {
-                println!("notice #{id} is queued again; a running worker sends it at once");
-                worker::wake_other(db);
-                ExitCode::SUCCESS
-            }
-            Requeue::NotRetryable(status) => {
-                eprintln!(
-                    "notice #{id} is {}: only dead or skipped notices can be retried",
-                    status.as_str()
-                );
-                ExitCode::from(1)
-            }
-            Requeue::Missing => {
-                eprintln!("there is no notice #{id}: see `carepath outbox`");
-                ExitCode::from(1)
-            }
-        },
+        OutboxAction::Retry { id } => {
+            let requeue = store.requeue(id, Timestamp::now()).await?;
+            let row = store
+                .outbox(&OutboxFilter::default())
+                .await?
+                .into_iter()
+                .find(|r| r.id == id);
+            audit(
+                &store,
+                Timestamp::now(),
+                "retry",
+                row.as_ref().map(|r| r.reference.as_str()),
+                row.as_ref().map(|r| r.instance_id),
+                Some(format!("notice {id}")),
+                match requeue {
+                    Requeue::Queued => Ok(()),
+                    Requeue::NotRetryable(s) => Err(format!("the notice is {}", s.as_str())),
+                    Requeue::Missing => Err("no such notice".into()),
+                },
+            )
+            .await?;
+            retried(db, id, requeue)
+        }
         OutboxAction::Show { id } => {
             let row = store
                 .outbox(&OutboxFilter::default())
@@ -814,6 +888,20 @@ async fn optout(
     let changed = store
         .set_opt_out(&key, channel, !undo, "cli", Timestamp::now())
         .await?;
+    audit(
+        &store,
+        Timestamp::now(),
+        if undo { "opt-in" } else { "opt-out" },
+        None,
+        None,
+        Some(format!(
+            "{} {}",
+            channel.as_str(),
+            carepath_notifier::channel::mask(&key)
+        )),
+        Ok(()),
+    )
+    .await?;
     store.close().await;
     let shown = carepath_notifier::channel::mask(&key);
     match (undo, changed) {
@@ -823,6 +911,70 @@ async fn optout(
         (true, false) => println!("{shown} was not opted out of {}", channel.as_str()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the audit log, oldest first.
+async fn audit_log(
+    db: &Path,
+    reference: Option<String>,
+    since: Option<&str>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let since = since
+        .map(|s| {
+            s.parse::<Timestamp>().with_context(|| {
+                format!("--since {s:?}: expected a time such as 2027-03-01T00:00:00Z")
+            })
+        })
+        .transpose()?;
+    let store = SqliteStore::open_existing(db).await?;
+    let lines = store
+        .audit_log(&AuditFilter {
+            reference,
+            since,
+            limit: None,
+        })
+        .await?;
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    for l in &lines {
+        match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(l)?)?,
+            Format::Text => writeln!(
+                out,
+                "{}  {:<24} {:<8} {:<12} {:<24} {}",
+                l.at,
+                l.actor,
+                l.action,
+                l.reference.as_deref().unwrap_or("-"),
+                l.detail.as_deref().unwrap_or("-"),
+                l.outcome
+            )?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What retrying notice `id` did, told to the operator.
+fn retried(db: &Path, id: i64, requeue: Requeue) -> ExitCode {
+    match requeue {
+        Requeue::Queued => {
+            println!("notice #{id} is queued again; a running worker sends it at once");
+            worker::wake_other(db);
+            ExitCode::SUCCESS
+        }
+        Requeue::NotRetryable(status) => {
+            eprintln!(
+                "notice #{id} is {}: only dead or skipped notices can be retried",
+                status.as_str()
+            );
+            ExitCode::from(1)
+        }
+        Requeue::Missing => {
+            eprintln!("there is no notice #{id}: see `carepath outbox`");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The demo cohort file.

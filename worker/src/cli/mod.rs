@@ -165,6 +165,21 @@ pub enum Command {
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
+    /// The audit log: who did what, when, for which family, through the CLI or the API.
+    Audit {
+        /// Only about this family.
+        #[arg(long = "ref")]
+        reference: Option<String>,
+        /// Only from this moment on (RFC 3339, as 2027-03-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Text, or JSON lines.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
+    },
     /// Run one family through a pathway on virtual time, on the real runtime and a temporary
     /// SQLite file, and print the timeline: every transition and notice, in local time.
     Simulate {

@@ -494,6 +494,39 @@ pub fn receipt_failure(state: ReceiptState, detail: &str, id: i64) -> String {
     format!("{what} ({detail}): check the family's number, then `carepath outbox retry {id}`")
 }
 
+/// One line of the audit log: an operator's action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// When.
+    pub at: Timestamp,
+    /// Who: `token NAME` through the API, `cli USER` from the command line, `gateway NAME`
+    /// for a family's reply by SMS.
+    pub actor: String,
+    /// What: `enrol`, `event`, `hold`, `resume`, `opt-out`, `retry`, ….
+    pub action: String,
+    /// The family's reference, when the action is about one family.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// The instance, when the action names one.
+    pub instance_id: Option<i64>,
+    /// What else identifies the action: an event's name and key, a notice's id. Never a
+    /// message body, a payload or a sensitive value.
+    pub detail: Option<String>,
+    /// How it ended: `ok`, or the refusal's status and code.
+    pub outcome: String,
+}
+
+/// Which audit lines to read.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only about this family.
+    pub reference: Option<String>,
+    /// Only from this moment on.
+    pub since: Option<Timestamp>,
+    /// At most this many, oldest first.
+    pub limit: Option<u32>,
+}
+
 /// What recording a receipt did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiptOutcome {
@@ -818,6 +851,15 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         outbox_id: i64,
     ) -> impl Future<Output = Result<Vec<OutboxLogEntry>>> + Send;
+
+    /// Appends a line to the audit log, which nothing changes or deletes afterwards.
+    fn append_audit(&self, entry: &AuditEntry) -> impl Future<Output = Result<()>> + Send;
+
+    /// Audit lines, oldest first.
+    fn audit_log(
+        &self,
+        filter: &AuditFilter,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>>> + Send;
 
     /// Writes and commits a small row: fails while the database cannot take writes (a full
     /// disk, a file that went read-only), for `/healthz`.

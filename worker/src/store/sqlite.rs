@@ -23,10 +23,10 @@ use carepath_engine::pathway::Channel;
 use carepath_engine::step::History;
 
 use super::{
-    Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord, InstanceFilter, InstanceRow,
-    KeptResponse, NoticeStatus, NoticeText, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome,
-    ReceiptOutcome, ReceiptReport, ReceiptState, Requeue, Result, Stats, Storage, StoreError,
-    Stored, StoredPathway, Target, Tx, Withdrawn,
+    AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord,
+    InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText, OutboxFilter,
+    OutboxLogEntry, OutboxRow, Outcome, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue,
+    Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -912,6 +912,56 @@ impl Storage for SqliteStore {
             log.build().persistent(false).execute(&mut *tx.tx).await?;
         }
         tx.commit().await
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, ref, instance_id, detail, outcome) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(ms(e.at))
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.reference)
+        .bind(e.instance_id)
+        .bind(&e.detail)
+        .bind(&e.outcome)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify(e, &self.path))?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT at, actor, action, ref, instance_id, detail, outcome FROM audit WHERE 1 = 1",
+        );
+        if let Some(r) = &filter.reference {
+            q.push(" AND ref = ").push_bind(r.clone());
+        }
+        if let Some(t) = filter.since {
+            q.push(" AND at >= ").push_bind(ms(t));
+        }
+        q.push(" ORDER BY at, id");
+        if let Some(n) = filter.limit {
+            q.push(" LIMIT ").push_bind(i64::from(n));
+        }
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: ts(r.try_get("at")?, "audit line")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    reference: r.try_get("ref")?,
+                    instance_id: r.try_get("instance_id")?,
+                    detail: r.try_get("detail")?,
+                    outcome: r.try_get("outcome")?,
+                })
+            })
+            .collect()
     }
 
     async fn check_writes(&self, now: Timestamp) -> Result<()> {
