@@ -1008,6 +1008,16 @@ impl Checker<'_, '_> {
         }
         self.durations();
         self.enroll_targets(known);
+        if let Some(r) = &p.retention
+            && r.is_zero_or_negative()
+        {
+            self.push(
+                Code::BadDuration,
+                "/retention",
+                format!("\"retention\" must be positive, found {r}"),
+                Some("say how long data is kept after the family finished, such as P5Y".into()),
+            );
+        }
     }
 
     /// Every duration must fit the horizon, and those that count forward (a deadline, a

@@ -464,6 +464,8 @@ impl Cx<'_, '_> {
             cx.finish(o);
             Some(HorizonStop { to: to?, actions })
         });
+        let retention = self.get(&mut o, "retention");
+        let retention = self.opt(retention, Self::duration);
         let constants = self.get(&mut o, "constants");
         let constants = self
             .opt(constants, |cx, n, p| Some(cx.map(n, p, Self::string)))
@@ -501,6 +503,7 @@ impl Cx<'_, '_> {
             default_language: default_language.unwrap_or_else(|| DEFAULT_LANGUAGE.to_string()),
             horizon: horizon?,
             on_horizon,
+            retention,
             constants,
             roles,
             fields,

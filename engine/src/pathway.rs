@@ -67,6 +67,12 @@ pub struct Pathway {
     /// line in its history and a warning in the worker's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_horizon: Option<HorizonStop>,
+    /// How long a family's personal data is kept after its instance finished (`P5Y`): then
+    /// the worker erases it (fields, contacts, payloads, notice texts and addresses, reasons),
+    /// keeping de-identified rows for statistics. Without it, data is kept until erased on
+    /// request (`carepath erase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<IsoDuration>,
     /// Values that templates may use as `constants.NAME` (a rebooking phone number, an address).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub constants: IndexMap<String, String>,

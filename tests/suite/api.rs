@@ -1109,6 +1109,46 @@ async fn every_write_is_in_the_append_only_audit_log() {
         shown.contains("token hospital") && shown.contains("refused 422"),
         "{shown}"
     );
+
+    // Erasure at the family's request: an admin of every pathway only; audited too.
+    let erase = |token: &'static str, reference: &'static str| {
+        let path = format!("/v1/families/{reference}/erase");
+        let s = &s;
+        async move {
+            s.post(&path, token, &json!({"reason": "GDPR-2027-001"}), None)
+                .await
+        }
+    };
+    erase(RED_CROSS, "FAM-AUD")
+        .await
+        .problem(403, "insufficient-scope");
+    erase(ADMIN, "FAM-NOBODY").await.problem(404, "not-found");
+    let a = erase(ADMIN, "FAM-AUD").await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["instances"], 1, "{:?}", a.body);
+    let a = s
+        .call("GET", "/v1/audit?ref=FAM-AUD", Some(ADMIN), None, None)
+        .await;
+    let last = a
+        .body
+        .as_array()
+        .and_then(|l| l.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&last["actor"], &last["action"], &last["outcome"]),
+        (&json!("token operations"), &json!("erase"), &json!("ok"))
+    );
+    let a = s
+        .call(
+            "GET",
+            &format!("/v1/instances/{id}"),
+            Some(ADMIN),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.body["ref"], format!("erased:{id}"), "{:?}", a.body);
 }
 
 /// Twenty enrolments sent at once with one key and one body: one enrolment, and every one of

@@ -4,6 +4,7 @@ mod cli;
 mod corpus;
 mod delivery;
 mod diagnostics;
+mod erasure;
 mod fixtures;
 mod graphs;
 mod notices;

@@ -176,6 +176,11 @@ impl Catalog {
             .and_then(|id| self.versions.get(id))
     }
 
+    /// Every stored version, in no particular order.
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
+        self.versions.values()
+    }
+
     /// The ids of the pathways known, sorted.
     pub fn pathway_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.latest.keys().cloned().collect();

@@ -28,8 +28,9 @@ use crate::catalog::{Catalog, Version};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{
-    Changes, Contact, ContactRef, EventRecord, InstanceRow, InstanceUpdate, NewInstance, NewNotice,
-    NoticeStatus, NoticeText, Outcome, Storage, StoreError, Target, Tx, Withdraw, Withdrawn,
+    Changes, Contact, ContactRef, Erased, EventRecord, InstanceRow, InstanceUpdate, NewInstance,
+    NewNotice, NoticeStatus, NoticeText, Outcome, Storage, StoreError, Target, Tx, Withdraw,
+    Withdrawn,
 };
 
 /// How many times a batch is retried when another writer moved one of its instances.
@@ -350,6 +351,70 @@ impl<S: Storage> Runtime<S> {
             self.metrics.event(r.record.outcome == Outcome::Applied);
         }
         Ok(results)
+    }
+
+    /// Erases a family's personal data at its request: every instance of `reference`, active
+    /// or finished. `None` when no instance has the reference.
+    pub async fn erase_family(
+        &self,
+        reference: &str,
+        reason: &str,
+    ) -> Result<Option<Erased>, RuntimeError> {
+        let ids: Vec<i64> = self
+            .store
+            .instances_by_ref(reference)
+            .await?
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let erased = self.store.erase(&ids, reason, self.clock.now()).await?;
+        tracing::info!(
+            instances = erased.instances,
+            "a family's data was erased on request"
+        );
+        Ok(Some(erased))
+    }
+
+    /// Erases the personal data of instances whose pathway's `retention` ran out after they
+    /// finished, up to `limit` per pathway version.
+    pub async fn purge(&self, now: Timestamp, limit: u32) -> Result<Erased, RuntimeError> {
+        let mut total = Erased::default();
+        for v in self.catalog.versions() {
+            let p = &v.checked.pathway;
+            let Some(retention) = &p.retention else {
+                continue;
+            };
+            // A retention whose cut-off cannot be computed erases nothing and says so: never
+            // early.
+            let cutoff = jiff::tz::TimeZone::get(&p.time_zone)
+                .map_err(|e| e.to_string())
+                .and_then(|tz| {
+                    carepath_engine::time::after(now, retention.span().negate(), &tz)
+                        .map_err(|e| e.to_string())
+                });
+            let cutoff = match cutoff {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(pathway = %p.id, error = %e, "retention not applied");
+                    continue;
+                }
+            };
+            let ids = self.store.finished_before(v.id, cutoff, limit).await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let reason = format!("retention {retention} after the pathway finished");
+            let erased = self.store.erase(&ids, &reason, now).await?;
+            tracing::info!(pathway = %p.id, instances = erased.instances, "retention: erased");
+            total.instances += erased.instances;
+            total.contacts += erased.contacts;
+            total.events += erased.events;
+            total.notices += erased.notices;
+        }
+        Ok(total)
     }
 
     /// Fires every timer due at `now`, in batches of `batch_size`, each in one transaction.

@@ -27,6 +27,12 @@ use crate::store::Storage;
 /// not a polling interval.
 const SAFETY_NET: Duration = Duration::from_secs(3600);
 
+/// How often the loop erases what is past its pathway's retention.
+const PURGE_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+/// Instances erased per pathway version in one purge; the rest wait for the next.
+const PURGE_BATCH: u32 = 1000;
+
 /// How the loop runs.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -209,9 +215,15 @@ pub async fn run<S: Storage>(
     opts: &Options,
 ) -> Result<Summary, RuntimeError> {
     let mut summary = Summary::default();
+    let mut next_purge = rt.clock().now();
     loop {
         let now = rt.clock().now();
         let horizon = opts.until.map_or(now, |u| now.min(u));
+        // Retention: at most once an hour, whatever wakes the loop.
+        if opts.timers && now >= next_purge {
+            rt.purge(horizon, PURGE_BATCH).await?;
+            next_purge = now + PURGE_EVERY;
+        }
         loop {
             if !opts.timers {
                 break;

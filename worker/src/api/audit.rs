@@ -32,6 +32,7 @@ fn action(route: &str) -> &str {
         "/v1/instances/{id}/hold" => "hold",
         "/v1/instances/{id}/resume" => "resume",
         "/v1/opt-outs" => "opt-out",
+        "/v1/families/{ref}/erase" => "erase",
         other => other,
     }
 }
@@ -54,10 +55,9 @@ pub async fn record<S: Storage>(
         .get(IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let path = req.uri().path().to_string();
     // `/v1/instances/{id}/…`: the instance.
-    let instance_id = req
-        .uri()
-        .path()
+    let instance_id = path
         .strip_prefix("/v1/instances/")
         .and_then(|rest| rest.split('/').next())
         .and_then(|id| id.parse::<i64>().ok());
@@ -76,10 +76,16 @@ pub async fn record<S: Storage>(
         .await;
 
     let status = response.status();
+    // `/v1/families/{ref}/…`: the family, as the path names it.
+    let in_path = path
+        .strip_prefix("/v1/families/")
+        .and_then(|rest| rest.split('/').next())
+        .map(percent_decode);
     let mut reference = said["ref"]
         .as_str()
-        .filter(|r| r.len() <= 64 && !looks_like_cpr(r))
-        .map(str::to_string);
+        .map(str::to_string)
+        .or(in_path)
+        .filter(|r| r.len() <= 64 && !looks_like_cpr(r));
     if let Some(id) = instance_id
         && let Ok(Some(row)) = api.runtime.store().instance(id).await
     {
@@ -109,6 +115,14 @@ pub async fn record<S: Storage>(
         tracing::error!(error = %e, action = %entry.action, "the audit line was not written");
     }
     Ok(response)
+}
+
+/// A path segment with its `%XX` escapes decoded (a reference with a space or a slash).
+fn percent_decode(segment: &str) -> String {
+    form_urlencoded::parse(format!("r={}", segment.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| segment.to_string())
 }
 
 /// Filters for `GET /v1/audit`.

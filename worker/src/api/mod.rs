@@ -3,6 +3,7 @@
 //! - [`auth`]: bearer tokens from the configuration, stored hashed, with scopes and an
 //!   optional restriction to pathways;
 //! - [`audit`]: every write a token makes, a line of the append-only audit log;
+//! - [`families`]: a family by its reference: erasure at its request;
 //! - [`instances`]: enrol a family, report events, read, list, hold and resume;
 //! - [`pathways`]: the loaded pathways and their graphs;
 //! - [`outbox`]: the outbox, and families' opt-outs;
@@ -39,6 +40,7 @@ use crate::worker::Wake;
 
 pub mod audit;
 pub mod auth;
+pub mod families;
 pub mod idempotency;
 pub mod inbound;
 pub mod ingest;
@@ -154,6 +156,7 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
     let writes = Router::new()
         .merge(kept)
         .route("/v1/instances/{id}/events", post(instances::event::<S>))
+        .route("/v1/families/{ref}/erase", post(families::erase::<S>))
         .route_layer(middleware::from_fn_with_state(
             api.clone(),
             audit::record::<S>,

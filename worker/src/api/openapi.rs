@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, inbound, instances, outbox, pathways, problem, receipts};
+use super::{audit, families, inbound, instances, outbox, pathways, problem, receipts};
 use crate::runtime::{EnrolRequest, Enrolled};
 use crate::store::Contact;
 
@@ -35,6 +35,7 @@ and pathways limit what it may do. Errors are RFC 9457 problem documents.",
         inbound::gatewayapi,
         receipts::gatewayapi,
         audit::log,
+        families::erase,
         receipts::cpsms,
         super::healthz,
         super::metrics,

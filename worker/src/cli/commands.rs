@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::RunArgs;
 use crate::api::{self, ApiConfig};
 use crate::catalog::{self, Catalog};
-use crate::clock::{self, Clock, ScaledClock};
+use crate::clock::{self, Clock, ScaledClock, SystemClock};
 use crate::delivery::Notifier;
 use crate::lateness::Lateness;
 use crate::runtime::{EnrolRequest, EventRequest, Runtime};
@@ -96,6 +96,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             undo,
             db,
         } => optout(&db, &address, channel.as_deref(), undo).await,
+        Command::Erase {
+            reference,
+            reason,
+            db,
+        } => erase(&db, &reference, &reason).await,
         Command::Audit {
             reference,
             since,
@@ -911,6 +916,53 @@ async fn optout(
         (true, false) => println!("{shown} was not opted out of {}", channel.as_str()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Erases a family at its request.
+async fn erase(db: &Path, reference: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    let store = SqliteStore::open_existing(db).await?;
+    let catalog = Catalog::from_store(&store).await?;
+    let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
+    let erased = rt
+        .erase_family(reference, &format!("on request: {reason}"))
+        .await?;
+    audit(
+        rt.store(),
+        rt.clock().now(),
+        "erase",
+        Some(reference),
+        None,
+        Some(format!("reason {reason}")),
+        erased
+            .map(|_| ())
+            .ok_or_else(|| "no such family".to_string()),
+    )
+    .await?;
+    rt.store().close().await;
+    match erased {
+        Some(e) => {
+            println!(
+                "erased {reference}: {} instance{}, {} contact{}, {} event{}, {} notice{}",
+                e.instances,
+                plural(e.instances),
+                e.contacts,
+                plural(e.contacts),
+                e.events,
+                plural(e.events),
+                e.notices,
+                plural(e.notices)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("carepath: no family has the reference {reference}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// Prints the audit log, oldest first.

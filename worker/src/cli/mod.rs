@@ -165,6 +165,18 @@ pub enum Command {
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
+    /// Erase a family's personal data at its request, at once: every instance of the
+    /// reference (see docs/operations.md for what is kept, and why).
+    Erase {
+        /// The family's reference.
+        reference: String,
+        /// Why, for the record (the request's case number, say).
+        #[arg(long)]
+        reason: String,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
+    },
     /// The audit log: who did what, when, for which family, through the CLI or the API.
     Audit {
         /// Only about this family.

@@ -516,6 +516,19 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// What an erasure removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    /// Instances de-identified.
+    pub instances: usize,
+    /// Contacts emptied (those no other family's instance uses).
+    pub contacts: usize,
+    /// Events whose payload and reason were removed.
+    pub events: usize,
+    /// Notices whose text and address were removed.
+    pub notices: usize,
+}
+
 /// Which audit lines to read.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
@@ -851,6 +864,29 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         outbox_id: i64,
     ) -> impl Future<Output = Result<Vec<OutboxLogEntry>>> + Send;
+
+    /// Erases the personal data of the instances `ids` in one transaction: their fields and
+    /// appointments, the contacts only they use, their events' payloads and reasons, their
+    /// notices' texts, addresses and calendar entries, their kept API answers; their reference
+    /// becomes `erased:ID`. An active one is finished: its timers are removed and its queued
+    /// notices skipped. States, times and counts stay, for statistics. Deleted content is
+    /// overwritten (`secure_delete`) and the write-ahead log emptied afterwards, so the file
+    /// does not keep it.
+    fn erase(
+        &self,
+        ids: &[i64],
+        reason: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Erased>> + Send;
+
+    /// Up to `limit` instances of pathway version `version_id` that finished before `before`
+    /// and are not erased yet: those whose retention ran out.
+    fn finished_before(
+        &self,
+        version_id: i64,
+        before: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
     /// Appends a line to the audit log, which nothing changes or deletes afterwards.
     fn append_audit(&self, entry: &AuditEntry) -> impl Future<Output = Result<()>> + Send;

@@ -23,7 +23,7 @@ use carepath_engine::pathway::Channel;
 use carepath_engine::step::History;
 
 use super::{
-    AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DueTimer, EventRecord,
+    AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DueTimer, Erased, EventRecord,
     InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText, OutboxFilter,
     OutboxLogEntry, OutboxRow, Outcome, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue,
     Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
@@ -74,6 +74,9 @@ impl SqliteStore {
             // loss can take back the last commits, and never corrupts the file.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Deleted and overwritten content is zeroed, so an erased family's data does not
+            // linger in free pages of the file.
+            .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -126,6 +129,7 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(false)
             .foreign_keys(true)
+            .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -912,6 +916,150 @@ impl Storage for SqliteStore {
             log.build().persistent(false).execute(&mut *tx.tx).await?;
         }
         tx.commit().await
+    }
+
+    async fn erase(&self, ids: &[i64], reason: &str, now: Timestamp) -> Result<Erased> {
+        if ids.is_empty() {
+            return Ok(Erased::default());
+        }
+        let mut erased = Erased::default();
+        let mut tx = self.begin().await?;
+        for chunk in ids.chunks(MAX_BINDS / 4) {
+            let list = placeholders(chunk.len());
+            let run = |sql: String| {
+                let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q
+            };
+            let refs: Vec<String> = {
+                let mut q = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT DISTINCT ref FROM instances WHERE id IN ({list}) AND erased_at IS NULL"
+                )))
+                .persistent(false);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(&mut *tx.tx).await?
+            };
+            // Contacts only these instances use; another family's stay.
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE contacts SET name = '(erased)', email = NULL, phone = NULL WHERE id IN ( \
+                   SELECT CAST(j.value AS INTEGER) FROM instances i, json_each(i.roles) j WHERE i.id IN ({list}) \
+                   EXCEPT SELECT CAST(j.value AS INTEGER) FROM instances i, json_each(i.roles) j \
+                   WHERE i.id NOT IN ({list}) AND i.erased_at IS NULL)"
+            )))
+            .persistent(false);
+            for id in chunk.iter().chain(chunk) {
+                q = q.bind(id);
+            }
+            erased.contacts += q.execute(&mut *tx.tx).await?.rows_affected() as usize;
+            erased.notices += run(format!(
+                "UPDATE outbox SET address = NULL, subject = NULL, body = NULL, html = NULL, \
+                 calendar = NULL, last_error = NULL, claimed_by = NULL, lease_until = NULL, \
+                 status = CASE status WHEN 'queued' THEN 'skipped' ELSE status END \
+                 WHERE instance_id IN ({list})"
+            ))
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected() as usize;
+            // Provenance lines may quote a server's answer: only the steps stay.
+            run(format!(
+                "UPDATE outbox_log SET detail = NULL WHERE outbox_id IN \
+                 (SELECT id FROM outbox WHERE instance_id IN ({list}))"
+            ))
+            .execute(&mut *tx.tx)
+            .await?;
+            let mut log = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO outbox_log (outbox_id, at, status, detail) \
+                 SELECT id, ?, 'erased', ? FROM outbox WHERE instance_id IN ({list})"
+            )))
+            .persistent(false)
+            .bind(ms(now))
+            .bind(reason);
+            for id in chunk {
+                log = log.bind(id);
+            }
+            log.execute(&mut *tx.tx).await?;
+            erased.events += run(format!(
+                "UPDATE events SET payload = '{{}}', reason = NULL, ref = 'erased:' || instance_id \
+                 WHERE instance_id IN ({list})"
+            ))
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected() as usize;
+            for sql in [
+                format!("DELETE FROM timers WHERE instance_id IN ({list})"),
+                format!("DELETE FROM holds WHERE instance_id IN ({list})"),
+            ] {
+                run(sql).execute(&mut *tx.tx).await?;
+            }
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE instances SET \
+                   body = json_set(body, '$.fields', json('{{}}'), '$.appointments', json('{{}}'), \
+                                   '$.timers', json('[]'), '$.status', 'finished'), \
+                   ref = 'erased:' || id, status = 'finished', erased_at = ?, updated_at = ? \
+                 WHERE id IN ({list}) AND erased_at IS NULL"
+            )))
+            .persistent(false)
+            .bind(ms(now))
+            .bind(ms(now));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            erased.instances += q.execute(&mut *tx.tx).await?.rows_affected() as usize;
+            // Rejected events that never reached an instance, and kept API answers, by the
+            // family's reference, once no instance keeps it.
+            for r in refs {
+                let still: i64 = sqlx::query_scalar("SELECT count(*) FROM instances WHERE ref = ?")
+                    .bind(&r)
+                    .fetch_one(&mut *tx.tx)
+                    .await?;
+                if still > 0 {
+                    continue;
+                }
+                erased.events += sqlx::query(
+                    "UPDATE events SET payload = '{}', reason = NULL, ref = 'erased' \
+                     WHERE ref = ? AND instance_id IS NULL",
+                )
+                .bind(&r)
+                .execute(&mut *tx.tx)
+                .await?
+                .rows_affected() as usize;
+                sqlx::query("DELETE FROM idempotency WHERE instr(CAST(body AS TEXT), ?) > 0")
+                    .bind(format!("\"{r}\""))
+                    .execute(&mut *tx.tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        // The old versions of the rows are in the write-ahead log until it is checkpointed
+        // and emptied. Readers can hold it back; then the next checkpoint does it.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "the write-ahead log was not emptied after an erasure");
+        }
+        Ok(erased)
+    }
+
+    async fn finished_before(
+        &self,
+        version_id: i64,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM instances WHERE pathway_version_id = ? AND status = 'finished' \
+             AND erased_at IS NULL AND updated_at < ? ORDER BY updated_at LIMIT ?",
+        )
+        .bind(version_id)
+        .bind(ms(before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn append_audit(&self, e: &AuditEntry) -> Result<()> {
