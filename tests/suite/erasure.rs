@@ -1,7 +1,8 @@
-//! Erasure and retention end to end, judged by the database file itself: after `carepath
-//! erase` and after a retention purge, the bytes of the file (and its write-ahead log) hold
-//! none of the family's CPR number, name, phone or email, while another family's data and the
-//! de-identified rows stay.
+//! Personal data at rest, judged by the database file itself: after `carepath erase` and after
+//! a retention purge, the bytes of the file (and its write-ahead log) hold none of the family's
+//! CPR number, name, phone or email, while another family's data and the de-identified rows
+//! stay; with a data key, a family's fields and event payloads are sealed in the file from the
+//! start.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -282,4 +283,104 @@ async fn a_family_past_its_pathways_retention_is_erased_by_the_worker() {
     assert!(all.iter().any(|i| i.reference == "FAM-NEW"));
     assert!(!all.iter().any(|i| i.reference == "FAM-OLD"));
     store.close().await;
+}
+
+#[test]
+fn with_a_data_key_the_file_never_shows_a_cpr_number() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("sealed.db");
+    let key = carepath().args(["key", "new"]).output().expect("key new");
+    assert!(key.status.success());
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    assert_eq!(key.len(), 44, "32 bytes in base64: {key}");
+    let family = dir.path().join("family.json");
+    std::fs::write(
+        &family,
+        json!({"ref": "FAM-SEAL", "pathway": "standard-track",
+               "fields": {"due_date": "2027-08-20", "cpr": "0101901234", "interpreter_needed": true},
+               "contacts": {"gp": {"name": "Lægehuset", "email": "laege@example.dk"},
+                            "midwife": {"name": "Jordemoder", "email": "jm@example.dk"}}})
+        .to_string(),
+    )
+    .expect("write");
+    let with = |key: Option<&str>, args: &[&str]| {
+        let mut c = carepath();
+        c.args(args)
+            .arg("--db")
+            .arg(&db)
+            .env_remove("CAREPATH_DATA_KEY");
+        // The commands that step instances run on the day of the enrolment.
+        if matches!(args.first(), Some(&"enroll" | &"event" | &"run")) {
+            c.args(["--clock", "fixed:2027-01-11T08:00:00Z"]);
+        }
+        if let Some(k) = key {
+            c.env("CAREPATH_DATA_KEY", k);
+        }
+        c.output().expect("carepath")
+    };
+    let out = with(Some(&key), &["enroll", family.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A CPR number typed as a birth date: the refused event keeps its payload, sealed.
+    let out = with(
+        Some(&key),
+        &[
+            "event",
+            "FAM-SEAL",
+            "first_exam_done",
+            "--payload",
+            r#"{"care_level": "0101901234"}"#,
+            "--key",
+            "k1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "refused");
+    let out = with(
+        Some(&key),
+        &["run", "--until-idle", "--pathways", "pathways"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bytes = file_bytes(&db);
+    assert!(!holds(&bytes, "0101901234"), "a CPR number in the file");
+    assert!(!holds(&bytes, "2027-08-20"), "a sensitive date in the file");
+
+    // With the key, everything reads: the fields that may be shown are there.
+    let out = with(Some(&key), &["status", "FAM-SEAL", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["instances"][0]["fields"]["interpreter_needed"], true,
+        "{v}"
+    );
+    assert_eq!(v["instances"][0]["fields"]["cpr"], "(sensitive)");
+    // Without it, or with another, nothing starts, and it says why.
+    let out = with(None, &["status", "FAM-SEAL"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("CAREPATH_DATA_KEY"), "{said}");
+    let other = String::from_utf8_lossy(
+        &carepath()
+            .args(["key", "new"])
+            .output()
+            .expect("key")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let out = with(Some(&other), &["status", "FAM-SEAL"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("another data key"), "{said}");
 }

@@ -20,6 +20,7 @@ use crate::delivery::Notifier;
 use crate::lateness::Lateness;
 use crate::runtime::{EnrolRequest, EventRequest, Runtime};
 use crate::simulate::{self, Family, ScriptedEvent};
+use crate::store::seal::Seal;
 use crate::store::{
     AuditEntry, AuditFilter, NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage,
 };
@@ -138,7 +139,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         | Command::Schema
         | Command::Catalogue { .. }
         | Command::Openapi
-        | Command::Token { .. } => {
+        | Command::Token { .. }
+        | Command::Key { .. } => {
             bail!("not a database command")
         }
     }
@@ -158,9 +160,9 @@ fn new_key() -> String {
 /// would report into an empty new file and lose the report.
 async fn open(db: &DbArgs, now: Timestamp, create: bool) -> anyhow::Result<(SqliteStore, Catalog)> {
     let store = if create {
-        SqliteStore::open(&db.db).await?
+        sealed(SqliteStore::open(&db.db).await?).await?
     } else {
-        SqliteStore::open_existing(&db.db).await?
+        sealed(SqliteStore::open_existing(&db.db).await?).await?
     };
     let catalog = if db.pathways.exists() {
         let (catalog, loaded) =
@@ -173,6 +175,12 @@ async fn open(db: &DbArgs, now: Timestamp, create: bool) -> anyhow::Result<(Sqli
         Catalog::from_store(&store).await?
     };
     Ok((store, catalog))
+}
+
+/// `store` with the data key of the environment ([`crate::store::seal::KEY_ENV`]), if one is set: families'
+/// fields and event payloads are sealed in the file.
+async fn sealed(store: SqliteStore) -> anyhow::Result<SqliteStore> {
+    Ok(store.seal_with(Seal::from_env()?).await?)
 }
 
 /// Who runs a command, for the audit log: the user of the operating system.
@@ -538,7 +546,7 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
 }
 
 async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open_existing(db).await?;
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let instances = store.instances_by_ref(reference).await?;
     if instances.is_empty() {
@@ -712,7 +720,7 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
         .map(NoticeStatus::from_name)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let store = SqliteStore::open_existing(db).await?;
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rows = store
         .outbox(&OutboxFilter {
@@ -784,7 +792,7 @@ async fn outbox_action(
     action: OutboxAction,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open_existing(db).await?;
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let code = match action {
         OutboxAction::Retry { id } => {
             let requeue = store.requeue(id, Timestamp::now()).await?;
@@ -889,7 +897,7 @@ async fn optout(
     undo: bool,
 ) -> anyhow::Result<ExitCode> {
     let (key, channel) = Notifier::opt_out_target(address, channel).map_err(anyhow::Error::msg)?;
-    let store = SqliteStore::open_existing(db).await?;
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let changed = store
         .set_opt_out(&key, channel, !undo, "cli", Timestamp::now())
         .await?;
@@ -920,7 +928,7 @@ async fn optout(
 
 /// Erases a family at its request.
 async fn erase(db: &Path, reference: &str, reason: &str) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open_existing(db).await?;
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
     let erased = rt
@@ -979,7 +987,7 @@ async fn audit_log(
             })
         })
         .transpose()?;
-    let store = SqliteStore::open_existing(db).await?;
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let lines = store
         .audit_log(&AuditFilter {
             reference,
@@ -1084,7 +1092,7 @@ async fn demo(
     let span = end.duration_since(start).as_secs_f64();
     let factor = span / seconds.max(1.0);
     let clock = Arc::new(ScaledClock::new(start, factor));
-    let store = SqliteStore::open(&db).await?;
+    let store = sealed(SqliteStore::open(&db).await?).await?;
     let (catalog, loaded) =
         Catalog::sync(&store, std::slice::from_ref(&pathways.to_path_buf()), start).await?;
     println!(

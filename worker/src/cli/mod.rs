@@ -84,6 +84,12 @@ pub enum Command {
     },
     /// Print the HTTP API's OpenAPI document (what docs/openapi.json holds).
     Openapi,
+    /// Data keys, which seal families' fields and event payloads in the database file.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Enrol a family: FAMILY.json holds ref, pathway, fields and contacts.
     Enroll {
         /// The family file.
@@ -279,6 +285,14 @@ pub enum TokenAction {
         #[arg(long, env = "CAREPATH_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+/// What to do with data keys.
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Print a new random data key: give it to every carepath process as CAREPATH_DATA_KEY,
+    /// and keep it as safely as the database's backups (without it they cannot be read).
+    New,
 }
 
 /// What to do with one outbox notice.
@@ -481,6 +495,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Openapi => {
             write!(out, "{}", crate::api::openapi::document())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key {
+            action: KeyAction::New,
+        } => {
+            let key = crate::store::seal::Seal::new_key()
+                .map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
+            writeln!(out, "{key}")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {

@@ -23,12 +23,16 @@ use carepath_engine::step::{ArmedTimer, History, Instance};
 
 pub use sqlite::SqliteStore;
 
+pub mod seal;
 pub mod sqlite;
 
 /// Why storage failed. Each variant is something an operator can act on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// A sealed value without its key, or with another.
+    #[error(transparent)]
+    Sealed(#[from] seal::SealError),
     /// The database file could not be opened or created.
     #[error("cannot open database {path}: {reason}")]
     Open {

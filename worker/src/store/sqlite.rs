@@ -21,7 +21,9 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 use carepath_engine::PathwaySource;
 use carepath_engine::pathway::Channel;
 use carepath_engine::step::History;
+use serde_json::Value;
 
+use super::seal::{Seal, SealError};
 use super::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DueTimer, Erased, EventRecord,
     InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText, OutboxFilter,
@@ -40,6 +42,8 @@ const MAX_BINDS: usize = 30_000;
 pub struct SqliteStore {
     pool: SqlitePool,
     path: String,
+    /// The data key that seals families' fields and event payloads, or none.
+    seal: Seal,
 }
 
 impl SqliteStore {
@@ -107,7 +111,11 @@ impl SqliteStore {
                 sqlx::migrate::MigrateError::Execute(e) => classify(e, &shown),
                 other => StoreError::Migrate(other.to_string()),
             })?;
-        Ok(SqliteStore { pool, path: shown })
+        Ok(SqliteStore {
+            pool,
+            path: shown,
+            seal: Seal::none(),
+        })
     }
 
     /// Opens a database that `carepath run` or `carepath enroll` made, for commands that
@@ -166,7 +174,11 @@ impl SqliteStore {
                 known.last().copied().unwrap_or(0)
             )));
         }
-        Ok(SqliteStore { pool, path: shown })
+        Ok(SqliteStore {
+            pool,
+            path: shown,
+            seal: Seal::none(),
+        })
     }
 
     /// The file's path, as given.
@@ -248,6 +260,15 @@ fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
     })
 }
 
+/// An instance as stored: its fields sealed when there is a data key.
+fn sealed_body(seal: &Seal, instance: &carepath_engine::step::Instance) -> String {
+    let mut body = serde_json::to_value(instance).unwrap_or_default();
+    if let Some(fields) = body.get_mut("fields") {
+        *fields = seal.seal("fields", fields);
+    }
+    body.to_string()
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serialising our own plain data types cannot fail.
     serde_json::to_string(value).unwrap_or_default()
@@ -288,15 +309,22 @@ pub fn content_hash(source: &PathwaySource) -> String {
 const INSTANCE_COLUMNS: &str = "id, ref, pathway, pathway_version_id, body, roles, parent_id, created_at, updated_at, \
      (SELECT since FROM holds h WHERE h.instance_id = instances.id) AS held_since";
 
-fn instance_row(r: &SqliteRow) -> Result<InstanceRow> {
+fn instance_row(r: &SqliteRow, seal: &Seal) -> Result<InstanceRow> {
     let id: i64 = r.try_get("id")?;
     let what = format!("instance {id}");
+    let mut body: Value = json(&r.try_get::<String, _>("body")?, &what)?;
+    if let Some(fields) = body.get_mut("fields") {
+        *fields = seal.open("fields", fields.take())?;
+    }
     Ok(InstanceRow {
         id,
         reference: r.try_get("ref")?,
         pathway: r.try_get("pathway")?,
         pathway_version_id: r.try_get("pathway_version_id")?,
-        instance: json(&r.try_get::<String, _>("body")?, &what)?,
+        instance: serde_json::from_value(body).map_err(|e| StoreError::Data {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?,
         roles: json(&r.try_get::<String, _>("roles")?, &what)?,
         parent_id: r.try_get("parent_id")?,
         created_at: ts(r.try_get("created_at")?, &what)?,
@@ -329,7 +357,7 @@ fn contact_row(r: &SqliteRow) -> Result<(i64, Contact)> {
     ))
 }
 
-fn event_row(r: &SqliteRow) -> Result<EventRecord> {
+fn event_row(r: &SqliteRow, seal: &Seal) -> Result<EventRecord> {
     let key: String = r.try_get("idempotency_key")?;
     let what = format!("event {key}");
     let outcome: String = r.try_get("outcome")?;
@@ -338,7 +366,7 @@ fn event_row(r: &SqliteRow) -> Result<EventRecord> {
         pathway: r.try_get("pathway")?,
         instance_id: r.try_get("instance_id")?,
         name: r.try_get("name")?,
-        payload: json(&r.try_get::<String, _>("payload")?, &what)?,
+        payload: seal.open("payload", json(&r.try_get::<String, _>("payload")?, &what)?)?,
         received_at: ts(r.try_get("received_at")?, &what)?,
         outcome: if outcome == "applied" {
             Outcome::Applied
@@ -478,12 +506,12 @@ where
     q.fetch_all(e).await?.iter().map(row).collect()
 }
 
-async fn select_instances<'e, E>(e: E, ids: &[i64]) -> Result<Vec<InstanceRow>>
+async fn select_instances<'e, E>(e: E, ids: &[i64], seal: &Seal) -> Result<Vec<InstanceRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
     let select = format!("SELECT {INSTANCE_COLUMNS} FROM instances");
-    select_by_ids(e, &select, ids, instance_row).await
+    select_by_ids(e, &select, ids, |r| instance_row(r, seal)).await
 }
 
 async fn select_contacts<'e, E>(e: E, ids: &[i64]) -> Result<BTreeMap<i64, Contact>>
@@ -495,6 +523,41 @@ where
         .await?
         .into_iter()
         .collect())
+}
+
+impl SqliteStore {
+    /// Seals families' fields and event payloads with `seal`'s key from now on, and opens
+    /// those sealed before. Refuses a key other than the one the database was sealed with, and
+    /// no key for a database that was sealed: either would fail on the first family read.
+    pub async fn seal_with(mut self, seal: Seal) -> Result<Self> {
+        let known: Option<String> =
+            sqlx::query_scalar("SELECT key_check FROM installation LIMIT 1")
+                .fetch_one(&self.pool)
+                .await?;
+        match (seal.check(), known) {
+            (None, None) => {}
+            (None, Some(_)) => return Err(SealError::NoKey { what: "database" }.into()),
+            (Some(check), Some(known)) if check != known => {
+                return Err(StoreError::NotReady {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "it was sealed with another data key than {}: give the key it was sealed with",
+                        super::seal::KEY_ENV
+                    ),
+                });
+            }
+            (Some(_), Some(_)) => {}
+            (Some(check), None) => {
+                sqlx::query("UPDATE installation SET key_check = ?")
+                    .bind(check)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| classify(e, &self.path))?;
+            }
+        }
+        self.seal = seal;
+        Ok(self)
+    }
 }
 
 impl Storage for SqliteStore {
@@ -509,6 +572,7 @@ impl Storage for SqliteStore {
         Ok(SqliteTx {
             tx,
             path: self.path.clone(),
+            seal: self.seal.clone(),
         })
     }
 
@@ -589,7 +653,7 @@ impl Storage for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(instance_row)
+            .map(|r| instance_row(r, &self.seal))
             .collect()
     }
 
@@ -599,12 +663,12 @@ impl Storage for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(instance_row)
+            .map(|r| instance_row(r, &self.seal))
             .collect()
     }
 
     async fn instance(&self, id: i64) -> Result<Option<InstanceRow>> {
-        Ok(select_instances(&self.pool, &[id])
+        Ok(select_instances(&self.pool, &[id], &self.seal)
             .await?
             .into_iter()
             .next())
@@ -633,7 +697,7 @@ impl Storage for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(instance_row)
+            .map(|r| instance_row(r, &self.seal))
             .collect()
     }
 
@@ -665,7 +729,7 @@ impl Storage for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(event_row)
+            .map(|r| event_row(r, &self.seal))
             .collect()
     }
 
@@ -780,7 +844,7 @@ impl Storage for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(event_row)
+            .map(|r| event_row(r, &self.seal))
             .collect()
     }
 
@@ -1372,6 +1436,7 @@ impl Storage for SqliteStore {
 pub struct SqliteTx {
     tx: sqlx::Transaction<'static, Sqlite>,
     path: String,
+    seal: Seal,
 }
 
 impl Tx for SqliteTx {
@@ -1393,7 +1458,7 @@ impl Tx for SqliteTx {
     async fn instances(&mut self, ids: &[i64]) -> Result<Vec<InstanceRow>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_BINDS) {
-            out.extend(select_instances(&mut *self.tx, chunk).await?);
+            out.extend(select_instances(&mut *self.tx, chunk, &self.seal).await?);
         }
         Ok(out)
     }
@@ -1407,7 +1472,7 @@ impl Tx for SqliteTx {
             .fetch_all(&mut *self.tx)
             .await?
             .iter()
-            .map(instance_row)
+            .map(|r| instance_row(r, &self.seal))
             .collect()
     }
 
@@ -1431,7 +1496,7 @@ impl Tx for SqliteTx {
                 q = q.bind(k);
             }
             for r in q.fetch_all(&mut *self.tx).await? {
-                let e = event_row(&r)?;
+                let e = event_row(&r, &self.seal)?;
                 out.insert(e.key.clone(), e);
             }
         }
@@ -1481,7 +1546,7 @@ impl Tx for SqliteTx {
             .bind(&n.instance.owner)
             .bind(status_str(&n.instance))
             .bind(n.instance.seq as i64)
-            .bind(to_json(&n.instance))
+            .bind(sealed_body(&self.seal, &n.instance))
             .bind(to_json(&roles))
             .bind(parent)
             .bind(at)
@@ -1513,7 +1578,7 @@ impl Tx for SqliteTx {
                     .push_bind(&u.instance.owner)
                     .push_bind(status_str(&u.instance))
                     .push_bind(u.instance.seq as i64)
-                    .push_bind(to_json(&u.instance))
+                    .push_bind(sealed_body(&self.seal, &u.instance))
                     .push_bind(roles)
                     .push_bind(ms(now));
             });
@@ -1662,7 +1727,7 @@ impl Tx for SqliteTx {
                     .push_bind(&e.pathway)
                     .push_bind(t.map(target).or(e.instance_id))
                     .push_bind(&e.name)
-                    .push_bind(to_json(&e.payload))
+                    .push_bind(self.seal.seal("payload", &e.payload).to_string())
                     .push_bind(ms(e.received_at))
                     .push_bind(e.outcome.as_str())
                     .push_bind(&e.code)
