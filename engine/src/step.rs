@@ -247,6 +247,13 @@ pub enum Cause {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// An operator acted on the instance itself, outside the pathway: it was cancelled.
+    Operator {
+        /// What was done (`cancel`).
+        action: String,
+        /// Who did it: a token's name, or `cli USER`.
+        by: String,
+    },
 }
 
 /// One line of an instance's history.

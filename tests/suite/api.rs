@@ -1151,6 +1151,162 @@ async fn every_write_is_in_the_append_only_audit_log() {
     assert_eq!(a.body["ref"], format!("erased:{id}"), "{:?}", a.body);
 }
 
+/// Holding, resuming and cancelling many families at once, by a selection, with a dry run
+/// first; a token limited to some pathways reaches only those, and cancelling takes admin.
+#[tokio::test]
+async fn bulk_operations_select_count_and_act_on_each_family() {
+    let s = start().await;
+    let ids = [
+        s.enrol("FAM-B1").await,
+        s.enrol("FAM-B2").await,
+        s.enrol("FAM-B3").await,
+    ];
+    // FAM-B1 moves on: only B2 and B3 still wait for their first exam.
+    let a = s
+        .post(
+            &format!("/v1/instances/{}/events", ids[0]),
+            HOSPITAL,
+            &json!({"event": "first_exam_done", "payload": {"care_level": 1}}),
+            Some("b1"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let waiting = json!({"pathways": ["standard-track"], "state": "awaiting_first_exam"});
+    let with = |extra: Value| {
+        let mut body = waiting.clone();
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            body[k] = v;
+        }
+        body
+    };
+    let bulk = |token: &'static str, body: Value| {
+        let s = &s;
+        async move { s.post("/v1/bulk", token, &body, None).await }
+    };
+    let held = |id: i64| {
+        let s = &s;
+        async move {
+            s.call(
+                "GET",
+                &format!("/v1/instances/{id}"),
+                Some(READER),
+                None,
+                None,
+            )
+            .await
+            .body["held_since"]
+                .clone()
+        }
+    };
+
+    let a = bulk(
+        MUNICIPALITY,
+        with(json!({"action": "hold", "dry_run": true})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        (
+            &a.body["matched"],
+            &a.body["changed"],
+            &a.body["references"]
+        ),
+        (&json!(2), &json!(0), &json!(["FAM-B2", "FAM-B3"]))
+    );
+    assert_eq!(held(ids[1]).await, Value::Null, "a dry run changes nothing");
+    let a = bulk(MUNICIPALITY, with(json!({"action": "hold"}))).await;
+    assert_eq!(
+        (&a.body["matched"], &a.body["changed"]),
+        (&json!(2), &json!(2))
+    );
+    assert_ne!(held(ids[1]).await, Value::Null);
+    assert_eq!(held(ids[0]).await, Value::Null, "not selected");
+    let a = bulk(MUNICIPALITY, with(json!({"action": "hold"}))).await;
+    assert_eq!(a.body["changed"], 0, "held already");
+    let a = bulk(MUNICIPALITY, with(json!({"action": "resume"}))).await;
+    assert_eq!(a.body["changed"], 2);
+
+    // Cancelling: admin only, and only with a reason.
+    bulk(
+        MUNICIPALITY,
+        with(json!({"action": "cancel", "reason": "x"})),
+    )
+    .await
+    .problem(403, "insufficient-scope");
+    bulk(ADMIN, with(json!({"action": "cancel"})))
+        .await
+        .problem(422, "invalid-body");
+    bulk(ADMIN, with(json!({"action": "archive"})))
+        .await
+        .problem(422, "invalid-body");
+    bulk(RED_CROSS, with(json!({"action": "hold"})))
+        .await
+        .problem(403, "pathway-not-allowed");
+    let a = bulk(RED_CROSS, json!({"action": "hold", "dry_run": true})).await;
+    assert_eq!(a.body["matched"], 0, "its own pathway only: {:?}", a.body);
+    let a = bulk(
+        ADMIN,
+        with(json!({"action": "cancel", "reason": "the region withdrew the offer"})),
+    )
+    .await;
+    assert_eq!(
+        (&a.body["matched"], &a.body["changed"]),
+        (&json!(2), &json!(2))
+    );
+    let b2 = s
+        .call(
+            "GET",
+            &format!("/v1/instances/{}", ids[1]),
+            Some(READER),
+            None,
+            None,
+        )
+        .await
+        .body;
+    assert_eq!(b2["status"], "finished", "{b2:#}");
+    assert!(b2["timers"].as_array().is_some_and(Vec::is_empty), "{b2:#}");
+    let last = b2["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        last["cause"],
+        json!({"kind": "operator", "action": "cancel", "by": "token operations"}),
+        "{last:#}"
+    );
+    assert!(
+        last["notes"][0]
+            .as_str()
+            .is_some_and(|n| n.contains("the region withdrew the offer")),
+        "{last:#}"
+    );
+    let a = bulk(ADMIN, with(json!({"action": "hold", "dry_run": true}))).await;
+    assert_eq!(a.body["matched"], 0, "finished families are not selected");
+
+    // Each family has its own lines in the audit log.
+    let a = s
+        .call("GET", "/v1/audit?ref=FAM-B2", Some(ADMIN), None, None)
+        .await;
+    let actions: Vec<&str> = a
+        .body
+        .as_array()
+        .map(|l| l.iter().filter_map(|x| x["action"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        actions,
+        [
+            "enrol",
+            "bulk hold",
+            "bulk hold",
+            "bulk resume",
+            "bulk cancel"
+        ],
+        "{:#}",
+        a.body
+    );
+}
+
 /// Twenty enrolments sent at once with one key and one body: one enrolment, and every one of
 /// the twenty gets its answer.
 #[tokio::test]

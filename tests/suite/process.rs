@@ -625,6 +625,32 @@ fn enroll_event_and_status_from_the_command_line() {
         "{lines:#?}"
     );
     assert!(!stdout(&audit).contains("0101901234"));
+
+    // Many families at once, from the command line: a dry run counts, a cancel needs a reason.
+    let bulk = |args: &[&str]| {
+        carepath()
+            .arg("bulk")
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .env("USER", "koordinator-lis")
+            .output()
+            .expect("bulk")
+    };
+    let out = bulk(&["hold", "--state", "pregnancy", "--dry-run"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim(), "would hold 1 family: FAM-0001");
+    let out = bulk(&["cancel", "--state", "pregnancy"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reason"));
+    let out = bulk(&[
+        "hold",
+        "--pathway",
+        "standard-track",
+        "--state",
+        "pregnancy",
+    ]);
+    assert_eq!(stdout(&out).trim(), "hold: 1 of 1 family changed");
 }
 
 #[test]

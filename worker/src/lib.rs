@@ -9,6 +9,7 @@
 //! - [`config`]: the configuration file: the notifier's sections and the API's tokens;
 //! - [`catalog`]: the pathway versions a database knows, checked and with compiled templates;
 //! - [`runtime`]: enrolment, events and timers applied exactly once, in batches;
+//! - [`bulk`]: hold, resume or cancel many families at once, by a selection, dry run first;
 //! - [`delivery`]: queued notices out through their channels, retried, held, dead-lettered;
 //! - [`lateness`]: how late timers fire, kept in a fixed-size histogram;
 //! - [`metrics`]: counters and gauges for Prometheus;
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod api;
+pub mod bulk;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

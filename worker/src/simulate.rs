@@ -377,6 +377,7 @@ fn describe(cause: &Cause) -> String {
     match cause {
         Cause::Enrolled => "enrolled".into(),
         Cause::Event { name } => format!("event {name}"),
+        Cause::Operator { action, by } => format!("{action} by {by}"),
         Cause::Timer { key, purpose, name } => {
             use carepath_engine::step::Purpose;
             match purpose {

@@ -33,6 +33,7 @@ fn action(route: &str) -> &str {
         "/v1/instances/{id}/resume" => "resume",
         "/v1/opt-outs" => "opt-out",
         "/v1/families/{ref}/erase" => "erase",
+        "/v1/bulk" => "bulk",
         other => other,
     }
 }

@@ -1,4 +1,5 @@
-//! A family as a whole, by its reference: erasure at its request.
+//! Families as a whole: one by its reference (erasure at its request), many by a selection
+//! (hold, resume, cancel).
 
 use std::sync::Arc;
 
@@ -61,4 +62,115 @@ pub async fn erase<S: Storage>(
         .map_err(|e| Problem::unavailable(&format!("nothing was erased: {e}")))?
         .map(Json)
         .ok_or_else(|| Problem::not_found("no family has this reference"))
+}
+
+/// Many families at once: what to do, and to whom.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkBody {
+    /// `hold`, `resume` or `cancel`.
+    #[schema(example = "hold")]
+    pub action: String,
+    /// Only families on these pathways (a token limited to some pathways: only those).
+    #[serde(default)]
+    pub pathways: Option<Vec<String>>,
+    /// Only families in this state.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Only families owned by this role.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Only families enrolled before this moment (RFC 3339).
+    #[serde(default)]
+    pub enrolled_before: Option<String>,
+    /// Why: required to cancel, for each family's history.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Only count and list the families it would act on.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Hold, resume or cancel every family still on a pathway that matches; `dry_run` counts them
+/// first. Holding and resuming take `instances:write`, cancelling `admin`. Each family gets its
+/// own line in the audit log; a cancellation is a step in its history.
+#[utoipa::path(
+    post, path = "/v1/bulk", operation_id = "bulk", tag = "families",
+    request_body = BulkBody,
+    responses(
+        (status = 200, description = "What it found and did", body = crate::bulk::Outcome),
+        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope or pathway not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown action, a cancel without a reason, a bad time", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn bulk<S: Storage>(
+    State(api): State<Api<S>>,
+    caller: Arc<Caller>,
+    Body(body): Body,
+) -> Result<Json<crate::bulk::Outcome>, Problem> {
+    use crate::bulk::{Action, Selection};
+    let body: BulkBody = parse_body(&body)?;
+    let action = match (body.action.as_str(), body.reason) {
+        ("hold", _) => Action::Hold,
+        ("resume", _) => Action::Resume,
+        ("cancel", Some(reason)) if !reason.trim().is_empty() => Action::Cancel { reason },
+        ("cancel", _) => {
+            return Err(Problem::invalid(
+                "/reason",
+                "reason: cancelling needs one, for each family's history",
+            ));
+        }
+        (other, _) => {
+            return Err(Problem::invalid(
+                "/action",
+                &format!("action {other:?}: use hold, resume or cancel"),
+            ));
+        }
+    };
+    caller.require(match action {
+        Action::Cancel { .. } => Scope::Admin,
+        _ => Scope::InstancesWrite,
+    })?;
+    // A token limited to some pathways acts on those only.
+    let pathways = match (body.pathways, caller.restriction()) {
+        (asked, None) => asked,
+        (None, Some(allowed)) => Some(allowed),
+        (Some(asked), Some(allowed)) => {
+            if let Some(p) = asked.iter().find(|p| !allowed.contains(p)) {
+                return Err(Problem::forbidden(
+                    "pathway-not-allowed",
+                    &format!("this token does not reach pathway {p:?}"),
+                ));
+            }
+            Some(asked)
+        }
+    };
+    let enrolled_before = body
+        .enrolled_before
+        .as_deref()
+        .map(|t| t.parse::<jiff::Timestamp>())
+        .transpose()
+        .map_err(|e| Problem::invalid("/enrolled_before", &format!("enrolled_before: {e}")))?;
+    let selection = Selection {
+        pathways,
+        state: body.state,
+        owner: body.owner,
+        enrolled_before,
+    };
+    let outcome = crate::bulk::apply(
+        &api.runtime,
+        &action,
+        &selection,
+        &format!("token {}", caller.name),
+        body.dry_run,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&format!("stopped: {e}")))?;
+    if !body.dry_run {
+        (api.committed)();
+    }
+    Ok(Json(outcome))
 }

@@ -547,6 +547,7 @@ pub async fn list<S: Storage>(
             owner: q.owner,
             after: q.after,
             limit: limit + 1,
+            ..InstanceFilter::default()
         })
         .await
         .map_err(Problem::store)?;

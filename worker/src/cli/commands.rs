@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::RunArgs;
 use crate::api::{self, ApiConfig};
+use crate::bulk;
 use crate::catalog::{self, Catalog};
 use crate::clock::{self, Clock, ScaledClock, SystemClock};
 use crate::delivery::Notifier;
@@ -28,7 +29,7 @@ use crate::worker::{self, Options, Wake};
 use carepath_notifier::NotifierConfig;
 use carepath_notifier::file::{Console as FileConsole, FileConfig};
 
-use super::{Command, DbArgs, Format, OutboxAction};
+use super::{BulkVerb, Command, DbArgs, Format, OutboxAction};
 
 /// Runs a database command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -102,6 +103,40 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             reason,
             db,
         } => erase(&db, &reference, &reason).await,
+        Command::Bulk {
+            action,
+            pathways,
+            state,
+            owner,
+            enrolled_before,
+            reason,
+            dry_run,
+            db,
+        } => {
+            let action = match (action, reason) {
+                (BulkVerb::Hold, _) => bulk::Action::Hold,
+                (BulkVerb::Resume, _) => bulk::Action::Resume,
+                (BulkVerb::Cancel, Some(reason)) if !reason.trim().is_empty() => {
+                    bulk::Action::Cancel { reason }
+                }
+                (BulkVerb::Cancel, _) => {
+                    bail!("cancelling needs --reason: it goes into each family's history")
+                }
+            };
+            let selection = bulk::Selection {
+                pathways: (!pathways.is_empty()).then_some(pathways),
+                state,
+                owner,
+                enrolled_before: enrolled_before
+                    .map(|t| {
+                        t.parse::<Timestamp>().with_context(|| {
+                            format!("--enrolled-before {t:?}: expected a time such as 2027-03-01T00:00:00Z")
+                        })
+                    })
+                    .transpose()?,
+            };
+            bulk_command(&db, &action, &selection, dry_run).await
+        }
         Command::Audit {
             reference,
             since,
@@ -922,6 +957,38 @@ async fn optout(
         (false, false) => println!("{shown} was already opted out of {}", channel.as_str()),
         (true, true) => println!("{shown} opted back in to {}", channel.as_str()),
         (true, false) => println!("{shown} was not opted out of {}", channel.as_str()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a bulk operation and says what it found and did.
+async fn bulk_command(
+    db: &Path,
+    action: &bulk::Action,
+    selection: &bulk::Selection,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let catalog = Catalog::from_store(&store).await?;
+    let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
+    let outcome = bulk::apply(&rt, action, selection, &cli_actor(), dry_run).await?;
+    rt.store().close().await;
+    let verb = action.name().trim_start_matches("bulk ");
+    if dry_run {
+        println!(
+            "would {verb} {} famil{}: {}",
+            outcome.matched,
+            if outcome.matched == 1 { "y" } else { "ies" },
+            outcome.references.join(", ")
+        );
+    } else {
+        worker::wake_other(db);
+        println!(
+            "{verb}: {} of {} famil{} changed",
+            outcome.changed,
+            outcome.matched,
+            if outcome.matched == 1 { "y" } else { "ies" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -171,6 +171,34 @@ pub enum Command {
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
+    /// Hold, resume or cancel every family still on a pathway that matches the selection;
+    /// --dry-run counts them first. Each family gets its own line in the audit log.
+    Bulk {
+        /// What to do.
+        #[arg(value_enum)]
+        action: BulkVerb,
+        /// Only families on this pathway (repeat for several).
+        #[arg(long = "pathway")]
+        pathways: Vec<String>,
+        /// Only families in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only families owned by this role.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only families enrolled before this moment (RFC 3339).
+        #[arg(long)]
+        enrolled_before: Option<String>,
+        /// Why: required to cancel, for each family's history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only count and list the families it would act on.
+        #[arg(long)]
+        dry_run: bool,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
+    },
     /// Erase a family's personal data at its request, at once: every instance of the
     /// reference (see docs/operations.md for what is kept, and why).
     Erase {
@@ -285,6 +313,17 @@ pub enum TokenAction {
         #[arg(long, env = "CAREPATH_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+/// What `carepath bulk` does to each family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkVerb {
+    /// Put on hold.
+    Hold,
+    /// Resume from a hold.
+    Resume,
+    /// End the pathway now (needs --reason).
+    Cancel,
 }
 
 /// What to do with data keys.

@@ -740,6 +740,10 @@ pub struct InstanceFilter {
     pub owner: Option<String>,
     /// Only with ids above this one (the cursor of the previous page).
     pub after: Option<i64>,
+    /// Only those still on their pathway.
+    pub active_only: bool,
+    /// Only those enrolled before this moment.
+    pub enrolled_before: Option<Timestamp>,
     /// At most this many, by id.
     pub limit: u32,
 }

@@ -690,6 +690,12 @@ impl Storage for SqliteStore {
         if let Some(after) = filter.after {
             q.push(" AND id > ").push_bind(after);
         }
+        if filter.active_only {
+            q.push(" AND status = 'active'");
+        }
+        if let Some(before) = filter.enrolled_before {
+            q.push(" AND created_at < ").push_bind(ms(before));
+        }
         q.push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(filter.limit));
         q.build()
