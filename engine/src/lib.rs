@@ -40,7 +40,7 @@ pub use check::{CheckedPathway, PathwaySource, Report, SourceFile, check};
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use duration::IsoDuration;
 pub use pathway::Pathway;
-pub use step::{Effects, Input, Instance, StepError, start, step};
+pub use step::{Effects, Input, Instance, StepError, migrate, start, step};
 
 pub mod calendar;
 pub mod catalogue;

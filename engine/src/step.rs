@@ -522,6 +522,83 @@ pub fn step(
     Ok(s.finish(Some(from), cause))
 }
 
+/// A running instance moved onto another version of its pathway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Migrated {
+    /// The step: the instance on the new version, timers armed and cancelled, its history
+    /// line. It sends nothing.
+    pub effects: Effects,
+    /// Timers the new version would have armed that are due by now: they fired under the old
+    /// version, or their moment passed. They are not armed, so nothing fires twice.
+    pub left_out: Vec<ArmedTimer>,
+}
+
+/// Moves `instance`, of another version of `p`'s pathway, into state `to` of `p`: as if the
+/// family had entered `to` when it entered the state it is in. The state's timers and
+/// activities are armed by `p`'s rules from that entry (an anchored window from its date, a
+/// schedule from `now`), without running the state's `enter` actions, so nothing is sent for
+/// the past; those due by `now` are left out. Activities in `done` stay done. Appointment
+/// reminders and the horizon stay as they were. `note` goes into the history line.
+pub fn migrate(
+    p: &CheckedPathway,
+    instance: &Instance,
+    to: &str,
+    done: &[String],
+    now: Timestamp,
+    by: &str,
+    note: String,
+) -> Result<Migrated, StepError> {
+    if instance.status == Status::Finished {
+        return Err(StepError::Finished {
+            state: instance.state.clone(),
+        });
+    }
+    let Some(state) = p.pathway.states.get(to) else {
+        return Err(StepError::UnknownState(to.into()));
+    };
+    let from = instance.state.clone();
+    let mut s = Stepper::new(p, instance.clone(), instance.entered_at)?;
+    s.instance.seq += 1;
+    let prefix = s.state_prefix();
+    s.cancel_where(|t| !t.key.starts_with(&prefix));
+    s.instance.open_activities.clear();
+    s.instance.state = to.to_string();
+    if let Some(owner) = &state.owner {
+        s.instance.owner = Some(owner.clone());
+    }
+    if state.terminal {
+        s.instance.status = Status::Finished;
+        s.cancel_where(|_| false);
+    } else {
+        s.arm_state(to, now);
+        for a in &state.activities {
+            if done.contains(&a.name) {
+                continue;
+            }
+            s.instance.open_activities.push(a.name.clone());
+            if let Err(e) = s.arm_activity(a) {
+                s.problem(format!("activity {} of state \"{to}\"", a.name), &e);
+            }
+        }
+    }
+    // What the new rules put before now belongs to the past.
+    let left_out: Vec<ArmedTimer> = s.armed.iter().filter(|t| t.due <= now).cloned().collect();
+    s.armed.retain(|t| t.due > now);
+    s.instance
+        .timers
+        .retain(|t| !left_out.iter().any(|l| l.key == t.key));
+    s.now = now;
+    s.notes.push(note);
+    let effects = s.finish(
+        Some(from),
+        Cause::Operator {
+            action: "migrate".into(),
+            by: by.into(),
+        },
+    );
+    Ok(Migrated { effects, left_out })
+}
+
 struct Stepper<'p> {
     p: &'p CheckedPathway,
     decl: &'p Pathway,
@@ -1326,6 +1403,22 @@ impl<'p> Stepper<'p> {
             self.instance.open_activities.clear();
             return Ok(());
         }
+        self.arm_state(name, self.now);
+        for a in &state.activities {
+            self.instance.open_activities.push(a.name.clone());
+            if let Err(e) = self.arm_activity(a) {
+                self.problem(format!("activity {} of state \"{name}\"", a.name), &e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms the timers of state `name` as on entering it: `after` from the entry, `at` from
+    /// its anchor, `every` from `cron_from`.
+    fn arm_state(&mut self, name: &str, cron_from: Timestamp) {
+        let Some(state) = self.decl.states.get(name) else {
+            return;
+        };
         let prefix = self.state_prefix();
         for (index, t) in state.timers.iter().enumerate() {
             let due = if let Some(after) = &t.after {
@@ -1335,7 +1428,7 @@ impl<'p> Stepper<'p> {
             } else if let Some(at) = &t.at {
                 self.at_due(at)
             } else if let Some(cron) = &t.every {
-                time::next_cron(cron, self.now, &self.tz)
+                time::next_cron(cron, cron_from, &self.tz)
                     .map(Some)
                     .map_err(StepError::from)
             } else {
@@ -1357,13 +1450,6 @@ impl<'p> Stepper<'p> {
                 Err(e) => self.problem(format!("{} of state \"{name}\"", timer_name()), &e),
             }
         }
-        for a in &state.activities {
-            self.instance.open_activities.push(a.name.clone());
-            if let Err(e) = self.arm_activity(a) {
-                self.problem(format!("activity {} of state \"{name}\"", a.name), &e);
-            }
-        }
-        Ok(())
     }
 
     /// A timer that cannot be armed is never silent: the step goes on without it, its

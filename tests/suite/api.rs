@@ -1305,6 +1305,35 @@ async fn bulk_operations_select_count_and_act_on_each_family() {
         "{:#}",
         a.body
     );
+
+    // Migrations through the API: admin of every pathway, a version that is loaded.
+    let migrate = |token: &'static str, body: Value| {
+        let s = &s;
+        async move { s.post("/v1/migrations", token, &body, None).await }
+    };
+    migrate(
+        MUNICIPALITY,
+        json!({"pathway": "standard-track", "to_version": 4}),
+    )
+    .await
+    .problem(403, "insufficient-scope");
+    migrate(
+        ADMIN,
+        json!({"pathway": "standard-track", "to_version": 99}),
+    )
+    .await
+    .problem(404, "not-found");
+    let a = migrate(
+        ADMIN,
+        json!({"pathway": "standard-track", "to_version": 4, "dry_run": true}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        (&a.body["moves"], &a.body["refused"]),
+        (&json!([]), &json!([])),
+        "everyone is on version 4 already"
+    );
 }
 
 /// Twenty enrolments sent at once with one key and one body: one enrolment, and every one of

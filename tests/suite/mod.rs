@@ -7,6 +7,7 @@ mod diagnostics;
 mod erasure;
 mod fixtures;
 mod graphs;
+mod migration;
 mod notices;
 mod pathways;
 mod process;

@@ -184,6 +184,7 @@ pub async fn cancel<S: Storage>(
                 expected_seq: row.instance.seq,
                 instance,
                 roles: None,
+                pathway_version_id: None,
             }],
             timers_removed: timers,
             history: vec![(Target::Id(id), history)],

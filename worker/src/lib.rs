@@ -10,6 +10,7 @@
 //! - [`catalog`]: the pathway versions a database knows, checked and with compiled templates;
 //! - [`runtime`]: enrolment, events and timers applied exactly once, in batches;
 //! - [`bulk`]: hold, resume or cancel many families at once, by a selection, dry run first;
+//! - [`migration`]: running families moved onto a corrected version of their pathway;
 //! - [`delivery`]: queued notices out through their channels, retried, held, dead-lettered;
 //! - [`lateness`]: how late timers fire, kept in a fixed-size histogram;
 //! - [`metrics`]: counters and gauges for Prometheus;
@@ -34,6 +35,7 @@ pub mod delivery;
 pub mod lateness;
 pub mod load;
 pub mod metrics;
+pub mod migration;
 pub mod runtime;
 pub mod simulate;
 pub mod store;

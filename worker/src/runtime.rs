@@ -1344,6 +1344,7 @@ impl<'c> Batch<'c> {
                 expected_seq: w.row.instance.seq,
                 instance: w.instance,
                 roles,
+                pathway_version_id: None,
             });
         }
         self.changes

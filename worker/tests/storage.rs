@@ -402,6 +402,7 @@ async fn a_stale_update_conflicts_and_writes_nothing<S: Storage>(store: &S) {
         expected_seq,
         instance: instance("next", 2, vec![]),
         roles: None,
+        pathway_version_id: None,
     };
     let mut tx = store.begin().await.expect("begin");
     let stale = tx
@@ -526,6 +527,7 @@ async fn a_finished_instance_frees_the_reference<S: Storage>(store: &S) {
             expected_seq: 1,
             instance: done,
             roles: None,
+            pathway_version_id: None,
         }],
         ..Changes::default()
     })
@@ -1059,6 +1061,7 @@ async fn an_update_assigns_contacts_or_keeps_them<S: Storage>(store: &S) {
                     ]
                     .into(),
                 ),
+                pathway_version_id: None,
             }],
             ..Changes::default()
         },
@@ -1074,6 +1077,7 @@ async fn an_update_assigns_contacts_or_keeps_them<S: Storage>(store: &S) {
                 expected_seq: 2,
                 instance: instance("visiting", 3, vec![]),
                 roles: None,
+                pathway_version_id: None,
             }],
             ..Changes::default()
         },

@@ -34,6 +34,7 @@ fn action(route: &str) -> &str {
         "/v1/opt-outs" => "opt-out",
         "/v1/families/{ref}/erase" => "erase",
         "/v1/bulk" => "bulk",
+        "/v1/migrations" => "migration",
         other => other,
     }
 }

@@ -1,5 +1,5 @@
 //! Families as a whole: one by its reference (erasure at its request), many by a selection
-//! (hold, resume, cancel).
+//! (hold, resume, cancel), a pathway's running families onto another of its versions.
 
 use std::sync::Arc;
 
@@ -173,4 +173,71 @@ pub async fn bulk<S: Storage>(
         (api.committed)();
     }
     Ok(Json(outcome))
+}
+
+/// Running families onto another version of their pathway.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationBody {
+    /// The pathway.
+    #[schema(example = "standard-track")]
+    pub pathway: String,
+    /// The version to move to.
+    pub to_version: u32,
+    /// States of the old versions and the states they become.
+    #[serde(default)]
+    pub map: std::collections::BTreeMap<String, String>,
+    /// Only say what would happen to each family.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Move a pathway's running families onto another of its versions (admin of every pathway):
+/// the mapping is checked first, each family moves in one transaction, and `dry_run` says what
+/// each would get. Families already on the version are left alone.
+#[utoipa::path(
+    post, path = "/v1/migrations", operation_id = "migrate", tag = "families",
+    request_body = MigrationBody,
+    responses(
+        (status = 200, description = "Each family's move, and those refused with the reason", body = Object),
+        (status = 401, description = "No or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin of every pathway", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The version is not loaded", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A state without a counterpart, or a map to no state", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn migrate<S: Storage>(
+    State(api): State<Api<S>>,
+    caller: Arc<Caller>,
+    Body(body): Body,
+) -> Result<Json<crate::migration::Report>, Problem> {
+    use crate::migration::MigrateError;
+    caller.require(Scope::Admin)?;
+    if caller.restriction().is_some() {
+        return Err(Problem::forbidden(
+            "insufficient-scope",
+            "a migration moves every family of a pathway: use an admin token that is not limited to some pathways",
+        ));
+    }
+    let body: MigrationBody = parse_body(&body)?;
+    let report = crate::migration::migrate(
+        &api.runtime,
+        &body.pathway,
+        body.to_version,
+        &body.map,
+        &format!("token {}", caller.name),
+        body.dry_run,
+    )
+    .await
+    .map_err(|e| match e {
+        MigrateError::UnknownVersion { .. } => Problem::not_found(&e.to_string()),
+        MigrateError::BadMap { .. } => Problem::invalid("/map", &e.to_string()),
+        MigrateError::Unmapped { .. } => Problem::invalid("/map", &e.to_string()),
+        MigrateError::Runtime(_) => Problem::unavailable(&format!("stopped: {e}")),
+    })?;
+    if !body.dry_run {
+        (api.committed)();
+    }
+    Ok(Json(report))
 }

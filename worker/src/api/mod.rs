@@ -4,6 +4,7 @@
 //!   optional restriction to pathways;
 //! - [`audit`]: every write a token makes, a line of the append-only audit log;
 //! - [`families`]: a family by its reference: erasure at its request; many families at once;
+//!   running families onto a corrected pathway version;
 //! - [`instances`]: enrol a family, report events, read, list, hold and resume;
 //! - [`pathways`]: the loaded pathways and their graphs;
 //! - [`outbox`]: the outbox, and families' opt-outs;
@@ -158,6 +159,7 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
         .route("/v1/instances/{id}/events", post(instances::event::<S>))
         .route("/v1/families/{ref}/erase", post(families::erase::<S>))
         .route("/v1/bulk", post(families::bulk::<S>))
+        .route("/v1/migrations", post(families::migrate::<S>))
         .route_layer(middleware::from_fn_with_state(
             api.clone(),
             audit::record::<S>,

@@ -19,6 +19,7 @@ use crate::catalog::{self, Catalog};
 use crate::clock::{self, Clock, ScaledClock, SystemClock};
 use crate::delivery::Notifier;
 use crate::lateness::Lateness;
+use crate::migration;
 use crate::runtime::{EnrolRequest, EventRequest, Runtime};
 use crate::simulate::{self, Family, ScriptedEvent};
 use crate::store::seal::Seal;
@@ -103,6 +104,16 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             reason,
             db,
         } => erase(&db, &reference, &reason).await,
+        Command::Migrate {
+            pathway,
+            to_version,
+            map,
+            dry_run,
+            db,
+        } => {
+            let map = migration::parse_map(&map).map_err(anyhow::Error::msg)?;
+            migrate_command(&db, &pathway, to_version, &map, dry_run).await
+        }
         Command::Bulk {
             action,
             pathways,
@@ -959,6 +970,65 @@ async fn optout(
         (true, false) => println!("{shown} was not opted out of {}", channel.as_str()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Moves a pathway's running families and says, family by family, what it did.
+async fn migrate_command(
+    db: &Path,
+    pathway: &str,
+    to_version: u32,
+    map: &BTreeMap<String, String>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let catalog = Catalog::from_store(&store).await?;
+    let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
+    let result = migration::migrate(&rt, pathway, to_version, map, &cli_actor(), dry_run).await;
+    rt.store().close().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("carepath: nothing was migrated: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let verb = if dry_run { "would move" } else { "moved" };
+    for m in &report.moves {
+        let timers = |t: &[(String, Timestamp)]| {
+            t.iter()
+                .map(|(k, due)| format!("{k} at {}", migration::when(*due)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "{} {verb}: version {} → {to_version}, \"{}\" → \"{}\", owner {}; timers armed [{}], removed [{}], left out as past [{}]",
+            m.reference,
+            m.from_version,
+            m.from_state,
+            m.to_state,
+            m.owner.as_deref().unwrap_or("-"),
+            timers(&m.timers_added),
+            m.timers_removed.join(", "),
+            timers(&m.left_out)
+        );
+    }
+    for r in &report.refused {
+        println!("{} not moved: {}", r.reference, r.reason);
+    }
+    println!(
+        "{} famil{} {verb}, {} refused",
+        report.moves.len(),
+        if report.moves.len() == 1 { "y" } else { "ies" },
+        report.refused.len()
+    );
+    if !dry_run && !report.moves.is_empty() {
+        worker::wake_other(db);
+    }
+    Ok(if report.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs a bulk operation and says what it found and did.

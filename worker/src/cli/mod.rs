@@ -171,6 +171,25 @@ pub enum Command {
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
+    /// Move the running families of a pathway onto another of its versions: checked first,
+    /// each family in one transaction; --dry-run prints what each family would get.
+    Migrate {
+        /// The pathway.
+        #[arg(long)]
+        pathway: String,
+        /// The version to move to (loaded with `carepath run --pathways` or enroll).
+        #[arg(long)]
+        to_version: u32,
+        /// A state of the old version and the state it becomes: OLD=NEW (repeat for several).
+        #[arg(long = "map")]
+        map: Vec<String>,
+        /// Only say what would happen to each family.
+        #[arg(long)]
+        dry_run: bool,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
+    },
     /// Hold, resume or cancel every family still on a pathway that matches the selection;
     /// --dry-run counts them first. Each family gets its own line in the audit log.
     Bulk {

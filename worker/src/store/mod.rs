@@ -649,6 +649,8 @@ pub struct InstanceUpdate {
     pub instance: Instance,
     /// Role → contact, when the step assigned contacts; `None` keeps the row's.
     pub roles: Option<BTreeMap<String, ContactRef>>,
+    /// The pathway version it moves onto (a migration); `None` keeps the row's.
+    pub pathway_version_id: Option<i64>,
 }
 
 /// Everything one batch writes, in one transaction.

@@ -1566,9 +1566,9 @@ impl Tx for SqliteTx {
             Target::New(i) => instance_ids[i],
         };
 
-        for chunk in changes.updates.chunks(MAX_BINDS / 9) {
+        for chunk in changes.updates.chunks(MAX_BINDS / 10) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v(id, expected, state, owner, status, seq, body, roles, updated_at) AS (",
+                "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at) AS (",
             );
             q.push_values(chunk, |mut b, u| {
                 let roles = u.roles.as_ref().map(|r| {
@@ -1586,12 +1586,14 @@ impl Tx for SqliteTx {
                     .push_bind(u.instance.seq as i64)
                     .push_bind(sealed_body(&self.seal, &u.instance))
                     .push_bind(roles)
+                    .push_bind(u.pathway_version_id)
                     .push_bind(ms(now));
             });
             // A NULL role map keeps the row's: most steps assign no contacts.
             q.push(
                 ") UPDATE instances SET state = v.state, owner = v.owner, status = v.status, seq = v.seq, \
-                 body = v.body, roles = COALESCE(v.roles, instances.roles), updated_at = v.updated_at \
+                 body = v.body, roles = COALESCE(v.roles, instances.roles), \
+                 pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at \
                  FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
             );
             let done = q
