@@ -115,7 +115,16 @@ async fn running_families_move_to_a_split_state_and_a_wider_window() {
     // The corrected version is loaded beside the first.
     write_pathway(&pathways, &version_2(), &["late"]);
     let (rt, clock) = open(dir.path(), "2027-03-06T09:00").await;
-    let no_map = migration::migrate(&rt, "splitting", 2, &BTreeMap::new(), "cli anne", true).await;
+    let no_map = migration::migrate(
+        &rt,
+        "splitting",
+        2,
+        &BTreeMap::new(),
+        &Default::default(),
+        "cli anne",
+        true,
+    )
+    .await;
     match no_map {
         Err(MigrateError::Unmapped { unmapped, version }) => {
             assert_eq!((unmapped, version), (vec!["waiting".to_string()], 2));
@@ -127,18 +136,45 @@ async fn running_families_move_to_a_split_state_and_a_wider_window() {
         "splitting",
         2,
         &BTreeMap::from([("waiting".to_string(), "nowhere".to_string())]),
+        &Default::default(),
         "cli anne",
         true,
     )
     .await;
     assert!(matches!(bad, Err(MigrateError::BadMap { .. })), "{bad:?}");
-    let unknown = migration::migrate(&rt, "splitting", 7, &BTreeMap::new(), "cli anne", true).await;
+    let unknown = migration::migrate(
+        &rt,
+        "splitting",
+        7,
+        &BTreeMap::new(),
+        &Default::default(),
+        "cli anne",
+        true,
+    )
+    .await;
     assert!(matches!(unknown, Err(MigrateError::UnknownVersion { .. })));
 
     let map = BTreeMap::from([("waiting".to_string(), "early".to_string())]);
-    let plan = migration::migrate(&rt, "splitting", 2, &map, "cli anne", true)
+    // A selection narrows it: nobody here is owned by the lead yet.
+    let only_lead = carepath_worker::bulk::Selection {
+        owner: Some("lead".into()),
+        ..Default::default()
+    };
+    let none = migration::migrate(&rt, "splitting", 2, &map, &only_lead, "cli anne", true)
         .await
         .expect("plan");
+    assert!(none.moves.is_empty(), "{none:?}");
+    let plan = migration::migrate(
+        &rt,
+        "splitting",
+        2,
+        &map,
+        &Default::default(),
+        "cli anne",
+        true,
+    )
+    .await
+    .expect("plan");
     assert!(plan.refused.is_empty(), "{:?}", plan.refused);
     assert_eq!(plan.moves.len(), 2);
     let by_ref = |r: &str| {
@@ -173,9 +209,17 @@ async fn running_families_move_to_a_split_state_and_a_wider_window() {
     let rows = rt.store().all_instances().await.expect("instances");
     assert!(rows.iter().all(|r| r.instance.state == "waiting"));
 
-    let moved = migration::migrate(&rt, "splitting", 2, &map, "cli anne", false)
-        .await
-        .expect("migrate");
+    let moved = migration::migrate(
+        &rt,
+        "splitting",
+        2,
+        &map,
+        &Default::default(),
+        "cli anne",
+        false,
+    )
+    .await
+    .expect("migrate");
     assert_eq!(moved.moves.len(), 2);
     let rows = rt.store().all_instances().await.expect("instances");
     let target = rt
@@ -213,9 +257,17 @@ async fn running_families_move_to_a_split_state_and_a_wider_window() {
     rt.fire_due(clock.now(), 100).await.expect("fire");
     assert_eq!(escalations(&rt).await, ["FAM-M1"]);
 
-    let again = migration::migrate(&rt, "splitting", 2, &map, "cli anne", false)
-        .await
-        .expect("again");
+    let again = migration::migrate(
+        &rt,
+        "splitting",
+        2,
+        &map,
+        &Default::default(),
+        "cli anne",
+        false,
+    )
+    .await
+    .expect("again");
     assert!(
         again.moves.is_empty() && again.refused.is_empty(),
         "{again:?}"

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use carepath_engine::step::Migrated;
 
+use crate::bulk::Selection;
 use crate::catalog::Version;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{
@@ -120,12 +121,14 @@ pub struct Report {
 }
 
 /// Moves the running families of `pathway` onto its version `to_version`, states renamed by
-/// `map`, as `by`; with `dry_run`, only says what it would do.
+/// `map`, as `by`: all of them, or those `only` selects by state, owner and enrolment date
+/// (its pathways are `pathway`). With `dry_run`, only says what it would do.
 pub async fn migrate<S: Storage>(
     rt: &Runtime<S>,
     pathway: &str,
     to_version: u32,
     map: &BTreeMap<String, String>,
+    only: &Selection,
     by: &str,
     dry_run: bool,
 ) -> Result<Report, MigrateError> {
@@ -146,7 +149,7 @@ pub async fn migrate<S: Storage>(
             version: to_version,
         });
     }
-    let rows = running(rt, pathway, target.id).await?;
+    let rows = running(rt, pathway, only, target.id).await?;
     let unmapped: BTreeSet<String> = rows
         .iter()
         .map(|r| destination(map, &r.instance.state))
@@ -223,15 +226,16 @@ fn destination(map: &BTreeMap<String, String>, state: &str) -> String {
     map.get(state).cloned().unwrap_or_else(|| state.to_string())
 }
 
-/// The active instances of `pathway` on any version but `target`.
+/// The active instances of `pathway` that `only` selects, on any version but `target`.
 async fn running<S: Storage>(
     rt: &Runtime<S>,
     pathway: &str,
+    only: &Selection,
     target: i64,
 ) -> Result<Vec<InstanceRow>, RuntimeError> {
-    let selection = crate::bulk::Selection {
+    let selection = Selection {
         pathways: Some(vec![pathway.to_string()]),
-        ..crate::bulk::Selection::default()
+        ..only.clone()
     };
     Ok(crate::bulk::select(rt, &selection)
         .await?

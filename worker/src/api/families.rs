@@ -148,12 +148,7 @@ pub async fn bulk<S: Storage>(
             Some(asked)
         }
     };
-    let enrolled_before = body
-        .enrolled_before
-        .as_deref()
-        .map(|t| t.parse::<jiff::Timestamp>())
-        .transpose()
-        .map_err(|e| Problem::invalid("/enrolled_before", &format!("enrolled_before: {e}")))?;
+    let enrolled_before = enrolled_before(body.enrolled_before.as_deref())?;
     let selection = Selection {
         pathways,
         state: body.state,
@@ -187,6 +182,15 @@ pub struct MigrationBody {
     /// States of the old versions and the states they become.
     #[serde(default)]
     pub map: std::collections::BTreeMap<String, String>,
+    /// Only families in this state.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Only families owned by this role.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Only families enrolled before this moment (RFC 3339).
+    #[serde(default)]
+    pub enrolled_before: Option<String>,
     /// Only say what would happen to each family.
     #[serde(default)]
     pub dry_run: bool,
@@ -221,11 +225,18 @@ pub async fn migrate<S: Storage>(
         ));
     }
     let body: MigrationBody = parse_body(&body)?;
+    let only = crate::bulk::Selection {
+        pathways: None,
+        state: body.state,
+        owner: body.owner,
+        enrolled_before: enrolled_before(body.enrolled_before.as_deref())?,
+    };
     let report = crate::migration::migrate(
         &api.runtime,
         &body.pathway,
         body.to_version,
         &body.map,
+        &only,
         &format!("token {}", caller.name),
         body.dry_run,
     )
@@ -240,4 +251,11 @@ pub async fn migrate<S: Storage>(
         (api.committed)();
     }
     Ok(Json(report))
+}
+
+/// `enrolled_before` of a body, read.
+fn enrolled_before(text: Option<&str>) -> Result<Option<jiff::Timestamp>, Problem> {
+    text.map(|t| t.parse::<jiff::Timestamp>())
+        .transpose()
+        .map_err(|e| Problem::invalid("/enrolled_before", &format!("enrolled_before: {e}")))
 }

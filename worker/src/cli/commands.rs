@@ -108,11 +108,20 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             pathway,
             to_version,
             map,
+            state,
+            owner,
+            enrolled_before,
             dry_run,
             db,
         } => {
             let map = migration::parse_map(&map).map_err(anyhow::Error::msg)?;
-            migrate_command(&db, &pathway, to_version, &map, dry_run).await
+            let only = bulk::Selection {
+                pathways: None,
+                state,
+                owner,
+                enrolled_before: moment("--enrolled-before", enrolled_before)?,
+            };
+            migrate_command(&db, &pathway, to_version, &map, &only, dry_run).await
         }
         Command::Bulk {
             action,
@@ -138,13 +147,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 pathways: (!pathways.is_empty()).then_some(pathways),
                 state,
                 owner,
-                enrolled_before: enrolled_before
-                    .map(|t| {
-                        t.parse::<Timestamp>().with_context(|| {
-                            format!("--enrolled-before {t:?}: expected a time such as 2027-03-01T00:00:00Z")
-                        })
-                    })
-                    .transpose()?,
+                enrolled_before: moment("--enrolled-before", enrolled_before)?,
             };
             bulk_command(&db, &action, &selection, dry_run).await
         }
@@ -972,18 +975,29 @@ async fn optout(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A moment given on the command line as `flag`.
+fn moment(flag: &str, text: Option<String>) -> anyhow::Result<Option<Timestamp>> {
+    text.map(|t| {
+        t.parse::<Timestamp>()
+            .with_context(|| format!("{flag} {t:?}: expected a time such as 2027-03-01T00:00:00Z"))
+    })
+    .transpose()
+}
+
 /// Moves a pathway's running families and says, family by family, what it did.
 async fn migrate_command(
     db: &Path,
     pathway: &str,
     to_version: u32,
     map: &BTreeMap<String, String>,
+    only: &bulk::Selection,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
-    let result = migration::migrate(&rt, pathway, to_version, map, &cli_actor(), dry_run).await;
+    let result =
+        migration::migrate(&rt, pathway, to_version, map, only, &cli_actor(), dry_run).await;
     rt.store().close().await;
     let report = match result {
         Ok(r) => r,

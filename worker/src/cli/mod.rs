@@ -183,6 +183,15 @@ pub enum Command {
         /// A state of the old version and the state it becomes: OLD=NEW (repeat for several).
         #[arg(long = "map")]
         map: Vec<String>,
+        /// Only families in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only families owned by this role.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only families enrolled before this moment (RFC 3339).
+        #[arg(long)]
+        enrolled_before: Option<String>,
         /// Only say what would happen to each family.
         #[arg(long)]
         dry_run: bool,
