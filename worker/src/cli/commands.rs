@@ -30,7 +30,7 @@ use crate::worker::{self, Options, Wake};
 use carepath_notifier::NotifierConfig;
 use carepath_notifier::file::{Console as FileConsole, FileConfig};
 
-use super::{BulkVerb, Command, DbArgs, Format, OutboxAction};
+use super::{BulkVerb, Command, DbArgs, Format, OutboxAction, SelectArgs};
 
 /// Runs a database command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -108,27 +108,18 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             pathway,
             to_version,
             map,
-            state,
-            owner,
-            enrolled_before,
+            select,
             dry_run,
             db,
         } => {
             let map = migration::parse_map(&map).map_err(anyhow::Error::msg)?;
-            let only = bulk::Selection {
-                pathways: None,
-                state,
-                owner,
-                enrolled_before: moment("--enrolled-before", enrolled_before)?,
-            };
+            let only = selection(None, select)?;
             migrate_command(&db, &pathway, to_version, &map, &only, dry_run).await
         }
         Command::Bulk {
             action,
             pathways,
-            state,
-            owner,
-            enrolled_before,
+            select,
             reason,
             dry_run,
             db,
@@ -143,12 +134,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     bail!("cancelling needs --reason: it goes into each family's history")
                 }
             };
-            let selection = bulk::Selection {
-                pathways: (!pathways.is_empty()).then_some(pathways),
-                state,
-                owner,
-                enrolled_before: moment("--enrolled-before", enrolled_before)?,
-            };
+            let selection = selection((!pathways.is_empty()).then_some(pathways), select)?;
             bulk_command(&db, &action, &selection, dry_run).await
         }
         Command::Audit {
@@ -975,13 +961,22 @@ async fn optout(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A moment given on the command line as `flag`.
-fn moment(flag: &str, text: Option<String>) -> anyhow::Result<Option<Timestamp>> {
-    text.map(|t| {
-        t.parse::<Timestamp>()
-            .with_context(|| format!("{flag} {t:?}: expected a time such as 2027-03-01T00:00:00Z"))
+/// The families `select` names, on `pathways`.
+fn selection(pathways: Option<Vec<String>>, select: SelectArgs) -> anyhow::Result<bulk::Selection> {
+    let enrolled_before = select
+        .enrolled_before
+        .map(|t| {
+            t.parse::<Timestamp>().with_context(|| {
+                format!("--enrolled-before {t:?}: expected a time such as 2027-03-01T00:00:00Z")
+            })
+        })
+        .transpose()?;
+    Ok(bulk::Selection {
+        pathways,
+        state: select.state,
+        owner: select.owner,
+        enrolled_before,
     })
-    .transpose()
 }
 
 /// Moves a pathway's running families and says, family by family, what it did.

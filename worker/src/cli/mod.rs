@@ -183,15 +183,9 @@ pub enum Command {
         /// A state of the old version and the state it becomes: OLD=NEW (repeat for several).
         #[arg(long = "map")]
         map: Vec<String>,
-        /// Only families in this state.
-        #[arg(long)]
-        state: Option<String>,
-        /// Only families owned by this role.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Only families enrolled before this moment (RFC 3339).
-        #[arg(long)]
-        enrolled_before: Option<String>,
+        /// Which families, by state, owner and enrolment date.
+        #[command(flatten)]
+        select: SelectArgs,
         /// Only say what would happen to each family.
         #[arg(long)]
         dry_run: bool,
@@ -208,15 +202,9 @@ pub enum Command {
         /// Only families on this pathway (repeat for several).
         #[arg(long = "pathway")]
         pathways: Vec<String>,
-        /// Only families in this state.
-        #[arg(long)]
-        state: Option<String>,
-        /// Only families owned by this role.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Only families enrolled before this moment (RFC 3339).
-        #[arg(long)]
-        enrolled_before: Option<String>,
+        /// Which families, by state, owner and enrolment date.
+        #[command(flatten)]
+        select: SelectArgs,
         /// Why: required to cancel, for each family's history.
         #[arg(long)]
         reason: Option<String>,
@@ -341,6 +329,20 @@ pub enum TokenAction {
         #[arg(long, env = "CAREPATH_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+/// Which families a bulk operation or a migration acts on, beside their pathway.
+#[derive(Debug, clap::Args)]
+pub struct SelectArgs {
+    /// Only families in this state.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only families owned by this role.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only families enrolled before this moment (RFC 3339).
+    #[arg(long)]
+    pub enrolled_before: Option<String>,
 }
 
 /// What `carepath bulk` does to each family.
