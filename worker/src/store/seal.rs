@@ -39,6 +39,9 @@ pub enum SealError {
         /// What the value is.
         what: &'static str,
     },
+    /// No randomness for a nonce: nothing is sealed, and nothing written.
+    #[error("no randomness for a nonce: nothing was sealed or written")]
+    Entropy,
     /// A sealed value, and no key.
     #[error("a sealed {what} needs the data key: set {KEY_ENV}")]
     NoKey {
@@ -109,26 +112,25 @@ impl Seal {
         Some(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
-    /// `value` sealed as `what`, or as it is without a key.
-    pub fn seal(&self, what: &'static str, value: &Value) -> Value {
+    /// `value` sealed as `what`, or as it is without a key. Fails, so that nothing is written,
+    /// rather than store a value it could not seal.
+    pub fn seal(&self, what: &'static str, value: &Value) -> Result<Value, SealError> {
         let Some(k) = self.key.as_deref() else {
-            return value.clone();
+            return Ok(value.clone());
         };
+        // Without entropy no nonce is safe to use: a reused one would reveal both values.
         let mut nonce = [0u8; 24];
-        if getrandom::fill(&mut nonce).is_err() {
-            // Without entropy no nonce is safe to use: keep nothing rather than risk a reuse.
-            return Value::Null;
-        }
+        getrandom::fill(&mut nonce).map_err(|_| SealError::Entropy)?;
         let plain = value.to_string();
-        let Ok(sealed) = k.1.encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: plain.as_bytes(),
-                aad: what.as_bytes(),
-            },
-        ) else {
-            return Value::Null;
-        };
+        let sealed =
+            k.1.encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: what.as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Entropy)?;
         let mut bytes = nonce.to_vec();
         bytes.extend(sealed);
         let mut obj = Map::new();
@@ -136,7 +138,7 @@ impl Seal {
             SEALED.into(),
             Value::String(format!("v1.{}", URL_SAFE_NO_PAD.encode(bytes))),
         );
-        Value::Object(obj)
+        Ok(Value::Object(obj))
     }
 
     /// `value` opened, when it is sealed; as it is otherwise.
@@ -182,10 +184,10 @@ mod tests {
         let key = Seal::new_key().expect("random");
         let seal = Seal::from_base64(&key).expect("key");
         let fields = json!({"cpr": "0101901234", "due_date": "2027-08-20"});
-        let sealed = seal.seal("fields", &fields);
+        let sealed = seal.seal("fields", &fields).expect("sealed");
         assert!(!sealed.to_string().contains("0101901234"), "{sealed}");
         assert_ne!(
-            seal.seal("fields", &fields),
+            seal.seal("fields", &fields).expect("sealed"),
             sealed,
             "a fresh nonce each time"
         );
@@ -202,7 +204,7 @@ mod tests {
             Err(SealError::NoKey { what: "fields" })
         );
         // Without a key values stay as they are, and plain values open as they are.
-        assert_eq!(Seal::none().seal("fields", &fields), fields);
+        assert_eq!(Seal::none().seal("fields", &fields), Ok(fields.clone()));
         assert_eq!(seal.open("fields", fields.clone()), Ok(fields));
         assert!(matches!(Seal::from_base64("short"), Err(SealError::BadKey)));
         assert_ne!(seal.check(), other.check());

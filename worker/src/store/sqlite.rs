@@ -261,12 +261,12 @@ fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
 }
 
 /// An instance as stored: its fields sealed when there is a data key.
-fn sealed_body(seal: &Seal, instance: &carepath_engine::step::Instance) -> String {
+fn sealed_body(seal: &Seal, instance: &carepath_engine::step::Instance) -> Result<String> {
     let mut body = serde_json::to_value(instance).unwrap_or_default();
     if let Some(fields) = body.get_mut("fields") {
-        *fields = seal.seal("fields", fields);
+        *fields = seal.seal("fields", fields)?;
     }
-    body.to_string()
+    Ok(body.to_string())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -1552,7 +1552,7 @@ impl Tx for SqliteTx {
             .bind(&n.instance.owner)
             .bind(status_str(&n.instance))
             .bind(n.instance.seq as i64)
-            .bind(sealed_body(&self.seal, &n.instance))
+            .bind(sealed_body(&self.seal, &n.instance)?)
             .bind(to_json(&roles))
             .bind(parent)
             .bind(at)
@@ -1570,7 +1570,11 @@ impl Tx for SqliteTx {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at) AS (",
             );
-            q.push_values(chunk, |mut b, u| {
+            let bodies = chunk
+                .iter()
+                .map(|u| sealed_body(&self.seal, &u.instance))
+                .collect::<Result<Vec<String>>>()?;
+            q.push_values(chunk.iter().zip(bodies), |mut b, (u, body)| {
                 let roles = u.roles.as_ref().map(|r| {
                     to_json(
                         &r.iter()
@@ -1584,7 +1588,7 @@ impl Tx for SqliteTx {
                     .push_bind(&u.instance.owner)
                     .push_bind(status_str(&u.instance))
                     .push_bind(u.instance.seq as i64)
-                    .push_bind(sealed_body(&self.seal, &u.instance))
+                    .push_bind(body)
                     .push_bind(roles)
                     .push_bind(u.pathway_version_id)
                     .push_bind(ms(now));
@@ -1729,13 +1733,17 @@ impl Tx for SqliteTx {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, outcome, code, reason, seq, fingerprint) ",
             );
-            q.push_values(chunk, |mut b, (t, e)| {
+            let payloads = chunk
+                .iter()
+                .map(|(_, e)| Ok(self.seal.seal("payload", &e.payload)?.to_string()))
+                .collect::<Result<Vec<String>>>()?;
+            q.push_values(chunk.iter().zip(payloads), |mut b, ((t, e), payload)| {
                 b.push_bind(&e.key)
                     .push_bind(&e.reference)
                     .push_bind(&e.pathway)
                     .push_bind(t.map(target).or(e.instance_id))
                     .push_bind(&e.name)
-                    .push_bind(self.seal.seal("payload", &e.payload).to_string())
+                    .push_bind(payload)
                     .push_bind(ms(e.received_at))
                     .push_bind(e.outcome.as_str())
                     .push_bind(&e.code)
