@@ -24,37 +24,44 @@ fn visit(days: &str) -> Value {
            "escalate_to": "lead", "escalation_template": "late", "done_on": "visited"})
 }
 
-/// Version 1: one waiting state, the visit due within 10 days.
-fn version_1() -> Value {
+/// Version `version` of the pathway, starting in `initial`, with `states`.
+fn splitting(version: u32, initial: &str, states: Value) -> Value {
     json!({
-        "id": "splitting", "version": 1, "title": "Split", "horizon": "P6M",
+        "id": "splitting", "version": version, "title": "Split", "horizon": "P6M",
         "roles": {"coordinator": {"sector": "municipality"}, "lead": {"sector": "municipality"}},
         "events": {"visited": {}, "moved_on": {}},
-        "initial": "waiting",
-        "states": {
+        "initial": initial,
+        "states": states
+    })
+}
+
+/// Version 1: one waiting state, the visit due within 10 days.
+fn version_1() -> Value {
+    splitting(
+        1,
+        "waiting",
+        json!({
             "waiting": {"owner": "coordinator", "activities": [visit("P10D")],
                         "timers": [{"after": "P30D", "to": "done"}],
                         "on": [{"event": "moved_on", "to": "done"}]},
             "done": {"terminal": true}
-        }
-    })
+        }),
+    )
 }
 
 /// Version 2: the waiting state split in an early and a late part; the visit within 14 days.
 fn version_2() -> Value {
-    json!({
-        "id": "splitting", "version": 2, "title": "Split", "horizon": "P6M",
-        "roles": {"coordinator": {"sector": "municipality"}, "lead": {"sector": "municipality"}},
-        "events": {"visited": {}, "moved_on": {}},
-        "initial": "early",
-        "states": {
+    splitting(
+        2,
+        "early",
+        json!({
             "early": {"owner": "coordinator", "activities": [visit("P14D")],
                       "timers": [{"after": "P30D", "to": "done"}],
                       "on": [{"event": "moved_on", "to": "late"}]},
             "late": {"owner": "lead", "timers": [{"after": "P30D", "to": "done"}]},
             "done": {"terminal": true}
-        }
-    })
+        }),
+    )
 }
 
 async fn escalations(rt: &Runtime<SqliteStore>) -> Vec<String> {

@@ -19,7 +19,7 @@ use utoipa::IntoParams;
 
 use carepath_engine::privacy::looks_like_cpr;
 
-use super::auth::{Caller, Scope};
+use super::auth::Caller;
 use super::instances::IDEMPOTENCY_KEY;
 use super::{Api, BODY_LIMIT, Problem, Query};
 use crate::store::{AuditEntry, AuditFilter, Storage};
@@ -160,13 +160,7 @@ pub async fn log<S: Storage>(
     caller: Arc<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, Problem> {
-    caller.require(Scope::Admin)?;
-    if caller.restriction().is_some() {
-        return Err(Problem::forbidden(
-            "insufficient-scope",
-            "the audit log covers every pathway: read it with an admin token that is not limited to some pathways",
-        ));
-    }
+    caller.require_admin_of_every_pathway("reading the audit log")?;
     let since = q
         .since
         .as_deref()

@@ -142,6 +142,21 @@ impl Caller {
         self.scopes.contains(&Scope::Admin)
     }
 
+    /// Refuses (403) unless the token is an admin of every pathway: what `action` does reaches
+    /// all pathways, so a token limited to some may not.
+    pub fn require_admin_of_every_pathway(&self, action: &str) -> Result<(), Problem> {
+        self.require(Scope::Admin)?;
+        if self.pathways.is_some() {
+            return Err(Problem::forbidden(
+                "insufficient-scope",
+                &format!(
+                    "{action} reaches every pathway: use an admin token that is not limited to some pathways"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses (403) unless the token has `scope` (or `admin`).
     pub fn require(&self, scope: Scope) -> Result<(), Problem> {
         if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {

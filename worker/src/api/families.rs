@@ -42,13 +42,7 @@ pub async fn erase<S: Storage>(
     Path(reference): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Erased>, Problem> {
-    caller.require(Scope::Admin)?;
-    if caller.restriction().is_some() {
-        return Err(Problem::forbidden(
-            "insufficient-scope",
-            "erasing a family reaches all its pathways: use an admin token that is not limited to some pathways",
-        ));
-    }
+    caller.require_admin_of_every_pathway("erasing a family")?;
     let body: EraseBody = parse_body(&body)?;
     if body.reason.trim().is_empty() {
         return Err(Problem::invalid(
@@ -217,13 +211,7 @@ pub async fn migrate<S: Storage>(
     Body(body): Body,
 ) -> Result<Json<crate::migration::Report>, Problem> {
     use crate::migration::MigrateError;
-    caller.require(Scope::Admin)?;
-    if caller.restriction().is_some() {
-        return Err(Problem::forbidden(
-            "insufficient-scope",
-            "a migration moves every family of a pathway: use an admin token that is not limited to some pathways",
-        ));
-    }
+    caller.require_admin_of_every_pathway("a migration")?;
     let body: MigrationBody = parse_body(&body)?;
     let only = crate::bulk::Selection {
         pathways: None,
