@@ -690,10 +690,13 @@ impl Cx<'_, '_> {
             .unwrap_or_default();
         let description = self.get(&mut o, "description");
         let description = self.opt(description, Self::string);
+        let life_event = self.get(&mut o, "life_event");
+        let life_event = self.opt(life_event, Self::boolean).unwrap_or(false);
         self.finish(o);
         Some(EventDecl {
             payload,
             description,
+            life_event,
         })
     }
 

@@ -322,6 +322,12 @@ pub struct EventDecl {
     /// What the event means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The event is a change in the family's life (the pregnancy ended, the family moved away)
+    /// rather than in this pathway: reported once for the family, it also stops every other
+    /// pathway the family is on that does not take it — their queued notices are skipped, the
+    /// pathway is put on hold, and its owner is told.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub life_event: bool,
 }
 
 /// Reminders to the family before appointments that professionals' systems book.
@@ -647,6 +653,7 @@ impl Pathway {
         Some(EventDecl {
             payload,
             description: None,
+            life_event: false,
         })
     }
 

@@ -197,6 +197,15 @@ pub enum Alert {
         /// The state the family was in.
         state: String,
     },
+    /// A life event of the family ([`crate::pathway::EventDecl::life_event`]) was reported on
+    /// another pathway, and this one does not take it: it was put on hold, and its queued
+    /// family notices skipped. Made by the runtime, not by a step.
+    LifeEvent {
+        /// The event's name.
+        event: String,
+        /// The pathways that took it.
+        on: String,
+    },
 }
 
 /// Notices not yet sent that a step makes stale: those of `topic` are not to be sent.

@@ -144,12 +144,17 @@ impl Renderer {
                 serde_json::json!({"language": language, "time_zone": self.time_zone}),
             );
         }
+        // One context for the subject, the body and the HTML: `render` would serialise the
+        // data into a fresh context for each of them.
+        let data = Context::from(data);
         let k = key(template, channel, language);
         let render_in = |registry: &Handlebars<'static>, k: &str| {
-            registry.render(k, &data).map_err(|e| RenderError::Render {
-                template: template.into(),
-                source: Box::new(e),
-            })
+            registry
+                .render_with_context(k, &data)
+                .map_err(|e| RenderError::Render {
+                    template: template.into(),
+                    source: Box::new(e),
+                })
         };
         let render = |k: &str| render_in(&self.registry, k);
         let subject = match channel {

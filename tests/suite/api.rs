@@ -1313,7 +1313,7 @@ async fn bulk_operations_select_count_and_act_on_each_family() {
     };
     migrate(
         MUNICIPALITY,
-        json!({"pathway": "standard-track", "to_version": 4}),
+        json!({"pathway": "standard-track", "to_version": 5}),
     )
     .await
     .problem(403, "insufficient-scope");
@@ -1325,14 +1325,14 @@ async fn bulk_operations_select_count_and_act_on_each_family() {
     .problem(404, "not-found");
     let a = migrate(
         ADMIN,
-        json!({"pathway": "standard-track", "to_version": 4, "dry_run": true}),
+        json!({"pathway": "standard-track", "to_version": 5, "dry_run": true}),
     )
     .await;
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert_eq!(
         (&a.body["moves"], &a.body["refused"]),
         (&json!([]), &json!([])),
-        "everyone is on version 4 already"
+        "everyone is on version 5 already"
     );
 }
 

@@ -5,6 +5,7 @@ mod corpus;
 mod delivery;
 mod diagnostics;
 mod erasure;
+mod family;
 mod fixtures;
 mod graphs;
 mod migration;

@@ -211,7 +211,9 @@ async fn raw_burst(pool: &SqlitePool, now: Timestamp) -> Result<usize> {
     loop {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let due = sqlx::query(
-            "SELECT instance_id, key, due FROM timers WHERE due <= ? ORDER BY due, instance_id, key LIMIT ?",
+            "SELECT instance_id, key, due FROM timers t WHERE due <= ? \
+             AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
+             ORDER BY due, instance_id, key LIMIT ?",
         )
         .bind(now_ms)
         .bind(i64::from(BATCH))
@@ -335,16 +337,7 @@ async fn raw_burst(pool: &SqlitePool, now: Timestamp) -> Result<usize> {
                 .push_bind(now_ms)
                 .push_bind(now_ms);
         });
-        q.push(" RETURNING id, status, last_error");
-        let created = q.build().fetch_all(&mut *tx).await?;
-        let mut q =
-            QueryBuilder::<Sqlite>::new("INSERT INTO outbox_log (outbox_id, at, status, detail) ");
-        q.push_values(&created, |mut b, r| {
-            b.push_bind(r.try_get::<i64, _>(0).unwrap_or_default())
-                .push_bind(now_ms)
-                .push_bind("queued")
-                .push_bind(Option::<String>::None);
-        });
+        // The outbox's log line is written by carepath's trigger, as for carepath.
         q.build().execute(&mut *tx).await?;
         tx.commit().await?;
         total += timers.len();

@@ -20,7 +20,9 @@ use serde_json::{Map, Value, json};
 
 use carepath_engine::pathway::{Channel, Sector, enrolled_roles};
 pub use carepath_engine::privacy::looks_like_cpr;
-use carepath_engine::step::{Alert, ArmedTimer, Effects, Enrolment, Input, Instance, Status};
+use carepath_engine::step::{
+    Alert, ArmedTimer, Cause, Effects, Enrolment, History, Input, Instance, Status,
+};
 use carepath_engine::{StepError, start, step};
 use carepath_notifier::channel::{mask_email, mask_phone};
 
@@ -173,6 +175,11 @@ pub struct EventResult {
     pub conflict: bool,
     /// The state before and after, when applied now.
     pub transition: Option<(String, String)>,
+    /// The family's other pathways the event went to as well, when it named none and more
+    /// than one of the family's pathways takes it: each part is recorded under the key
+    /// `KEY~PATHWAY`, all in the one transaction, so the key covers the whole fan-out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<EventResult>,
 }
 
 /// What one timer batch did.
@@ -339,6 +346,7 @@ impl<S: Storage> Runtime<S> {
                     record: first,
                     replayed: true,
                     transition: None,
+                    also: Vec::new(),
                 });
                 continue;
             }
@@ -808,7 +816,9 @@ impl<'c> Batch<'c> {
         }
     }
 
-    /// Applies one event, after firing the instance's timers that came due before it.
+    /// Applies one event to the instances it is for (see [`Batch::resolve`]), after firing
+    /// each one's timers that came due before it. A life event then stops the family's other
+    /// pathways that do not take it ([`Batch::stop_for_life_event`]).
     async fn event(
         &mut self,
         tx: &mut impl Tx,
@@ -829,8 +839,8 @@ impl<'c> Batch<'c> {
             seq: None,
             fingerprint: Some(fingerprint(req)),
         };
-        let id = match self.resolve(tx, req).await? {
-            Ok(id) => id,
+        let ids = match self.resolve(tx, req).await? {
+            Ok(ids) => ids,
             Err((code, reason)) => {
                 record.code = Some(code.into());
                 record.reason = Some(reason);
@@ -840,9 +850,58 @@ impl<'c> Batch<'c> {
                     replayed: false,
                     conflict: false,
                     transition: None,
+                    also: Vec::new(),
                 });
             }
         };
+        let pathways: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.working.get(id).map(|w| w.row.pathway.clone()))
+            .collect();
+        let mut parts = Vec::with_capacity(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            let mut record = record.clone();
+            if ids.len() > 1 {
+                record.pathway = Some(pathways[i].clone());
+            }
+            if i > 0 {
+                record.key = format!("{}~{}", req.key, pathways[i]);
+            }
+            let fanned = (ids.len() > 1).then(|| {
+                format!(
+                    "from the family: \"{}\" reported once for its pathways {}",
+                    req.event,
+                    pathways.join(", ")
+                )
+            });
+            parts.push(self.event_on(tx, req, record, id, fanned, now).await?);
+        }
+        let life_event = ids.iter().any(|id| {
+            self.working
+                .get(id)
+                .and_then(|w| self.catalog.version(w.row.pathway_version_id))
+                .and_then(|v| v.checked.pathway.event(&req.event).map(|e| e.life_event))
+                .unwrap_or(false)
+        });
+        if life_event && parts.iter().any(|p| p.record.outcome == Outcome::Applied) {
+            self.stop_for_life_event(tx, req, &ids, &pathways, now)
+                .await?;
+        }
+        let mut first = parts.remove(0);
+        first.also = parts;
+        Ok(first)
+    }
+
+    /// Applies one event to one instance of the family: the instance's own part of it.
+    async fn event_on(
+        &mut self,
+        tx: &mut impl Tx,
+        req: &EventRequest,
+        mut record: EventRecord,
+        id: i64,
+        fanned: Option<String>,
+        now: Timestamp,
+    ) -> Result<EventResult, StoreError> {
         record.instance_id = Some(id);
         if let Some(since) = self.working.get(&id).and_then(|w| w.row.held_since) {
             record.code = Some("instance-held".into());
@@ -857,6 +916,7 @@ impl<'c> Batch<'c> {
                 replayed: false,
                 conflict: false,
                 transition: None,
+                also: Vec::new(),
             });
         }
         self.catch_up(tx, id, now).await?;
@@ -885,6 +945,7 @@ impl<'c> Batch<'c> {
                     effects.history.from.clone().unwrap_or_default(),
                     effects.history.to.clone(),
                 ));
+                effects.history.notes.extend(fanned);
                 if !req.contacts.is_empty() {
                     self.assign(id, &req.contacts);
                     effects.history.notes.push(format!(
@@ -907,6 +968,7 @@ impl<'c> Batch<'c> {
             replayed: false,
             conflict: false,
             transition,
+            also: Vec::new(),
         })
     }
 
@@ -964,17 +1026,18 @@ impl<'c> Batch<'c> {
         Ok(())
     }
 
-    /// Finds the instance an event is for: the family's active instance on the named
-    /// pathway, or the one active instance whose pathway declares the event.
+    /// Finds the instances an event is for: the named instance, the family's active instance
+    /// on the named pathway, or else every active instance whose pathway declares the event
+    /// (a family event such as a birth goes to each of the family's pathways that takes it).
     async fn resolve(
         &mut self,
         tx: &mut impl Tx,
         req: &EventRequest,
-    ) -> Result<Result<i64, (&'static str, String)>, StoreError> {
+    ) -> Result<Result<Vec<i64>, (&'static str, String)>, StoreError> {
         if let Some(id) = req.instance_id {
             self.load(tx, &[id]).await?;
             return Ok(match self.working.get(&id) {
-                Some(w) if w.row.reference == req.reference => Ok(id),
+                Some(w) if w.row.reference == req.reference => Ok(vec![id]),
                 _ => Err((
                     "unknown-instance",
                     format!("family {} has no instance {id}", req.reference),
@@ -1005,7 +1068,7 @@ impl<'c> Batch<'c> {
         }
         if let Some(p) = &req.pathway {
             return Ok(match active.iter().find(|w| &w.row.pathway == p) {
-                Some(w) => Ok(w.row.id),
+                Some(w) => Ok(vec![w.row.id]),
                 None => Err((
                     "unknown-instance",
                     format!(
@@ -1029,8 +1092,7 @@ impl<'c> Batch<'c> {
             })
             .collect();
         Ok(match takers.as_slice() {
-            [one] => Ok(one.row.id),
-            [] if active.len() == 1 => Ok(active[0].row.id),
+            [] if active.len() == 1 => Ok(vec![active[0].row.id]),
             [] => Err((
                 "unknown-event",
                 format!(
@@ -1044,19 +1106,94 @@ impl<'c> Batch<'c> {
                     req.event
                 ),
             )),
-            many => Err((
-                "ambiguous-instance",
-                format!(
-                    "family {} is on several pathways that take \"{}\" ({}): name the pathway",
-                    req.reference,
-                    req.event,
-                    many.iter()
-                        .map(|w| w.row.pathway.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
+            takers => Ok(takers.iter().map(|w| w.row.id).collect()),
         })
+    }
+
+    /// A life event taken by `took` stops the family's other active pathways that do not take
+    /// it: each is put on hold (its timers wait), its queued notices are skipped (stale now, for
+    /// the family and the professionals alike), a line in its history says why, and its owner
+    /// is told — carepath's own
+    /// notice, which a hold does not stop. Resuming or ending it is then the owner's decision.
+    async fn stop_for_life_event(
+        &mut self,
+        tx: &mut impl Tx,
+        req: &EventRequest,
+        took: &[i64],
+        pathways: &[String],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let rows = tx.active_instances(&req.reference).await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        self.adopt(tx, rows).await?;
+        let on = pathways.join(", ");
+        for id in ids {
+            if took.contains(&id) {
+                continue;
+            }
+            let Some(w) = self.working.get_mut(&id) else {
+                continue;
+            };
+            if w.instance.status != Status::Active || w.row.held_since.is_some() {
+                continue;
+            }
+            let Some(version) = self.catalog.version(w.row.pathway_version_id).cloned() else {
+                return Err(missing_version(&w.row));
+            };
+            w.instance.seq += 1;
+            w.changed = true;
+            w.row.held_since = Some(now);
+            let state = w.instance.state.clone();
+            let owner = w.instance.owner.clone();
+            let roles = w.roles.clone();
+            let reference = w.row.reference.clone();
+            let seq = w.instance.seq;
+            self.changes.holds.push((id, LIFE_EVENT_HOLD.to_string()));
+            self.changes.history.push((
+                Target::Id(id),
+                History {
+                    seq,
+                    at: now,
+                    from: Some(state.clone()),
+                    to: state,
+                    cause: Cause::Operator {
+                        action: "hold".into(),
+                        by: LIFE_EVENT_HOLD.into(),
+                    },
+                    notes: vec![format!(
+                        "from the family: \"{}\" reported on {on}, which this pathway does not take: on hold, its queued notices skipped, owner told",
+                        req.event
+                    )],
+                },
+            ));
+            self.withdraw(
+                id,
+                Withdrawn::All,
+                format!(
+                    "not sent: the family reported \"{}\" on {on} at {now}",
+                    req.event
+                ),
+            );
+            let alert = Alert::LifeEvent {
+                event: req.event.clone(),
+                on: on.clone(),
+            };
+            let Some(owner) = owner else {
+                tracing::warn!(instance = id, event = %req.event, "a pathway on hold for a life event has no owner to tell");
+                continue;
+            };
+            let notice = alert_notice(
+                &version,
+                &roles,
+                &owner,
+                format!("{seq}:alert:0"),
+                &reference,
+                &alert,
+                now,
+            );
+            self.changes.outbox.push((Target::Id(id), notice));
+        }
+        Ok(())
     }
 
     /// Takes a step's effects into the batch: the instance, history, notices, and any
@@ -1130,6 +1267,7 @@ impl<'c> Batch<'c> {
         for (target, notice) in &mut self.changes.outbox {
             let hit = match &which {
                 Withdrawn::Family => notice.family,
+                Withdrawn::All => true,
                 Withdrawn::Topic(t) => notice.topic.as_ref() == Some(t),
             };
             if *target == Target::Id(id) && hit && notice.status == NoticeStatus::Queued {
@@ -1164,6 +1302,9 @@ impl<'c> Batch<'c> {
                 }
                 Alert::HorizonClosed { horizon, state } => {
                     tracing::warn!(instance = id, %pathway, %horizon, %state, "the horizon closed an instance still on its pathway; the owner is told");
+                }
+                Alert::LifeEvent { event, on } => {
+                    tracing::warn!(instance = id, %pathway, %event, %on, "a life event of the family put the pathway on hold; the owner is told");
                 }
             }
             let Some(owner) = effects.instance.owner.clone() else {
@@ -1465,11 +1606,10 @@ fn addressed(
     (notice, Some(contact.clone()))
 }
 
-/// The template name of carepath's own notice that a timer could not be armed.
-pub const TIMER_NOT_ARMED: &str = "carepath-timer-not-armed";
+pub use crate::store::{HORIZON_CLOSED, LIFE_EVENT, OWN_TEMPLATES, TIMER_NOT_ARMED};
 
-/// The template name of carepath's own notice that the horizon closed an instance.
-pub const HORIZON_CLOSED: &str = "carepath-horizon-closed";
+/// Who holds a pathway that a life event of the family stopped (the holds' `by`).
+pub const LIFE_EVENT_HOLD: &str = "carepath (a life event of the family)";
 
 /// Tells the owner what carepath itself noticed ([`Alert`]): carepath's own text, not a
 /// pathway template, so every pathway has it. In Danish, or English for a contact who reads
@@ -1487,6 +1627,7 @@ fn alert_notice(
     let template = match alert {
         Alert::TimerNotArmed { .. } => TIMER_NOT_ARMED,
         Alert::HorizonClosed { .. } => HORIZON_CLOSED,
+        Alert::LifeEvent { .. } => LIFE_EVENT,
     };
     let (mut notice, contact) = addressed(version, roles, &key, template, role, now);
     let (Some(contact), Some(channel)) = (contact, notice.channel) else {
@@ -1513,6 +1654,18 @@ fn alert_notice(
             format!("carepath: forløbet for familie {reference} er lukket ved sin tidshorisont"),
             format!(
                 "Kære {name}\n\nFamilien {reference} var stadig i \"{state}\" på forløbet \"{title}\", da forløbets tidshorisont ({horizon} fra henvisningen) var nået. Forløbet er lukket, og der sendes ikke flere beskeder fra det.\n\nFølg op, hvis familien stadig har brug for hjælp. Se `{see}`."
+            ),
+        ),
+        (Alert::LifeEvent { event, on }, false) => (
+            format!("carepath: familie {reference} har meldt en livshændelse ({event})"),
+            format!(
+                "Kære {name}\n\nFamilien {reference} er på forløbet \"{title}\", hvor du er ansvarlig. Familien har meldt \"{event}\" på {on}, og det tager dette forløb ikke selv stilling til.\n\nForløbet er sat i bero: der sendes ikke flere beskeder til familien, og dets påmindelser venter. Tag stilling til, om forløbet skal genoptages eller afsluttes. Se `{see}`."
+            ),
+        ),
+        (Alert::LifeEvent { event, on }, true) => (
+            format!("carepath: family {reference} reported a life event ({event})"),
+            format!(
+                "Dear {name}\n\nFamily {reference} is on the pathway \"{title}\", where you are responsible. The family reported \"{event}\" on {on}, which this pathway does not handle itself.\n\nThe pathway is on hold: nothing more goes to the family, and its reminders wait. Decide whether to resume or end it. See `{see}`."
             ),
         ),
         (Alert::HorizonClosed { horizon, state }, true) => (

@@ -20,7 +20,7 @@ use crate::clock::{self, Clock, ScaledClock, SystemClock};
 use crate::delivery::Notifier;
 use crate::lateness::Lateness;
 use crate::migration;
-use crate::runtime::{EnrolRequest, EventRequest, Runtime};
+use crate::runtime::{EnrolRequest, EventRequest, EventResult, Runtime};
 use crate::simulate::{self, Family, ScriptedEvent};
 use crate::store::seal::Seal;
 use crate::store::{
@@ -553,30 +553,52 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
     } else {
         ""
     };
-    match r.record.outcome {
-        Outcome::Applied => {
-            worker::wake_other(&db.db);
-            match &r.transition {
-                Some((from, to)) => println!(
-                    "applied {} to {}: {from} → {to} (key {}){again}",
-                    r.record.name, r.record.reference, r.record.key
-                ),
-                None => println!(
-                    "applied {} to {} (key {}){again}",
-                    r.record.name, r.record.reference, r.record.key
-                ),
+    // A family event that went to several pathways is reported part by part.
+    let parts: Vec<&EventResult> = std::iter::once(&r).chain(&r.also).collect();
+    let on = |p: &EventResult| {
+        p.record
+            .pathway
+            .clone()
+            .filter(|_| !r.also.is_empty())
+            .map(|p| format!(" on {p}"))
+            .unwrap_or_default()
+    };
+    let mut applied = false;
+    for p in parts {
+        match p.record.outcome {
+            Outcome::Applied => {
+                applied = true;
+                match &p.transition {
+                    Some((from, to)) => println!(
+                        "applied {} to {}{}: {from} → {to} (key {}){again}",
+                        p.record.name,
+                        p.record.reference,
+                        on(p),
+                        p.record.key
+                    ),
+                    None => println!(
+                        "applied {} to {}{} (key {}){again}",
+                        p.record.name,
+                        p.record.reference,
+                        on(p),
+                        p.record.key
+                    ),
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            Outcome::Rejected => eprintln!(
+                "carepath: event {} refused{} [{}]: {}{again}",
+                p.record.name,
+                on(p),
+                p.record.code.as_deref().unwrap_or("-"),
+                p.record.reason.as_deref().unwrap_or("-")
+            ),
         }
-        Outcome::Rejected => {
-            eprintln!(
-                "carepath: event {} refused [{}]: {}{again}",
-                r.record.name,
-                r.record.code.as_deref().unwrap_or("-"),
-                r.record.reason.as_deref().unwrap_or("-")
-            );
-            Ok(ExitCode::from(1))
-        }
+    }
+    if applied {
+        worker::wake_other(&db.db);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
     }
 }
 

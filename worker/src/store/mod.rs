@@ -653,6 +653,20 @@ pub struct InstanceUpdate {
     pub pathway_version_id: Option<i64>,
 }
 
+/// The template name of carepath's own notice that a timer could not be armed.
+pub const TIMER_NOT_ARMED: &str = "carepath-timer-not-armed";
+
+/// The template name of carepath's own notice that the horizon closed an instance.
+pub const HORIZON_CLOSED: &str = "carepath-horizon-closed";
+
+/// The template name of carepath's own notice that a life event of the family put a pathway on
+/// hold.
+pub const LIFE_EVENT: &str = "carepath-life-event";
+
+/// carepath's own notices to an instance's owner: they ask someone to act on the instance, so
+/// a hold on it does not keep them back.
+pub const OWN_TEMPLATES: [&str; 3] = [TIMER_NOT_ARMED, HORIZON_CLOSED, LIFE_EVENT];
+
 /// Everything one batch writes, in one transaction.
 #[derive(Clone, Debug, Default)]
 pub struct Changes {
@@ -677,6 +691,8 @@ pub struct Changes {
     /// Queued notices from earlier steps that a step made stale, skipped with the reason
     /// before this batch's notices are written.
     pub withdrawals: Vec<Withdraw>,
+    /// Instances to put on hold: (instance, by whom).
+    pub holds: Vec<(i64, String)>,
 }
 
 /// Queued notices of one instance to skip.
@@ -695,6 +711,9 @@ pub struct Withdraw {
 pub enum Withdrawn {
     /// Every notice to the family: the pathway ended (a life event).
     Family,
+    /// Every notice: the pathway was stopped by a life event it does not take, and what it
+    /// queued before is stale, for the family and the professionals alike.
+    All,
     /// The notices of one topic: an appointment was cancelled or moved.
     Topic(String),
 }

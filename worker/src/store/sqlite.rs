@@ -16,7 +16,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use carepath_engine::PathwaySource;
 use carepath_engine::pathway::Channel;
@@ -26,9 +26,9 @@ use serde_json::Value;
 use super::seal::{Seal, SealError};
 use super::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DueTimer, Erased, EventRecord,
-    InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText, OutboxFilter,
-    OutboxLogEntry, OutboxRow, Outcome, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue,
-    Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
+    InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText, OWN_TEMPLATES,
+    OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, ReceiptOutcome, ReceiptReport, ReceiptState,
+    Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -36,6 +36,23 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// SQLite allows 32,766 bound values per statement; stay below it.
 const MAX_BINDS: usize = 30_000;
+
+/// The row counts a multi-row statement comes in. A batch is cut greedily into these, so a
+/// statement's text is one of four per table and its prepared form is cached per connection,
+/// instead of being parsed again for every batch (11 % of a burst), while the cache stays
+/// bounded: four shapes per statement. The largest is the worker's batch of 1,000 timers;
+/// 1,000 outbox rows of 22 values bind 22,000, below [`MAX_BINDS`].
+const SHAPES: [usize; 4] = [1000, 100, 10, 1];
+
+/// `items` in runs of the sizes in [`SHAPES`], largest first.
+fn shaped<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = SHAPES.iter().copied().find(|&s| s <= items.len())?;
+        let (run, rest) = items.split_at(n);
+        items = rest;
+        Some(run)
+    })
+}
 
 /// A SQLite database file.
 #[derive(Clone, Debug)]
@@ -475,51 +492,64 @@ async fn log_line(
     Ok(())
 }
 
+/// The condition that an outbox row `o` may go: its instance is not on hold, or it is one of
+/// carepath's own notices to the owner ([`OWN_TEMPLATES`]), which ask someone to act on it.
+fn not_held() -> String {
+    let own = OWN_TEMPLATES
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "(o.template IN ({own}) OR NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id))"
+    )
+}
+
 /// `?, ?, ?` for an `IN (…)` list.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
 /// Rows whose `id` is in `ids`: `select` is the statement up to `WHERE`.
-async fn select_by_ids<'e, E, T>(
-    e: E,
+async fn select_by_ids<T>(
+    conn: &mut SqliteConnection,
     select: &str,
     ids: &[i64],
     row: impl Fn(&SqliteRow) -> Result<T>,
-) -> Result<Vec<T>>
-where
-    E: sqlx::Executor<'e, Database = Sqlite>,
-{
-    if ids.is_empty() {
-        return Ok(Vec::new());
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for run in shaped(ids) {
+        // Fixed shapes, so the statement is cached (see [`SHAPES`]).
+        let sql = format!("{select} WHERE id IN ({})", placeholders(run.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in run {
+            q = q.bind(id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            out.push(row(&r)?);
+        }
     }
-    let sql = format!(
-        "{select} WHERE id IN ({}) ORDER BY id",
-        placeholders(ids.len())
-    );
-    // Statements whose text varies with the batch are not cached: a prepared multi-row
-    // statement is large, and a cache of a hundred of them per connection held hundreds of MiB.
-    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-    for id in ids {
-        q = q.bind(id);
-    }
-    q.fetch_all(e).await?.iter().map(row).collect()
+    Ok(out)
 }
 
-async fn select_instances<'e, E>(e: E, ids: &[i64], seal: &Seal) -> Result<Vec<InstanceRow>>
-where
-    E: sqlx::Executor<'e, Database = Sqlite>,
-{
+/// The instances with these ids, in id order.
+async fn select_instances(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    seal: &Seal,
+) -> Result<Vec<InstanceRow>> {
     let select = format!("SELECT {INSTANCE_COLUMNS} FROM instances");
-    select_by_ids(e, &select, ids, |r| instance_row(r, seal)).await
+    let mut rows = select_by_ids(conn, &select, ids, |r| instance_row(r, seal)).await?;
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
 }
 
-async fn select_contacts<'e, E>(e: E, ids: &[i64]) -> Result<BTreeMap<i64, Contact>>
-where
-    E: sqlx::Executor<'e, Database = Sqlite>,
-{
+async fn select_contacts(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+) -> Result<BTreeMap<i64, Contact>> {
     let select = "SELECT id, name, email, phone, language, channel FROM contacts";
-    Ok(select_by_ids(e, select, ids, contact_row)
+    Ok(select_by_ids(conn, select, ids, contact_row)
         .await?
         .into_iter()
         .collect())
@@ -668,7 +698,8 @@ impl Storage for SqliteStore {
     }
 
     async fn instance(&self, id: i64) -> Result<Option<InstanceRow>> {
-        Ok(select_instances(&self.pool, &[id], &self.seal)
+        let mut conn = self.pool.acquire().await?;
+        Ok(select_instances(&mut conn, &[id], &self.seal)
             .await?
             .into_iter()
             .next())
@@ -869,7 +900,7 @@ impl Storage for SqliteStore {
             push_in(&mut q, " AND i.pathway", pathways);
         }
         if filter.skip_held {
-            q.push(" AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id)");
+            q.push(" AND ").push(not_held());
         }
         q.push(" ORDER BY o.not_before, o.id");
         if let Some(limit) = filter.limit {
@@ -884,7 +915,8 @@ impl Storage for SqliteStore {
     }
 
     async fn contacts(&self, ids: &[i64]) -> Result<BTreeMap<i64, Contact>> {
-        select_contacts(&self.pool, ids).await
+        let mut conn = self.pool.acquire().await?;
+        select_contacts(&mut conn, ids).await
     }
 
     async fn outbox_log(&self, outbox_id: i64) -> Result<Vec<OutboxLogEntry>> {
@@ -909,7 +941,7 @@ impl Storage for SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for chunk in deliveries.chunks(MAX_BINDS / 6) {
+        for chunk in shaped(deliveries) {
             // (id, status, not_before, attempted, detail)
             let rows: Vec<(i64, &str, Option<i64>, i64, &str)> = chunk
                 .iter()
@@ -951,7 +983,6 @@ impl Storage for SqliteStore {
             );
             let applied: std::collections::HashSet<i64> = q
                 .build_query_scalar::<i64>()
-                .persistent(false)
                 .fetch_all(&mut *tx.tx)
                 .await?
                 .into_iter()
@@ -983,7 +1014,7 @@ impl Storage for SqliteStore {
                         .push_bind(detail);
                 },
             );
-            log.build().persistent(false).execute(&mut *tx.tx).await?;
+            log.build().execute(&mut *tx.tx).await?;
         }
         tx.commit().await
     }
@@ -1204,13 +1235,13 @@ impl Storage for SqliteStore {
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
         let mut tx = self.begin().await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
             "UPDATE outbox SET claimed_by = ?, lease_until = ? WHERE id IN ( \
                SELECT o.id FROM outbox o WHERE o.status = 'queued' AND o.not_before <= ? \
-               AND (o.lease_until IS NULL OR o.lease_until <= ?) \
-               AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id) \
+               AND (o.lease_until IS NULL OR o.lease_until <= ?) AND {} \
                ORDER BY o.not_before, o.id LIMIT ?) RETURNING id",
-        )
+            not_held()
+        )))
         .bind(worker)
         .bind(ms(until))
         .bind(ms(now))
@@ -1238,11 +1269,11 @@ impl Storage for SqliteStore {
     }
 
     async fn next_notice(&self) -> Result<Option<Timestamp>> {
-        let next: Option<i64> = sqlx::query_scalar(
+        let next: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT min(max(not_before, coalesce(lease_until, 0))) FROM outbox o \
-             WHERE o.status = 'queued' \
-             AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id)",
-        )
+             WHERE o.status = 'queued' AND {}",
+            not_held()
+        )))
         .fetch_one(&self.pool)
         .await?;
         next.map(|t| ts(t, "outbox")).transpose()
@@ -1462,11 +1493,7 @@ impl Tx for SqliteTx {
     }
 
     async fn instances(&mut self, ids: &[i64]) -> Result<Vec<InstanceRow>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_BINDS) {
-            out.extend(select_instances(&mut *self.tx, chunk, &self.seal).await?);
-        }
-        Ok(out)
+        select_instances(&mut self.tx, ids, &self.seal).await
     }
 
     async fn active_instances(&mut self, reference: &str) -> Result<Vec<InstanceRow>> {
@@ -1483,11 +1510,7 @@ impl Tx for SqliteTx {
     }
 
     async fn contacts(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, Contact>> {
-        let mut out = BTreeMap::new();
-        for chunk in ids.chunks(MAX_BINDS) {
-            out.extend(select_contacts(&mut *self.tx, chunk).await?);
-        }
-        Ok(out)
+        select_contacts(&mut self.tx, ids).await
     }
 
     async fn events_by_key(&mut self, keys: &[String]) -> Result<BTreeMap<String, EventRecord>> {
@@ -1566,7 +1589,7 @@ impl Tx for SqliteTx {
             Target::New(i) => instance_ids[i],
         };
 
-        for chunk in changes.updates.chunks(MAX_BINDS / 10) {
+        for chunk in shaped(&changes.updates) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at) AS (",
             );
@@ -1600,12 +1623,7 @@ impl Tx for SqliteTx {
                  pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at \
                  FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
             );
-            let done = q
-                .build()
-                .persistent(false)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+            let done = q.build().execute(&mut *conn).await?.rows_affected();
             if done != chunk.len() as u64 {
                 // Name one instance that moved: find it by its seq.
                 let moved = chunk.first().map(|u| u.id).unwrap_or_default();
@@ -1613,16 +1631,16 @@ impl Tx for SqliteTx {
             }
         }
 
-        for chunk in changes.timers_removed.chunks(MAX_BINDS / 2) {
+        for chunk in shaped(&changes.timers_removed) {
             let mut q =
                 QueryBuilder::<Sqlite>::new("DELETE FROM timers WHERE (instance_id, key) IN (");
             q.push_values(chunk, |mut b, (id, key)| {
                 b.push_bind(id).push_bind(key);
             });
             q.push(")");
-            q.build().persistent(false).execute(&mut *conn).await?;
+            q.build().execute(&mut *conn).await?;
         }
-        for chunk in changes.timers_added.chunks(MAX_BINDS / 4) {
+        for chunk in shaped(&changes.timers_added) {
             let mut q =
                 QueryBuilder::<Sqlite>::new("INSERT INTO timers (instance_id, key, due, purpose) ");
             q.push_values(chunk, |mut b, (t, timer)| {
@@ -1631,9 +1649,9 @@ impl Tx for SqliteTx {
                     .push_bind(ms(timer.due))
                     .push_bind(to_json(&timer.purpose));
             });
-            q.build().persistent(false).execute(&mut *conn).await?;
+            q.build().execute(&mut *conn).await?;
         }
-        for chunk in changes.history.chunks(MAX_BINDS / 7) {
+        for chunk in shaped(&changes.history) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO history (instance_id, seq, at, from_state, to_state, cause, notes) ",
             );
@@ -1646,11 +1664,22 @@ impl Tx for SqliteTx {
                     .push_bind(to_json(&h.cause))
                     .push_bind(to_json(&h.notes));
             });
-            q.build().persistent(false).execute(&mut *conn).await?;
+            q.build().execute(&mut *conn).await?;
+        }
+        for (id, by) in &changes.holds {
+            sqlx::query(
+                "INSERT INTO holds (instance_id, since, by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(ms(now))
+            .bind(by)
+            .execute(&mut *conn)
+            .await?;
         }
         for w in &changes.withdrawals {
             let (which, topic) = match &w.which {
                 Withdrawn::Family => ("family = 1", None),
+                Withdrawn::All => ("1 = 1", None),
                 Withdrawn::Topic(t) => ("topic = ?", Some(t)),
             };
             let queued =
@@ -1676,7 +1705,7 @@ impl Tx for SqliteTx {
             }
             skip.execute(&mut *conn).await?;
         }
-        for chunk in changes.outbox.chunks(MAX_BINDS / 22) {
+        for chunk in shaped(&changes.outbox) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
                  channel, address, language, subject, body, html, status, not_before, expires_at, topic, calendar, attempts, last_error, created_at, updated_at) ",
@@ -1706,30 +1735,10 @@ impl Tx for SqliteTx {
                     .push_bind(ms(now))
                     .push_bind(ms(now));
             });
-            q.push(" RETURNING id, status, last_error");
-            let rows = q.build().persistent(false).fetch_all(&mut *conn).await?;
-            let mut log = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO outbox_log (outbox_id, at, status, detail) ",
-            );
-            let mut entries = Vec::with_capacity(rows.len());
-            for r in &rows {
-                entries.push((
-                    r.try_get::<i64, _>("id")?,
-                    r.try_get::<String, _>("status")?,
-                    r.try_get::<Option<String>, _>("last_error")?,
-                ));
-            }
-            if !entries.is_empty() {
-                log.push_values(&entries, |mut b, (id, status, error)| {
-                    b.push_bind(id)
-                        .push_bind(ms(now))
-                        .push_bind(status)
-                        .push_bind(error);
-                });
-                log.build().persistent(false).execute(&mut *conn).await?;
-            }
+            // The log's first line is written by the trigger `outbox_log_created`.
+            q.build().execute(&mut *conn).await?;
         }
-        for chunk in changes.events.chunks(MAX_BINDS / 12) {
+        for chunk in shaped(&changes.events) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, outcome, code, reason, seq, fingerprint) ",
             );
@@ -1751,7 +1760,7 @@ impl Tx for SqliteTx {
                     .push_bind(e.seq.map(|s| s as i64))
                     .push_bind(&e.fingerprint);
             });
-            q.build().persistent(false).execute(&mut *conn).await?;
+            q.build().execute(&mut *conn).await?;
         }
         Ok(instance_ids)
     }

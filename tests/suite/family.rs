@@ -1,0 +1,355 @@
+//! The family across its pathways: one family on the standard track, God start and the
+//! Rødovre cooperation. A birth reported once reaches each pathway that takes it; a pregnancy
+//! loss reported once ends the standard track and stops the other two, so that no family or
+//! volunteer message follows it.
+
+use std::collections::BTreeMap;
+
+use jiff::{Timestamp, ToSpan};
+use serde_json::{Value, json};
+
+use carepath_engine::step::Cause;
+use carepath_worker::clock::Clock;
+use carepath_worker::runtime::{EnrolRequest, EventRequest, EventResult, LIFE_EVENT, Runtime};
+use carepath_worker::store::{Contact, NoticeStatus, OutboxFilter, SqliteStore, Storage};
+
+use super::delivery::{contact, enrol, local, runtime};
+
+fn email(name: &str, address: &str) -> Contact {
+    contact(name, Some(address), None, "da")
+}
+
+/// Enrols `reference` on God start (a volunteer matched) and on Rødovre (triaged light), next
+/// to the standard track.
+async fn on_three_pathways(rt: &Runtime<SqliteStore>, reference: &str) {
+    enrol(rt, reference, "jordemoder@example.dk", "da").await;
+    let family = contact("Amal", None, Some("+4520999111"), "da");
+    let good_start: BTreeMap<String, Contact> = [
+        ("referrer", email("Kommunen", "visitation@example.dk")),
+        (
+            "coordinator",
+            email("Røde Kors", "rk-koordinator@example.dk"),
+        ),
+        ("team_lead", email("Røde Kors leder", "rk-leder@example.dk")),
+        ("volunteer", email("Frivillig", "frivillig@example.dk")),
+        ("health_visitor", email("Sundhedsplejen", "sp@example.dk")),
+        ("family", family.clone()),
+    ]
+    .into_iter()
+    .map(|(r, c)| (r.to_string(), c))
+    .collect();
+    let rodovre: BTreeMap<String, Contact> = [
+        ("referrer", email("Kommunen", "visitation@example.dk")),
+        ("triage", email("Triage", "triage@example.dk")),
+        ("team_lead", email("Leder", "leder@example.dk")),
+        ("therapist", email("Terapeut", "terapeut@example.dk")),
+        (
+            "coordinator",
+            email("Røde Kors", "rk-koordinator@example.dk"),
+        ),
+        ("rc_lead", email("Røde Kors leder", "rk-leder@example.dk")),
+        ("volunteer", email("Frivillig", "frivillig@example.dk")),
+        ("health_visitor", email("Sundhedsplejen", "sp@example.dk")),
+        ("family", family),
+    ]
+    .into_iter()
+    .map(|(r, c)| (r.to_string(), c))
+    .collect();
+    for (pathway, contacts) in [
+        ("red-cross-good-start", good_start),
+        ("rodovre-birth-cooperation", rodovre),
+    ] {
+        rt.enrol(&EnrolRequest {
+            reference: reference.into(),
+            pathway: pathway.into(),
+            fields: json!({"consent_date": "2027-01-11"})
+                .as_object()
+                .expect("object")
+                .clone(),
+            contacts,
+        })
+        .await
+        .expect("enrol");
+    }
+    let matched = report(rt, reference, "volunteer_matched", json!({})).await;
+    assert_eq!(
+        matched.record.pathway.as_deref(),
+        None,
+        "one pathway takes it: no fan-out"
+    );
+    assert!(matched.also.is_empty());
+    report(
+        rt,
+        reference,
+        "triaged_light",
+        json!({"consent_date": "2027-01-11"}),
+    )
+    .await;
+}
+
+async fn report(
+    rt: &Runtime<SqliteStore>,
+    reference: &str,
+    event: &str,
+    payload: Value,
+) -> EventResult {
+    let r = rt
+        .apply_events(&[EventRequest {
+            key: format!("{reference}:{event}"),
+            reference: reference.into(),
+            pathway: None,
+            instance_id: None,
+            event: event.into(),
+            payload,
+            contacts: BTreeMap::new(),
+        }])
+        .await
+        .expect("apply")
+        .pop()
+        .expect("one result");
+    for part in std::iter::once(&r).chain(&r.also) {
+        assert_eq!(
+            part.record.outcome,
+            carepath_worker::store::Outcome::Applied,
+            "{event} on {:?}: {:?}",
+            part.record.pathway,
+            part.record.reason
+        );
+    }
+    r
+}
+
+/// Steps the clock a day at a time to `until`, firing what comes due.
+async fn run_until(
+    rt: &Runtime<SqliteStore>,
+    clock: &carepath_worker::clock::VirtualClock,
+    until: Timestamp,
+) {
+    let mut now = clock.now();
+    while now < until {
+        now = now.checked_add(24.hours()).expect("day");
+        clock.advance_to(now);
+        rt.fire_due(now, 1000).await.expect("fire");
+    }
+}
+
+#[tokio::test]
+async fn a_birth_reported_once_reaches_every_pathway_that_takes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (rt, _clock) = runtime(dir.path()).await;
+    on_three_pathways(&rt, "FAM-BIRTH").await;
+    report(
+        &rt,
+        "FAM-BIRTH",
+        "first_exam_done",
+        json!({"care_level": 3}),
+    )
+    .await;
+
+    let born = report(
+        &rt,
+        "FAM-BIRTH",
+        "birth_registered",
+        json!({"birth_date": "2027-01-10"}),
+    )
+    .await;
+    let mut took: Vec<String> = std::iter::once(&born)
+        .chain(&born.also)
+        .map(|p| {
+            p.record
+                .pathway
+                .clone()
+                .expect("each part names its pathway")
+        })
+        .collect();
+    took.sort();
+    assert_eq!(
+        took,
+        [
+            "red-cross-good-start",
+            "rodovre-birth-cooperation",
+            "standard-track"
+        ]
+    );
+    // One key covers the fan-out: its parts are recorded as KEY~PATHWAY.
+    assert!(
+        born.also
+            .iter()
+            .all(|p| p.record.key.starts_with("FAM-BIRTH:birth_registered~")),
+        "{:?}",
+        born.also.iter().map(|p| &p.record.key).collect::<Vec<_>>()
+    );
+
+    let instances = rt
+        .store()
+        .instances_by_ref("FAM-BIRTH")
+        .await
+        .expect("read");
+    assert_eq!(instances.len(), 3);
+    let mut steps = BTreeMap::new();
+    for i in &instances {
+        assert_eq!(
+            i.instance.fields.get("birth_date"),
+            Some(&json!("2027-01-10")),
+            "{}",
+            i.pathway
+        );
+        let history = rt.store().history(i.id).await.expect("history");
+        let last = history.last().expect("a history");
+        assert_eq!(
+            last.cause,
+            Cause::Event {
+                name: "birth_registered".into()
+            },
+            "{}",
+            i.pathway
+        );
+        assert!(
+            last.notes.iter().any(|n| n.starts_with("from the family:")),
+            "{}: {:?}",
+            i.pathway,
+            last.notes
+        );
+        steps.insert(i.id, history.len());
+    }
+
+    // The same key again is the first answer, applied nowhere a second time.
+    let again = rt
+        .apply_events(&[EventRequest {
+            key: "FAM-BIRTH:birth_registered".into(),
+            reference: "FAM-BIRTH".into(),
+            pathway: None,
+            instance_id: None,
+            event: "birth_registered".into(),
+            payload: json!({"birth_date": "2027-01-10"}),
+            contacts: BTreeMap::new(),
+        }])
+        .await
+        .expect("apply")
+        .pop()
+        .expect("one result");
+    assert!(again.replayed && !again.conflict);
+    for i in &instances {
+        let history = rt.store().history(i.id).await.expect("history");
+        assert_eq!(history.len(), steps[&i.id], "{}", i.pathway);
+    }
+}
+
+#[tokio::test]
+async fn a_pregnancy_loss_reported_once_stops_every_family_and_volunteer_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (rt, clock) = runtime(dir.path()).await;
+    on_three_pathways(&rt, "FAM-LOSS").await;
+    // A week of God start runs as usual: the volunteer is reminded of visits.
+    run_until(&rt, &clock, local("2027-01-18T12:00")).await;
+    let before = rt
+        .store()
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox");
+    assert!(
+        before
+            .iter()
+            .any(|n| n.role == "volunteer" && n.template == "visit_reminder"),
+        "God start reminds the volunteer before the loss"
+    );
+
+    let loss_at = clock.now();
+    let lost = report(&rt, "FAM-LOSS", "pregnancy_ended", json!({})).await;
+    assert_eq!(
+        lost.record.pathway, None,
+        "only the standard track takes it"
+    );
+    assert!(lost.also.is_empty());
+
+    let instances = rt.store().instances_by_ref("FAM-LOSS").await.expect("read");
+    for i in &instances {
+        let history = rt.store().history(i.id).await.expect("history");
+        let last = history.last().expect("a history");
+        if i.pathway == "standard-track" {
+            assert_eq!(i.instance.state, "ended");
+            continue;
+        }
+        // The others are on hold, say why, and their owner is told.
+        assert!(i.held_since.is_some(), "{} is on hold", i.pathway);
+        assert!(
+            matches!(&last.cause, Cause::Operator { action, .. } if action == "hold"),
+            "{}: {:?}",
+            i.pathway,
+            last.cause
+        );
+        assert!(
+            last.notes
+                .iter()
+                .any(|n| n.contains("\"pregnancy_ended\" reported on standard-track")),
+            "{}: {:?}",
+            i.pathway,
+            last.notes
+        );
+        let told: Vec<_> = rt
+            .store()
+            .outbox(&OutboxFilter {
+                instance_id: Some(i.id),
+                ..OutboxFilter::default()
+            })
+            .await
+            .expect("outbox")
+            .into_iter()
+            .filter(|n| n.template == LIFE_EVENT)
+            .collect();
+        assert_eq!(told.len(), 1, "{}", i.pathway);
+        assert_eq!(Some(&told[0].role), i.instance.owner.as_ref());
+        assert_eq!(told[0].status, NoticeStatus::Queued);
+    }
+    // Whatever was queued for the family or the volunteer is not sent.
+    let queued = rt
+        .store()
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|n| (n.family || n.role == "volunteer") && n.template != LIFE_EVENT)
+        .filter(|n| n.status == NoticeStatus::Queued)
+        .count();
+    assert_eq!(queued, 0);
+
+    // Four months pass: nothing more goes to the family or the volunteer, and the owners'
+    // notices from carepath are the only ones the stopped pathways made.
+    run_until(
+        &rt,
+        &clock,
+        loss_at.checked_add(24.hours() * 120).expect("later"),
+    )
+    .await;
+    let after: Vec<_> = rt
+        .store()
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|n| n.created_at > loss_at)
+        .collect();
+    for n in &after {
+        let routine = n.template != LIFE_EVENT;
+        assert!(
+            !(routine && (n.family || n.role == "volunteer")),
+            "sent after the loss: {} to {} ({})",
+            n.template,
+            n.role,
+            n.created_at
+        );
+    }
+    // The notices to the owners are not kept back by the hold: a delivery would claim them.
+    let claimable = rt
+        .store()
+        .claim_notices("test", clock.now(), clock.now(), 100)
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimable
+            .iter()
+            .filter(|n| n.template == LIFE_EVENT)
+            .count(),
+        2
+    );
+}
