@@ -854,9 +854,15 @@ impl<'c> Batch<'c> {
                 });
             }
         };
+        // `resolve` has read every one of them into the batch.
         let pathways: Vec<String> = ids
             .iter()
-            .filter_map(|id| self.working.get(id).map(|w| w.row.pathway.clone()))
+            .map(|id| {
+                self.working
+                    .get(id)
+                    .map(|w| w.row.pathway.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         let mut parts = Vec::with_capacity(ids.len());
         for (i, &id) in ids.iter().enumerate() {
@@ -1113,8 +1119,8 @@ impl<'c> Batch<'c> {
     /// A life event taken by `took` stops the family's other active pathways that do not take
     /// it: each is put on hold (its timers wait), its queued notices are skipped (stale now, for
     /// the family and the professionals alike), a line in its history says why, and its owner
-    /// is told — carepath's own
-    /// notice, which a hold does not stop. Resuming or ending it is then the owner's decision.
+    /// is told by carepath's own notice, which a hold does not stop. Resuming or ending it is
+    /// then the owner's decision.
     async fn stop_for_life_event(
         &mut self,
         tx: &mut impl Tx,
