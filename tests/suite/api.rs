@@ -1812,3 +1812,91 @@ async fn a_corpus_of_bad_requests_is_refused_with_problems_and_changes_nothing()
         "a refused request changed something"
     );
 }
+
+/// The directory over HTTP: read with `read`, replaced whole by an admin of every pathway
+/// (a bad entry refuses all of it); a person assigned to a family's role, within the token's
+/// pathways.
+#[tokio::test]
+async fn the_directory_is_replaced_whole_and_a_role_is_assigned_within_the_tokens_pathways() {
+    let s = start().await;
+    s.enrol("FAM-ASSIGN").await;
+    let entry = json!({
+        "organisation": "Røde Kors Rødovre",
+        "role": "coordinator",
+        "pathway": "red-cross-good-start",
+        "contact": {"name": "Koordinator", "email": "koordinator@rk.example.dk"}
+    });
+    let put = |token: &'static str, body: Value| {
+        let s = &s;
+        async move {
+            s.call(
+                "PUT",
+                "/v1/directory",
+                Some(token),
+                Some(body.to_string()),
+                None,
+            )
+            .await
+        }
+    };
+    put(MUNICIPALITY, json!([entry.clone()]))
+        .await
+        .problem(403, "insufficient-scope");
+    put(RED_CROSS, json!([entry.clone()]))
+        .await
+        .problem(403, "insufficient-scope");
+    let mut bad = entry.clone();
+    bad["contact"] = json!({"name": "Koordinator", "phone": "12345678"});
+    let refused = put(ADMIN, json!([entry.clone(), bad])).await;
+    let detail = refused.problem(422, "invalid-body")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        detail.contains("role 2 (Røde Kors Rødovre, coordinator on red-cross-good-start)"),
+        "{detail}"
+    );
+    assert_eq!(
+        s.get("/v1/directory", READER).await.body,
+        json!([]),
+        "nothing was loaded"
+    );
+    let loaded = put(ADMIN, json!([entry.clone()])).await;
+    assert_eq!(loaded.status, 200, "{:#}", loaded.body);
+    let mut stored = entry.clone();
+    stored["contact"]["language"] = json!("da");
+    assert_eq!(s.get("/v1/directory", READER).await.body, json!([stored]));
+
+    let assign = |token: &'static str, body: Value| {
+        let s = &s;
+        async move {
+            s.post("/v1/families/FAM-ASSIGN/contacts", token, &body, None)
+                .await
+        }
+    };
+    let hanne = json!({"name": "Hanne", "email": "hanne@example.dk"});
+    assign(READER, json!({"role": "health_visitor", "contact": hanne}))
+        .await
+        .problem(403, "insufficient-scope");
+    assign(MUNICIPALITY, json!({"role": "pilot", "contact": hanne}))
+        .await
+        .problem(422, "invalid-body");
+    let a = assign(
+        MUNICIPALITY,
+        json!({"role": "health_visitor", "contact": hanne}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:#}", a.body);
+    assert_eq!(a.body["retried"], 0);
+    assert_eq!(a.body["instances"][0][1], "standard-track");
+    let audit = s.get("/v1/audit", ADMIN).await;
+    let actions: Vec<&str> = audit.body["entries"]
+        .as_array()
+        .or(audit.body.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"assign"), "{:#}", audit.body);
+    assert!(actions.contains(&"directory load"), "{:#}", audit.body);
+}

@@ -454,3 +454,106 @@ fn files_carepath_creates_are_readable_by_their_owner_only() {
         }
     }
 }
+
+/// The directory is loaded from a file, all or nothing, and listed with addresses masked; a
+/// person is assigned to a family's role, and a role the family does not have is refused.
+#[test]
+fn the_directory_loads_whole_or_not_at_all_and_a_role_is_assigned() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("carepath.db");
+    let db = db.to_string_lossy().to_string();
+    let o = run(&[
+        "enroll",
+        "examples/families/standard-track.json",
+        "--db",
+        &db,
+        "--clock",
+        "fixed:2027-01-11T08:00:00Z",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let loaded = run(&["directory", "load", "examples/directory.toml", "--db", &db]);
+    assert_eq!(
+        (loaded.status.code(), stdout(&loaded)),
+        (
+            Some(0),
+            "directory loaded: 6 roles from examples/directory.toml\n".to_string()
+        ),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let listed = stdout(&run(&["directory", "list", "--db", &db]));
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+    assert!(
+        listed.contains("coordinator      red-cross-good-start         Røde Kors Rødovre"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("godstart.rodovre@example.dk"),
+        "masked: {listed}"
+    );
+
+    // One bad entry refuses the file: the earlier directory stays.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[role]]\norganisation = \"X\"\nrole = \"coordinator\"\npathway = \"no-such-pathway\"\ncontact = { name = \"X\", email = \"x@example.dk\" }\n",
+    )
+    .expect("write");
+    let refused = run(&["directory", "load", &bad.to_string_lossy(), "--db", &db]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(
+            "role 1 (X, coordinator on no-such-pathway): no pathway \"no-such-pathway\" is loaded"
+        ),
+        "{err}"
+    );
+    assert_eq!(stdout(&run(&["directory", "list", "--db", &db])), listed);
+
+    let assigned = run(&[
+        "assign",
+        "FAM-0001",
+        "health_visitor",
+        "--name",
+        "Hanne",
+        "--email",
+        "hanne@example.dk",
+        "--db",
+        &db,
+    ]);
+    assert_eq!(
+        assigned.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&assigned.stderr)
+    );
+    assert!(
+        stdout(&assigned).starts_with("health_visitor assigned for FAM-0001 on standard-track"),
+        "{}",
+        stdout(&assigned)
+    );
+    let unknown = run(&[
+        "assign",
+        "FAM-0001",
+        "pilot",
+        "--name",
+        "X",
+        "--email",
+        "x@example.dk",
+        "--db",
+        &db,
+    ]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("family FAM-0001 has no active pathway with the role \"pilot\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}

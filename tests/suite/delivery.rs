@@ -148,14 +148,19 @@ pub(super) async fn event_keyed(
     );
 }
 
+/// The notices made from `template`, with the text they are (or will be) sent with: a queued
+/// notice is rendered at delivery, so its text is previewed as a listing shows it.
 pub(super) async fn rows(rt: &Runtime<SqliteStore>, template: &str) -> Vec<OutboxRow> {
-    rt.store()
+    let mut rows: Vec<OutboxRow> = rt
+        .store()
         .outbox(&OutboxFilter::default())
         .await
         .expect("outbox")
         .into_iter()
         .filter(|r| r.template == template)
-        .collect()
+        .collect();
+    rt.catalog().preview(&mut rows);
+    rows
 }
 
 /// aiosmtpd on a free loopback port, writing what it receives to `out`.

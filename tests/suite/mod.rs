@@ -4,6 +4,7 @@ mod cli;
 mod corpus;
 mod delivery;
 mod diagnostics;
+mod directory;
 mod erasure;
 mod family;
 mod fixtures;

@@ -301,7 +301,7 @@ async fn an_early_birth_moves_every_birth_anchored_timer_and_says_so() {
     stored.sort();
     assert_eq!(held, stored);
     // The handoff notice reached the outbox rendered, with nothing sensitive in it.
-    let notices = rt
+    let mut notices = rt
         .store()
         .outbox(&OutboxFilter {
             instance_id: Some(inst.id),
@@ -309,6 +309,8 @@ async fn an_early_birth_moves_every_birth_anchored_timer_and_says_so() {
         })
         .await
         .expect("outbox");
+    // Rendered at delivery: shown as a listing shows it.
+    rt.catalog().preview(&mut notices);
     let birth = notices
         .iter()
         .find(|n| n.template == "birth_notice")

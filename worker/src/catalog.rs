@@ -14,7 +14,7 @@ use carepath_engine::{CheckedPathway, Diagnostic, PathwaySource};
 use carepath_notifier::Renderer;
 
 use crate::load;
-use crate::store::{Storage, StoreError, Stored};
+use crate::store::{NoticeText, OutboxRow, Storage, StoreError, Stored};
 
 /// Why the pathways could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,38 @@ pub struct Version {
     pub checked: CheckedPathway,
     /// Its compiled templates.
     pub renderer: Renderer,
+}
+
+impl Version {
+    /// Renders a notice read from the outbox with this version's templates, for the recipient
+    /// it is addressed to: the text delivery sends and stores, and the text a listing shows
+    /// while the notice waits. Deterministic, so both are the same.
+    pub fn compose(&self, row: &OutboxRow) -> Result<NoticeText, String> {
+        let (Some(channel), Some(data)) = (row.channel, &row.data) else {
+            return Err("nothing to render: the notice has no channel or data".into());
+        };
+        let mut data = data.clone();
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert(
+                "recipient".into(),
+                serde_json::json!({"name": row.recipient.clone().unwrap_or_default(), "role": row.role}),
+            );
+        }
+        let language = row
+            .recipient_language
+            .as_deref()
+            .unwrap_or(&self.checked.pathway.default_language);
+        let r = self
+            .renderer
+            .render(&row.template, channel, language, &data)
+            .map_err(|e| e.to_string())?;
+        Ok(NoticeText {
+            language: Some(r.language),
+            subject: r.subject,
+            body: Some(r.body),
+            html: r.html,
+        })
+    }
 }
 
 impl std::fmt::Debug for Version {
@@ -167,6 +199,16 @@ impl Catalog {
     /// A version by its stored id.
     pub fn version(&self, id: i64) -> Option<&Arc<Version>> {
         self.versions.get(&id)
+    }
+
+    /// Fills in the text of notices still to be rendered, as delivery will render them, so a
+    /// listing shows what will be sent. One that cannot be rendered is left without text.
+    pub fn preview(&self, rows: &mut [OutboxRow]) {
+        for r in rows.iter_mut().filter(|r| r.unrendered()) {
+            if let Some(Ok(text)) = self.version(r.pathway_version_id).map(|v| v.compose(r)) {
+                r.text = text;
+            }
+        }
     }
 
     /// The newest version of a pathway: the one new enrolments take.

@@ -19,8 +19,13 @@ use carepath_notifier::quiet::QuietHours;
 use carepath_notifier::retry::RetryPolicy;
 use carepath_notifier::{Channels, ConfigError, Message, NotifierConfig, SendError};
 
+use crate::catalog::{Catalog, Version};
 use crate::metrics::Metrics;
 use crate::store::{Delivery, OutboxRow, Storage, StoreError};
+
+/// Pathway versions by stored id, for rendering: read from the database when a notice names a
+/// version not seen yet (versions are immutable, so what was read stays right).
+type Versions = Arc<std::sync::RwLock<std::collections::BTreeMap<i64, Arc<Version>>>>;
 
 /// Notices sent concurrently: enough to keep pooled SMTP connections and a gateway busy.
 const CONCURRENCY: usize = 16;
@@ -43,6 +48,8 @@ pub struct Notifier {
     /// Who claims the notices this notifier sends: the process and a random part, so two
     /// workers on one database never share a claim.
     worker: String,
+    /// The templates notices are rendered with.
+    versions: Versions,
 }
 
 /// What one delivery pass did.
@@ -71,6 +78,7 @@ impl Notifier {
             quiet: config.quiet_hours.clone(),
             metrics: None,
             worker: format!("pid {} #{:08x}", std::process::id(), fastrand::u32(..)),
+            versions: Versions::default(),
         })
     }
 
@@ -147,7 +155,8 @@ impl Notifier {
             if rows.is_empty() {
                 return Ok(total);
             }
-            let outcomes = self.round(store, &rows, &origin, now).await?;
+            let (ready, mut outcomes) = self.render(store, &rows).await?;
+            outcomes.extend(self.round(store, &ready, &origin, now).await?);
             for o in &outcomes {
                 match o {
                     Delivery::Sent { .. } => total.sent += 1,
@@ -166,6 +175,69 @@ impl Notifier {
                 return Ok(total);
             }
         }
+    }
+
+    /// Renders the claimed notices that have no text yet and stores their text before anything
+    /// is sent. Returns the notices ready to go, and a dead letter for each that cannot be
+    /// rendered.
+    async fn render<S: Storage>(
+        &self,
+        store: &S,
+        rows: &[OutboxRow],
+    ) -> Result<(Vec<OutboxRow>, Vec<Delivery>), StoreError> {
+        let known = |id: i64| self.versions.read().is_ok_and(|v| v.contains_key(&id));
+        if rows
+            .iter()
+            .any(|r| r.unrendered() && !known(r.pathway_version_id))
+        {
+            let catalog = Catalog::from_store(store)
+                .await
+                .map_err(|e| StoreError::Data {
+                    what: "the stored pathway versions".into(),
+                    reason: e.to_string(),
+                })?;
+            if let Ok(mut v) = self.versions.write() {
+                v.extend(catalog.versions().map(|x| (x.id, x.clone())));
+            }
+        }
+        let mut ready = Vec::with_capacity(rows.len());
+        let mut dead = Vec::new();
+        let mut texts = Vec::new();
+        for r in rows {
+            if !r.unrendered() {
+                ready.push(r.clone());
+                continue;
+            }
+            let version = self
+                .versions
+                .read()
+                .ok()
+                .and_then(|v| v.get(&r.pathway_version_id).cloned());
+            match version.map(|v| v.compose(r)) {
+                Some(Ok(text)) => {
+                    texts.push((r.id, text.clone()));
+                    let mut r = r.clone();
+                    r.text = text;
+                    ready.push(r);
+                }
+                Some(Err(e)) => {
+                    tracing::error!(notice = r.id, template = %r.template, error = %e, "a notice cannot be rendered: dead letter");
+                    dead.push(Delivery::Dead {
+                        id: r.id,
+                        error: format!("the template cannot be rendered: {e}"),
+                    });
+                }
+                None => dead.push(Delivery::Dead {
+                    id: r.id,
+                    error: format!(
+                        "its pathway version (row {}) is not in the database",
+                        r.pathway_version_id
+                    ),
+                }),
+            }
+        }
+        store.set_texts(&texts).await?;
+        Ok((ready, dead))
     }
 
     async fn round<S: Storage>(

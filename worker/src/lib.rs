@@ -10,6 +10,7 @@
 //! - [`catalog`]: the pathway versions a database knows, checked and with compiled templates;
 //! - [`runtime`]: enrolment, events and timers applied exactly once, in batches;
 //! - [`bulk`]: hold, resume or cancel many families at once, by a selection, dry run first;
+//! - [`directory`]: the organisations' contacts that play a role for every family;
 //! - [`migration`]: running families moved onto a corrected version of their pathway;
 //! - [`delivery`]: queued notices out through their channels, retried, held, dead-lettered;
 //! - [`lateness`]: how late timers fire, kept in a fixed-size histogram;
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod directory;
 pub mod lateness;
 pub mod load;
 pub mod metrics;

@@ -30,9 +30,9 @@ use crate::catalog::{Catalog, Version};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{
-    Changes, Contact, ContactRef, Erased, EventRecord, InstanceRow, InstanceUpdate, NewInstance,
-    NewNotice, NoticeStatus, NoticeText, Outcome, Storage, StoreError, Target, Tx, Withdraw,
-    Withdrawn,
+    Changes, Contact, ContactRef, DirectoryEntry, Erased, EventRecord, InstanceRow, InstanceUpdate,
+    NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome, Readdress, Storage,
+    StoreError, Target, Tx, Withdraw, Withdrawn,
 };
 
 /// How many times a batch is retried when another writer moved one of its instances.
@@ -98,6 +98,10 @@ pub enum RuntimeError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A contact cannot be assigned as asked: the family has no such role, or the contact
+    /// cannot be reached on the role's channels.
+    #[error("{0}")]
+    Assign(String),
 }
 
 /// A family to enrol.
@@ -180,6 +184,15 @@ pub struct EventResult {
     /// `KEY~PATHWAY`, all in the one transaction, so the key covers the whole fan-out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<EventResult>,
+}
+
+/// What assigning a contact to a family's role did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Assigned {
+    /// The instances the role was assigned on: (instance id, pathway).
+    pub instances: Vec<(i64, String)>,
+    /// Dead letters for the role addressed to the contact and queued again.
+    pub retried: usize,
 }
 
 /// What one timer batch did.
@@ -359,6 +372,148 @@ impl<S: Storage> Runtime<S> {
             self.metrics.event(r.record.outcome == Outcome::Applied);
         }
         Ok(results)
+    }
+
+    /// Assigns `contact` to `role` for a family, from now on: on every active pathway of the
+    /// family that has the role (or on `pathway` only). Each instance gets an operator step in
+    /// its history, and its dead letters that went nowhere for want of somebody in that role
+    /// are addressed to the new contact and queued again. The contact must reach the role by
+    /// one of its channels.
+    pub async fn assign(
+        &self,
+        reference: &str,
+        role: &str,
+        contact: &Contact,
+        pathway: Option<&str>,
+        by: &str,
+    ) -> Result<Assigned, RuntimeError> {
+        let mut attempt = 0;
+        loop {
+            match self.try_assign(reference, role, contact, pathway, by).await {
+                Err(RuntimeError::Store(StoreError::Conflict(_))) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_assign(
+        &self,
+        reference: &str,
+        role: &str,
+        contact: &Contact,
+        pathway: Option<&str>,
+        by: &str,
+    ) -> Result<Assigned, RuntimeError> {
+        let now = self.clock.now();
+        let rows: Vec<InstanceRow> = self
+            .store
+            .instances_by_ref(reference)
+            .await?
+            .into_iter()
+            .filter(|r| r.instance.status == Status::Active)
+            .filter(|r| pathway.is_none_or(|p| p == r.pathway))
+            .filter(|r| {
+                self.catalog
+                    .version(r.pathway_version_id)
+                    .is_some_and(|v| v.checked.pathway.roles.contains_key(role))
+            })
+            .collect();
+        if rows.is_empty() {
+            return Err(RuntimeError::Assign(format!(
+                "family {reference} has no active pathway{} with the role \"{role}\"",
+                pathway.map(|p| format!(" \"{p}\"")).unwrap_or_default()
+            )));
+        }
+        let mut dead = Vec::new();
+        for r in &rows {
+            let Some(version) = self.catalog.version(r.pathway_version_id) else {
+                continue;
+            };
+            let one: BTreeMap<String, Contact> = [(role.to_string(), contact.clone())].into();
+            check_contacts(version, &one)
+                .map_err(|e| RuntimeError::Assign(format!("on {}: {e}", r.pathway)))?;
+            let channels = version
+                .checked
+                .pathway
+                .roles
+                .get(role)
+                .map(|d| d.channels())
+                .unwrap_or_default();
+            let Some((channel, addr)) = address(&channels, contact) else {
+                return Err(RuntimeError::Assign(format!(
+                    "the contact has no address for role \"{role}\" on {}: it takes {}",
+                    r.pathway,
+                    channel_list(&channels)
+                )));
+            };
+            let letters = self
+                .store
+                .outbox(&OutboxFilter {
+                    instance_id: Some(r.id),
+                    status: Some(NoticeStatus::Dead),
+                    ..OutboxFilter::default()
+                })
+                .await?;
+            dead.extend(
+                letters
+                    .into_iter()
+                    .filter(|n| n.role == role && n.address.is_none() && n.unsent_text())
+                    .map(|n| (n.id, channel, addr.clone())),
+            );
+        }
+        let mut tx = self.store.begin().await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut batch = Batch::new(&self.catalog, now);
+        batch.load(&mut tx, &ids).await?;
+        batch.changes.contacts.push(contact.clone());
+        let new = ContactRef::New(batch.changes.contacts.len() - 1);
+        let mut assigned = Assigned::default();
+        for id in &ids {
+            let Some(w) = batch.working.get_mut(id) else {
+                continue;
+            };
+            if w.instance.seq
+                != rows
+                    .iter()
+                    .find(|r| r.id == *id)
+                    .map_or(0, |r| r.instance.seq)
+            {
+                return Err(StoreError::Conflict(*id).into());
+            }
+            w.roles.insert(role.to_string(), (new, contact.clone()));
+            w.roles_changed = true;
+            w.changed = true;
+            w.instance.seq += 1;
+            batch.changes.history.push((
+                Target::Id(*id),
+                History {
+                    seq: w.instance.seq,
+                    at: now,
+                    from: Some(w.instance.state.clone()),
+                    to: w.instance.state.clone(),
+                    cause: Cause::Operator {
+                        action: "assign".into(),
+                        by: by.to_string(),
+                    },
+                    notes: vec![format!("contact assigned for {role}")],
+                },
+            ));
+            assigned.instances.push((*id, w.row.pathway.clone()));
+        }
+        for (outbox_id, channel, address) in dead {
+            batch.changes.readdressed.push(Readdress {
+                outbox_id,
+                contact: new,
+                channel,
+                address,
+                reason: format!("retried: somebody was assigned to {role} by {by}"),
+            });
+            assigned.retried += 1;
+        }
+        self.commit(tx, batch.finish()).await?;
+        Ok(assigned)
     }
 
     /// Erases a family's personal data at its request: every instance of `reference`, active
@@ -568,7 +723,9 @@ fn check_reference(reference: &str) -> Result<(), EnrolError> {
     Ok(())
 }
 
-fn check_contacts(
+/// Checks contacts given for roles of `version`: each role exists, each contact has a name,
+/// well-formed addresses, and an address on one of the role's channels.
+pub(crate) fn check_contacts(
     version: &Version,
     contacts: &BTreeMap<String, Contact>,
 ) -> Result<(), EnrolError> {
@@ -681,6 +838,8 @@ struct Batch<'c> {
     changes: Changes,
     /// Timer steps taken.
     steps: usize,
+    /// The directory, read when an instance starts with a role nobody plays.
+    directory: Option<Vec<(i64, DirectoryEntry)>>,
 }
 
 impl<'c> Batch<'c> {
@@ -690,6 +849,7 @@ impl<'c> Batch<'c> {
             working: BTreeMap::new(),
             created: Vec::new(),
             steps: 0,
+            directory: None,
             changes: Changes {
                 now,
                 ..Changes::default()
@@ -1405,6 +1565,48 @@ impl<'c> Batch<'c> {
         Ok(notes)
     }
 
+    /// Gives the roles of a starting instance that nobody plays for this family the
+    /// directory's contact: the pathway's own entry, else the one for every pathway. Returns
+    /// the roles and a history note for each role taken from the directory.
+    async fn from_directory(
+        &mut self,
+        tx: &mut impl Tx,
+        version: &Version,
+        mut roles: RoleMap,
+    ) -> Result<(RoleMap, Vec<String>), StoreError> {
+        let decl = &version.checked.pathway;
+        let missing: Vec<&String> = decl
+            .roles
+            .iter()
+            .filter(|(name, r)| r.sector != Sector::Family && !roles.contains_key(*name))
+            .map(|(name, _)| name)
+            .collect();
+        if missing.is_empty() {
+            return Ok((roles, Vec::new()));
+        }
+        if self.directory.is_none() {
+            self.directory = Some(tx.directory().await?);
+        }
+        let directory = self.directory.as_deref().unwrap_or_default();
+        let mut notes = Vec::new();
+        for role in missing {
+            let entry = directory
+                .iter()
+                .filter(|(_, e)| &e.role == role)
+                .find(|(_, e)| e.pathway.as_deref() == Some(&decl.id))
+                .or_else(|| {
+                    directory
+                        .iter()
+                        .find(|(_, e)| &e.role == role && e.pathway.is_none())
+                });
+            if let Some((id, e)) = entry {
+                roles.insert(role.clone(), (ContactRef::Id(*id), e.contact.clone()));
+                notes.push(format!("{role}: {} (from the directory)", e.organisation));
+            }
+        }
+        Ok((roles, notes))
+    }
+
     fn still_active(&self, id: i64) -> bool {
         self.working
             .get(&id)
@@ -1424,6 +1626,8 @@ impl<'c> Batch<'c> {
         now: Timestamp,
         depth: usize,
     ) -> Result<(), StoreError> {
+        let (roles, notes) = self.from_directory(tx, version, roles).await?;
+        effects.history.notes.extend(notes);
         let index = self.changes.new_instances.len();
         let target = Target::New(index);
         self.created
@@ -1512,7 +1716,8 @@ fn missing_version(row: &InstanceRow) -> StoreError {
     }
 }
 
-/// Renders a notice for the outbox, or records why it cannot be sent.
+/// A notice for the outbox: addressed now, rendered at delivery (a notice is data until it
+/// is sent), or dead with the reason when nobody can receive it.
 fn render(
     version: &Version,
     roles: &RoleMap,
@@ -1527,31 +1732,14 @@ fn render(
     if notice.channel == Some(Channel::Email) {
         notice.calendar = n.calendar.clone();
     }
-    let (Some(contact), Some(channel)) = (contact, notice.channel) else {
-        return notice;
-    };
     let mut data = n.data.clone();
     if let Some(obj) = data.as_object_mut() {
-        obj.insert(
-            "recipient".into(),
-            json!({"name": contact.name, "role": n.to}),
-        );
         obj.insert("instance".into(), json!({"ref": reference}));
     }
-    match version
-        .renderer
-        .render(&n.template, channel, &contact.language, &data)
-    {
-        Ok(r) => {
-            notice.text = NoticeText {
-                language: Some(r.language),
-                subject: r.subject,
-                body: Some(r.body),
-                html: r.html,
-            };
-            notice.status = NoticeStatus::Queued;
-        }
-        Err(e) => notice.error = Some(e.to_string()),
+    // Kept with a dead letter too: once somebody is assigned to the role, a retry renders it.
+    notice.data = Some(data);
+    if contact.is_some() && notice.channel.is_some() {
+        notice.status = NoticeStatus::Queued;
     }
     notice
 }
@@ -1581,6 +1769,7 @@ fn addressed(
         channel: None,
         address: None,
         text: NoticeText::default(),
+        data: None,
         status: NoticeStatus::Dead,
         not_before: now,
         expires_at: None,

@@ -363,7 +363,7 @@ pub async fn simulate(
         rt.fire_due(next, 1000).await?;
         notifier.deliver(rt.store(), next).await?;
     }
-    let timeline = timeline(rt.store(), &family.reference, &tz_name, &tz).await?;
+    let timeline = timeline(rt.store(), rt.catalog(), &family.reference, &tz_name, &tz).await?;
     rt.store().close().await;
     Ok(timeline)
 }
@@ -403,6 +403,7 @@ type Order = (i64, u64, u8, i64);
 /// Everything that happened to a family, in order: transitions, notices, refused events.
 pub async fn timeline<S: Storage>(
     store: &S,
+    catalog: &Catalog,
     reference: &str,
     tz_name: &str,
     tz: &TimeZone,
@@ -429,12 +430,13 @@ pub async fn timeline<S: Storage>(
                 },
             ));
         }
-        let rows = store
+        let mut rows = store
             .outbox(&OutboxFilter {
                 instance_id: Some(inst.id),
                 ..OutboxFilter::default()
             })
             .await?;
+        catalog.preview(&mut rows);
         for r in rows {
             let held = store
                 .outbox_log(r.id)

@@ -105,6 +105,7 @@ fn notice(key: &str, version: i64, contact: Option<ContactRef>, status: NoticeSt
             body: Some("Hej Anne".into()),
             html: Some("<p>Hej Anne</p>".into()),
         },
+        data: None,
         status,
         not_before: t0(),
         expires_at: None,
@@ -951,6 +952,94 @@ async fn a_life_event_skips_the_familys_queued_notices<S: Storage>(store: &S) {
     assert_eq!(log.last().map(|e| e.status.as_str()), Some("skipped"));
 }
 
+async fn a_notice_is_data_until_its_text_is_stored_once<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-D", vec![]).await;
+    let version = version(store).await;
+    let mut n = notice("1:hello:midwife", version, None, NoticeStatus::Queued);
+    n.text = NoticeText::default();
+    n.channel = Some(carepath_engine::pathway::Channel::Email);
+    n.data = Some(serde_json::json!({"fields": {"due_date": "2027-08-20"}}));
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            outbox: vec![(Target::Id(id), n)],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let row = &store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox")[0];
+    assert!(row.unrendered());
+    assert_eq!(
+        row.data,
+        Some(serde_json::json!({"fields": {"due_date": "2027-08-20"}}))
+    );
+    let first = NoticeText {
+        language: Some("da".into()),
+        subject: Some("Hej".into()),
+        body: Some("Hej Anne".into()),
+        html: None,
+    };
+    store
+        .set_texts(&[(row.id, first.clone())])
+        .await
+        .expect("set");
+    // A second rendering (a worker whose claim ran out) does not replace what was stored.
+    let second = NoticeText {
+        body: Some("Hej igen".into()),
+        ..first.clone()
+    };
+    store.set_texts(&[(row.id, second)]).await.expect("set");
+    let row = &store
+        .outbox(&OutboxFilter::default())
+        .await
+        .expect("outbox")[0];
+    assert_eq!(row.text, first);
+    assert!(!row.unrendered());
+    assert_eq!(row.data, None, "the values are not kept beside the text");
+}
+
+async fn a_hold_in_a_batch_keeps_back_all_but_carepaths_own_notices<S: Storage>(store: &S) {
+    let id = enrol(store, "FAM-H", vec![]).await;
+    let version = version(store).await;
+    let mut own = notice("1:alert:0", version, None, NoticeStatus::Queued);
+    own.template = carepath_worker::store::LIFE_EVENT.into();
+    commit(
+        store,
+        Changes {
+            now: t0(),
+            holds: vec![(id, "carepath".into())],
+            outbox: vec![
+                (
+                    Target::Id(id),
+                    notice("1:hello:midwife", version, None, NoticeStatus::Queued),
+                ),
+                (Target::Id(id), own),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
+    assert!(
+        store
+            .instance(id)
+            .await
+            .expect("read")
+            .expect("row")
+            .held_since
+            .is_some()
+    );
+    let claimed = store
+        .claim_notices("w", minutes(1), minutes(20), 10)
+        .await
+        .expect("claim");
+    let templates: Vec<&str> = claimed.iter().map(|r| r.template.as_str()).collect();
+    assert_eq!(templates, [carepath_worker::store::LIFE_EVENT]);
+}
+
 async fn a_withdrawn_topic_skips_only_its_queued_notices<S: Storage>(store: &S) {
     let id = enrol(store, "FAM-W", vec![]).await;
     let version = version(store).await;
@@ -1429,6 +1518,8 @@ macro_rules! backend {
             property!(receipts_are_recorded_and_a_final_failure_is_a_dead_letter);
             property!(a_claimed_notice_is_handed_to_one_worker_until_its_lease_ends);
             property!(the_audit_log_keeps_lines_in_order_and_filters_them);
+            property!(a_notice_is_data_until_its_text_is_stored_once);
+            property!(a_hold_in_a_batch_keeps_back_all_but_carepaths_own_notices);
         }
     };
 }

@@ -35,6 +35,8 @@ fn action(route: &str) -> &str {
         "/v1/families/{ref}/erase" => "erase",
         "/v1/bulk" => "bulk",
         "/v1/migrations" => "migration",
+        "/v1/families/{ref}/contacts" => "assign",
+        "/v1/directory" => "directory load",
         other => other,
     }
 }

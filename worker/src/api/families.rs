@@ -1,5 +1,6 @@
-//! Families as a whole: one by its reference (erasure at its request), many by a selection
-//! (hold, resume, cancel), a pathway's running families onto another of its versions.
+//! Families as a whole: one by its reference (erasure at its request, a person assigned to
+//! one of its roles), many by a selection (hold, resume, cancel), a pathway's running families
+//! onto another of its versions, and the directory of who plays a role for every family.
 
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Scope};
 use super::{Api, Body, Path, Problem, parse_body};
-use crate::store::{Erased, Storage};
+use crate::runtime::{Assigned, RuntimeError};
+use crate::store::{Contact, DirectoryEntry, Erased, Storage};
 
 /// Why a family is erased.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -246,4 +248,124 @@ fn enrolled_before(text: Option<&str>) -> Result<Option<jiff::Timestamp>, Proble
     text.map(|t| t.parse::<jiff::Timestamp>())
         .transpose()
         .map_err(|e| Problem::invalid("/enrolled_before", &format!("enrolled_before: {e}")))
+}
+
+/// Somebody to assign to a role of a family.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    /// The role, as the pathways name it.
+    #[schema(example = "coordinator")]
+    pub role: String,
+    /// Who plays it from now on.
+    pub contact: Contact,
+    /// Only on this pathway; without it, on every active pathway of the family with the role.
+    /// A token limited to some pathways must name one of them.
+    #[serde(default)]
+    pub pathway: Option<String>,
+}
+
+/// Assign a person to a role of a family from now on: on every active pathway of the family
+/// that has the role (or the named one). Each instance gets a step in its history, and its
+/// dead letters that went nowhere for want of somebody in the role are queued again for them.
+#[utoipa::path(
+    post, path = "/v1/families/{ref}/contacts", operation_id = "assignContact", tag = "families",
+    params(("ref" = String, Path, description = "The family's reference")),
+    request_body = AssignBody,
+    responses(
+        (status = 200, description = "Where it was assigned, and how many dead letters were queued again", body = Assigned),
+        (status = 401, description = "No or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope or pathway not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such role for the family, or a contact that cannot reach it", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn assign<S: Storage>(
+    State(api): State<Api<S>>,
+    caller: Arc<Caller>,
+    Path(reference): Path<String>,
+    Body(body): Body,
+) -> Result<Json<Assigned>, Problem> {
+    caller.require(Scope::InstancesWrite)?;
+    let body: AssignBody = parse_body(&body)?;
+    match (&body.pathway, caller.restriction()) {
+        (Some(p), _) => caller.require_pathway(p)?,
+        (None, Some(_)) => {
+            return Err(Problem::invalid(
+                "/pathway",
+                "pathway: this token is limited to some pathways: name one of them",
+            ));
+        }
+        (None, None) => {}
+    }
+    match api
+        .runtime
+        .assign(
+            &reference,
+            &body.role,
+            &body.contact,
+            body.pathway.as_deref(),
+            &format!("token {}", caller.name),
+        )
+        .await
+    {
+        Ok(a) => {
+            (api.committed)();
+            Ok(Json(a))
+        }
+        Err(RuntimeError::Assign(why)) => Err(Problem::invalid("/role", &why)),
+        Err(RuntimeError::Store(e)) => Err(Problem::store(e)),
+    }
+}
+
+/// The directory: the organisations' contacts that play a role for every family.
+#[utoipa::path(
+    get, path = "/v1/directory", operation_id = "directory", tag = "families",
+    responses(
+        (status = 200, description = "The directory's entries", body = Vec<DirectoryEntry>),
+        (status = 401, description = "No or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No read scope", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn directory<S: Storage>(
+    State(api): State<Api<S>>,
+    caller: Arc<Caller>,
+) -> Result<Json<Vec<DirectoryEntry>>, Problem> {
+    caller.require(Scope::Read)?;
+    api.runtime
+        .store()
+        .directory()
+        .await
+        .map(Json)
+        .map_err(Problem::store)
+}
+
+/// Replace the directory, checked against the loaded pathways first: all or nothing.
+#[utoipa::path(
+    put, path = "/v1/directory", operation_id = "replaceDirectory", tag = "families",
+    request_body = Vec<DirectoryEntry>,
+    responses(
+        (status = 200, description = "The directory as loaded", body = Vec<DirectoryEntry>),
+        (status = 401, description = "No or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin of every pathway", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Entries that do not fit the loaded pathways, each named", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn replace_directory<S: Storage>(
+    State(api): State<Api<S>>,
+    caller: Arc<Caller>,
+    Body(body): Body,
+) -> Result<Json<Vec<DirectoryEntry>>, Problem> {
+    caller.require_admin_of_every_pathway("replacing the directory")?;
+    let entries: Vec<DirectoryEntry> = parse_body(&body)?;
+    crate::directory::check(&entries, api.runtime.catalog())
+        .map_err(|e| Problem::invalid("", &e.to_string()))?;
+    let store = api.runtime.store();
+    store
+        .replace_directory(&entries)
+        .await
+        .map_err(Problem::store)?;
+    store.directory().await.map(Json).map_err(Problem::store)
 }

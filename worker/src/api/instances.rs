@@ -473,16 +473,15 @@ pub async fn show<S: Storage>(
             due: t.due,
         })
         .collect();
-    let notices = store
+    let mut notices = store
         .outbox(&OutboxFilter {
             instance_id: Some(id),
             ..OutboxFilter::default()
         })
         .await
-        .map_err(Problem::store)?
-        .into_iter()
-        .map(OutboxEntry::from)
-        .collect();
+        .map_err(Problem::store)?;
+    api.runtime.catalog().preview(&mut notices);
+    let notices = notices.into_iter().map(OutboxEntry::from).collect();
     let events = store
         .instance_events(id)
         .await

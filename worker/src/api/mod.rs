@@ -31,7 +31,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
@@ -158,6 +158,8 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
         .merge(kept)
         .route("/v1/instances/{id}/events", post(instances::event::<S>))
         .route("/v1/families/{ref}/erase", post(families::erase::<S>))
+        .route("/v1/families/{ref}/contacts", post(families::assign::<S>))
+        .route("/v1/directory", put(families::replace_directory::<S>))
         .route("/v1/bulk", post(families::bulk::<S>))
         .route("/v1/migrations", post(families::migrate::<S>))
         .route_layer(middleware::from_fn_with_state(
@@ -169,6 +171,7 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
         .route("/v1/instances", get(instances::list::<S>))
         .route("/v1/instances/{id}", get(instances::show::<S>))
         .route("/v1/audit", get(audit::log::<S>))
+        .route("/v1/directory", get(families::directory::<S>))
         .route("/v1/pathways", get(pathways::list::<S>))
         .route("/v1/pathways/{id}", get(pathways::show::<S>))
         .route("/v1/outbox", get(outbox::outbox::<S>))

@@ -110,7 +110,7 @@ pub async fn outbox<S: Storage>(
         .map(NoticeStatus::from_name)
         .transpose()
         .map_err(|e| Problem::bad_query(&format!("status: {e}")))?;
-    let rows = api
+    let mut rows = api
         .runtime
         .store()
         .outbox(&OutboxFilter {
@@ -122,6 +122,7 @@ pub async fn outbox<S: Storage>(
         })
         .await
         .map_err(Problem::store)?;
+    api.runtime.catalog().preview(&mut rows);
     Ok(Json(rows.into_iter().map(OutboxEntry::from).collect()))
 }
 

@@ -20,17 +20,19 @@ use crate::clock::{self, Clock, ScaledClock, SystemClock};
 use crate::delivery::Notifier;
 use crate::lateness::Lateness;
 use crate::migration;
-use crate::runtime::{EnrolRequest, EventRequest, EventResult, Runtime};
+use crate::runtime::{EnrolRequest, EventRequest, EventResult, Runtime, RuntimeError};
 use crate::simulate::{self, Family, ScriptedEvent};
 use crate::store::seal::Seal;
 use crate::store::{
-    AuditEntry, AuditFilter, NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore, Storage,
+    AuditEntry, AuditFilter, Contact, NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore,
+    Storage,
 };
 use crate::worker::{self, Options, Wake};
 use carepath_notifier::NotifierConfig;
+use carepath_notifier::channel::{mask_email, mask_phone};
 use carepath_notifier::file::{Console as FileConsole, FileConfig};
 
-use super::{BulkVerb, Command, DbArgs, Format, OutboxAction, SelectArgs};
+use super::{BulkVerb, Command, DbArgs, DirectoryAction, Format, OutboxAction, SelectArgs};
 
 /// Runs a database command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -104,6 +106,26 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             reason,
             db,
         } => erase(&db, &reference, &reason).await,
+        Command::Directory { action, db } => directory(&db, action).await,
+        Command::Assign {
+            reference,
+            role,
+            name,
+            email,
+            phone,
+            language,
+            pathway,
+            db,
+        } => {
+            let contact = Contact {
+                name,
+                email,
+                phone,
+                language,
+                channel: None,
+            };
+            assign(&db, &reference, &role, &contact, pathway.as_deref()).await
+        }
         Command::Migrate {
             pathway,
             to_version,
@@ -620,12 +642,13 @@ async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<Ex
         let fields = catalog::redact(version.map(|v| &**v), &inst.instance.fields);
         let history = store.history(inst.id).await?;
         let timers = store.timers(inst.id).await?;
-        let notices = store
+        let mut notices = store
             .outbox(&OutboxFilter {
                 instance_id: Some(inst.id),
                 ..OutboxFilter::default()
             })
             .await?;
+        catalog.preview(&mut notices);
         report.push(json!({
             "instance_id": inst.id,
             "pathway": inst.pathway,
@@ -779,12 +802,13 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
         .map_err(anyhow::Error::msg)?;
     let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
-    let rows = store
+    let mut rows = store
         .outbox(&OutboxFilter {
             status,
             ..OutboxFilter::default()
         })
         .await?;
+    catalog.preview(&mut rows);
     store.close().await;
     let now = Timestamp::now();
     let mut out = std::io::stdout().lock();
@@ -1095,6 +1119,119 @@ async fn bulk_command(
 }
 
 /// Erases a family at its request.
+async fn directory(db: &Path, action: DirectoryAction) -> anyhow::Result<ExitCode> {
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let code = match action {
+        DirectoryAction::Load { file } => {
+            let catalog = Catalog::from_store(&store).await?;
+            let entries = crate::directory::read(&file)?;
+            let checked = crate::directory::check(&entries, &catalog);
+            audit(
+                &store,
+                Timestamp::now(),
+                "directory load",
+                None,
+                None,
+                Some(format!("{} entries from {}", entries.len(), file.display())),
+                checked.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+            )
+            .await?;
+            match checked {
+                Ok(()) => {
+                    let n = store.replace_directory(&entries).await?;
+                    println!(
+                        "directory loaded: {n} role{} from {}",
+                        plural(n),
+                        file.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("carepath: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        DirectoryAction::List => {
+            let entries = store.directory().await?;
+            if entries.is_empty() {
+                println!("the directory is empty: `carepath directory load FILE`");
+            }
+            for e in entries {
+                let c = &e.contact;
+                let reach: Vec<String> = [
+                    c.email.as_deref().map(mask_email),
+                    c.phone.as_deref().map(mask_phone),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                println!(
+                    "{:<16} {:<28} {} — {} ({})",
+                    e.role,
+                    e.pathway.as_deref().unwrap_or("every pathway"),
+                    e.organisation,
+                    c.name,
+                    reach.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    store.close().await;
+    Ok(code)
+}
+
+async fn assign(
+    db: &Path,
+    reference: &str,
+    role: &str,
+    contact: &Contact,
+    pathway: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let catalog = Catalog::from_store(&store).await?;
+    let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
+    let result = rt
+        .assign(reference, role, contact, pathway, &cli_actor())
+        .await;
+    let outcome = match &result {
+        Ok(_) => Ok(()),
+        Err(RuntimeError::Assign(why)) => Err(why.clone()),
+        Err(e) => Err(e.to_string()),
+    };
+    audit(
+        rt.store(),
+        rt.clock().now(),
+        "assign",
+        Some(reference),
+        None,
+        Some(format!("role {role}")),
+        outcome,
+    )
+    .await?;
+    rt.store().close().await;
+    match result {
+        Ok(a) => {
+            for (id, pathway) in &a.instances {
+                println!("{role} assigned for {reference} on {pathway} (instance {id})");
+            }
+            println!(
+                "{} dead letter{} for {role} queued again",
+                a.retried,
+                plural(a.retried)
+            );
+            worker::wake_other(db);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(RuntimeError::Assign(why)) => {
+            eprintln!("carepath: {why}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn erase(db: &Path, reference: &str, reason: &str) -> anyhow::Result<ExitCode> {
     let store = sealed(SqliteStore::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;

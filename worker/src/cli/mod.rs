@@ -215,6 +215,47 @@ pub enum Command {
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
+    /// The directory: the organisations' contacts that play a role for every family (the Red
+    /// Cross coordinator for Rødovre), taken when a referral leaves a role without a contact.
+    Directory {
+        /// Load a file or list what is loaded.
+        #[command(subcommand)]
+        action: DirectoryAction,
+        /// The database file.
+        #[arg(
+            long,
+            env = "CAREPATH_DB",
+            default_value = "carepath.db",
+            global = true
+        )]
+        db: PathBuf,
+    },
+    /// Assign a person to a role of a family from now on, on every active pathway of the
+    /// family with the role (or --pathway's only); its dead letters for the role are retried.
+    Assign {
+        /// The family's reference.
+        reference: String,
+        /// The role, as the pathways name it (coordinator, volunteer, health_visitor, …).
+        role: String,
+        /// The person's name.
+        #[arg(long)]
+        name: String,
+        /// Email address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Mobile number with country code (+45…).
+        #[arg(long)]
+        phone: Option<String>,
+        /// The language notices to them are written in.
+        #[arg(long, default_value = "da")]
+        language: String,
+        /// Only on this pathway.
+        #[arg(long)]
+        pathway: Option<String>,
+        /// The database file.
+        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        db: PathBuf,
+    },
     /// Erase a family's personal data at its request, at once: every instance of the
     /// reference (see docs/operations.md for what is kept, and why).
     Erase {
@@ -362,6 +403,19 @@ pub enum KeyAction {
     /// Print a new random data key: give it to every carepath process as CAREPATH_DATA_KEY,
     /// and keep it as safely as the database's backups (without it they cannot be read).
     New,
+}
+
+/// What to do with the directory.
+#[derive(Debug, Subcommand)]
+pub enum DirectoryAction {
+    /// Replace the directory with a file's entries, checked against the loaded pathways first
+    /// (all or nothing).
+    Load {
+        /// The directory file (TOML, `[[role]]` entries).
+        file: PathBuf,
+    },
+    /// List the directory, addresses masked.
+    List,
 }
 
 /// What to do with one outbox notice.

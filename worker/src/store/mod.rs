@@ -151,6 +151,40 @@ fn default_language() -> String {
     "da".into()
 }
 
+/// An organisation's contact that plays a role for every family of a pathway (or of every
+/// pathway): the Red Cross coordinator for Rødovre, the health visitors' shared inbox. A role
+/// that a family's own contacts leave empty is taken from here when an instance starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryEntry {
+    /// The organisation, as people name it.
+    #[schema(example = "Røde Kors Rødovre")]
+    pub organisation: String,
+    /// The role it plays, as pathways name it.
+    #[schema(example = "coordinator")]
+    pub role: String,
+    /// Only for this pathway; absent for every pathway that has the role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathway: Option<String>,
+    /// Who receives the notices.
+    pub contact: Contact,
+}
+
+/// A notice that was a dead letter for want of a contact, addressed and queued again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readdress {
+    /// The outbox row.
+    pub outbox_id: i64,
+    /// Its new recipient.
+    pub contact: ContactRef,
+    /// The channel and address it goes by now.
+    pub channel: Channel,
+    /// The address on that channel.
+    pub address: String,
+    /// Why, for its provenance.
+    pub reason: String,
+}
+
 /// One family on one pathway, as stored.
 #[derive(Clone, Debug)]
 pub struct InstanceRow {
@@ -291,8 +325,10 @@ pub struct NewNotice {
     pub channel: Option<Channel>,
     /// The address on that channel.
     pub address: Option<String>,
-    /// The text, when it could be rendered.
+    /// The text, when carepath wrote it itself; a pathway's notice is rendered at delivery.
     pub text: NoticeText,
+    /// The values its template is rendered with at delivery (the recipient is added then).
+    pub data: Option<serde_json::Value>,
     /// `queued`, or `dead` when it cannot be sent (no contact, a render error).
     pub status: NoticeStatus,
     /// Not to be sent before.
@@ -307,7 +343,7 @@ pub struct NewNotice {
     pub error: Option<String>,
 }
 
-/// A notice's text, rendered once when it is emitted and kept, so what was sent can always be
+/// A notice's text, rendered once when it is first sent and kept, so what was sent can always be
 /// shown.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NoticeText {
@@ -428,6 +464,25 @@ pub struct OutboxRow {
     pub receipt: Option<ReceiptState>,
     /// When the last receipt arrived.
     pub receipt_at: Option<Timestamp>,
+    /// The values its template is rendered with, until it is rendered: never shown.
+    #[serde(skip)]
+    pub data: Option<serde_json::Value>,
+    /// The recipient's language, for rendering.
+    #[serde(skip)]
+    pub recipient_language: Option<String>,
+}
+
+impl OutboxRow {
+    /// Whether its text is still to be rendered (at delivery, or for showing it).
+    pub fn unrendered(&self) -> bool {
+        self.channel.is_some() && self.unsent_text()
+    }
+
+    /// Whether it holds the values to render it and no text yet: a notice that never went,
+    /// which a retry can still render.
+    pub fn unsent_text(&self) -> bool {
+        self.text.body.is_none() && self.data.is_some()
+    }
 }
 
 /// What an SMS gateway reported of a message it accepted.
@@ -693,6 +748,8 @@ pub struct Changes {
     pub withdrawals: Vec<Withdraw>,
     /// Instances to put on hold: (instance, by whom).
     pub holds: Vec<(i64, String)>,
+    /// Dead letters addressed and queued again, now that somebody plays their role.
+    pub readdressed: Vec<Readdress>,
 }
 
 /// Queued notices of one instance to skip.
@@ -955,6 +1012,20 @@ pub trait Storage: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<ReceiptOutcome>> + Send;
 
+    /// Replaces the directory with `entries`, in one transaction. Returns how many it holds.
+    fn replace_directory(
+        &self,
+        entries: &[DirectoryEntry],
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// The directory, by role and pathway.
+    fn directory(&self) -> impl Future<Output = Result<Vec<DirectoryEntry>>> + Send;
+
+    /// Stores the text delivery rendered for each notice, before it is sent: what was sent is
+    /// then on record even if the process dies mid-send, and a retry sends the same text. Only
+    /// rows without a text yet are written.
+    fn set_texts(&self, texts: &[(i64, NoticeText)]) -> impl Future<Output = Result<()>> + Send;
+
     /// Records what delivery did with each row, and logs it, in one transaction. Sent, Retry
     /// and Dead count as attempts. A row's status changes only while it is queued, so a
     /// worker whose lease ran out cannot overwrite what another worker recorded; the claim is
@@ -1030,6 +1101,9 @@ pub trait Tx: Send {
 
     /// Instances by id.
     fn instances(&mut self, ids: &[i64]) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
+
+    /// The directory with each entry's contact row.
+    fn directory(&mut self) -> impl Future<Output = Result<Vec<(i64, DirectoryEntry)>>> + Send;
 
     /// A family's active instances.
     fn active_instances(

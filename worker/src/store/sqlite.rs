@@ -25,10 +25,11 @@ use serde_json::Value;
 
 use super::seal::{Seal, SealError};
 use super::{
-    AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DueTimer, Erased, EventRecord,
-    InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText, OWN_TEMPLATES,
-    OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, ReceiptOutcome, ReceiptReport, ReceiptState,
-    Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
+    AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DirectoryEntry, DueTimer,
+    Erased, EventRecord, InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText,
+    OWN_TEMPLATES, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, ReceiptOutcome, ReceiptReport,
+    ReceiptState, Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx,
+    Withdrawn,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -411,7 +412,7 @@ fn history_row(r: &SqliteRow) -> Result<History> {
     })
 }
 
-fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
+fn outbox_row(r: &SqliteRow, seal: &Seal) -> Result<OutboxRow> {
     let id: i64 = r.try_get("id")?;
     let what = format!("outbox row {id}");
     let status: String = r.try_get("status")?;
@@ -462,6 +463,11 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
             .try_get::<Option<i64>, _>("receipt_at")?
             .map(|t| ts(t, &what))
             .transpose()?,
+        data: r
+            .try_get::<Option<String>, _>("data")?
+            .map(|d| Ok::<_, StoreError>(seal.open("data", json(&d, &what)?)?))
+            .transpose()?,
+        recipient_language: r.try_get("recipient_language")?,
     })
 }
 
@@ -471,7 +477,7 @@ fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
 const HEALTH_PAD: i64 = 64 * 1024;
 
 /// An outbox row with its family's reference and its recipient's name, up to `WHERE`.
-const OUTBOX_SELECT: &str = "SELECT o.*, i.ref, c.name AS recipient FROM outbox o \
+const OUTBOX_SELECT: &str = "SELECT o.*, i.ref, c.name AS recipient, c.language AS recipient_language FROM outbox o \
      JOIN instances i ON i.id = o.instance_id LEFT JOIN contacts c ON c.id = o.contact_id";
 
 /// One line of a notice's provenance.
@@ -530,6 +536,30 @@ async fn select_by_ids<T>(
         }
     }
     Ok(out)
+}
+
+/// The directory, by role and pathway, with each entry's contact row.
+async fn select_directory(conn: &mut SqliteConnection) -> Result<Vec<(i64, DirectoryEntry)>> {
+    let rows = sqlx::query(
+        "SELECT d.organisation, d.role, d.pathway, c.id, c.name, c.email, c.phone, c.language, c.channel \
+         FROM directory d JOIN contacts c ON c.id = d.contact_id ORDER BY d.role, d.pathway",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let pathway: String = r.try_get("pathway")?;
+            Ok((
+                r.try_get("id")?,
+                DirectoryEntry {
+                    organisation: r.try_get("organisation")?,
+                    role: r.try_get("role")?,
+                    pathway: (!pathway.is_empty()).then_some(pathway),
+                    contact: contact_row(r)?.1,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The instances with these ids, in id order.
@@ -910,7 +940,7 @@ impl Storage for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(outbox_row)
+            .map(|r| outbox_row(r, &self.seal))
             .collect()
     }
 
@@ -934,6 +964,72 @@ impl Storage for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn replace_directory(&self, entries: &[DirectoryEntry]) -> Result<usize> {
+        let mut tx = self.begin().await?;
+        // Contacts of the old directory stay: instances may point at them.
+        sqlx::query("DELETE FROM directory")
+            .execute(&mut *tx.tx)
+            .await?;
+        for e in entries {
+            let c = &e.contact;
+            let contact: i64 = sqlx::query_scalar(
+                "INSERT INTO contacts (name, email, phone, language, channel) VALUES (?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(&c.name)
+            .bind(&c.email)
+            .bind(&c.phone)
+            .bind(&c.language)
+            .bind(c.channel.map(Channel::as_str))
+            .fetch_one(&mut *tx.tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO directory (organisation, role, pathway, contact_id) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&e.organisation)
+            .bind(&e.role)
+            .bind(e.pathway.as_deref().unwrap_or(""))
+            .bind(contact)
+            .execute(&mut *tx.tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(entries.len())
+    }
+
+    async fn directory(&self) -> Result<Vec<DirectoryEntry>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(select_directory(&mut conn)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    async fn set_texts(&self, texts: &[(i64, NoticeText)]) -> Result<()> {
+        if texts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for run in shaped(texts) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("WITH v(id, language, subject, body, html) AS (");
+            q.push_values(run, |mut b, (id, t)| {
+                b.push_bind(id)
+                    .push_bind(&t.language)
+                    .push_bind(&t.subject)
+                    .push_bind(&t.body)
+                    .push_bind(&t.html);
+            });
+            // Rendered once: the values it was rendered from are not kept beside the text.
+            q.push(
+                ") UPDATE outbox SET language = v.language, subject = v.subject, body = v.body, \
+                 html = v.html, data = NULL FROM v WHERE outbox.id = v.id AND outbox.body IS NULL",
+            );
+            q.build().execute(&mut *tx.tx).await?;
+        }
+        tx.commit().await
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery], now: Timestamp) -> Result<()> {
@@ -1057,7 +1153,7 @@ impl Storage for SqliteStore {
             }
             erased.contacts += q.execute(&mut *tx.tx).await?.rows_affected() as usize;
             erased.notices += run(format!(
-                "UPDATE outbox SET address = NULL, subject = NULL, body = NULL, html = NULL, \
+                "UPDATE outbox SET address = NULL, subject = NULL, body = NULL, html = NULL, data = NULL, \
                  calendar = NULL, last_error = NULL, claimed_by = NULL, lease_until = NULL, \
                  status = CASE status WHEN 'queued' THEN 'skipped' ELSE status END \
                  WHERE instance_id IN ({list})"
@@ -1260,7 +1356,7 @@ impl Storage for SqliteStore {
                 q = q.bind(id);
             }
             for r in q.fetch_all(&mut *tx.tx).await? {
-                rows.push(outbox_row(&r)?);
+                rows.push(outbox_row(&r, &self.seal)?);
             }
         }
         tx.commit().await?;
@@ -1496,6 +1592,10 @@ impl Tx for SqliteTx {
         select_instances(&mut self.tx, ids, &self.seal).await
     }
 
+    async fn directory(&mut self) -> Result<Vec<(i64, DirectoryEntry)>> {
+        select_directory(&mut self.tx).await
+    }
+
     async fn active_instances(&mut self, reference: &str) -> Result<Vec<InstanceRow>> {
         let sql = format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE ref = ? AND status = 'active' ORDER BY id"
@@ -1676,6 +1776,31 @@ impl Tx for SqliteTx {
             .execute(&mut *conn)
             .await?;
         }
+        for r in &changes.readdressed {
+            let done = sqlx::query(
+                "UPDATE outbox SET contact_id = ?, channel = ?, address = ?, status = 'queued', attempts = 0, \
+                 last_error = NULL, not_before = ?, updated_at = ?, claimed_by = NULL, lease_until = NULL \
+                 WHERE id = ? AND status = 'dead' AND body IS NULL",
+            )
+            .bind(contact(r.contact))
+            .bind(r.channel.as_str())
+            .bind(&r.address)
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(r.outbox_id)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() > 0 {
+                sqlx::query(
+                    "INSERT INTO outbox_log (outbox_id, at, status, detail) VALUES (?, ?, 'queued', ?)",
+                )
+                .bind(r.outbox_id)
+                .bind(ms(now))
+                .bind(&r.reason)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
         for w in &changes.withdrawals {
             let (which, topic) = match &w.which {
                 Withdrawn::Family => ("family = 1", None),
@@ -1708,9 +1833,18 @@ impl Tx for SqliteTx {
         for chunk in shaped(&changes.outbox) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
-                 channel, address, language, subject, body, html, status, not_before, expires_at, topic, calendar, attempts, last_error, created_at, updated_at) ",
+                 channel, address, language, subject, body, html, data, status, not_before, expires_at, topic, calendar, attempts, last_error, created_at, updated_at) ",
             );
-            q.push_values(chunk, |mut b, (t, n)| {
+            let data = chunk
+                .iter()
+                .map(|(_, n)| {
+                    n.data
+                        .as_ref()
+                        .map(|d| Ok(self.seal.seal("data", d)?.to_string()))
+                        .transpose()
+                })
+                .collect::<Result<Vec<Option<String>>>>()?;
+            q.push_values(chunk.iter().zip(data), |mut b, ((t, n), data)| {
                 let id = target(*t);
                 b.push_bind(format!("{id}:{}", n.key))
                     .push_bind(id)
@@ -1725,6 +1859,7 @@ impl Tx for SqliteTx {
                     .push_bind(&n.text.subject)
                     .push_bind(&n.text.body)
                     .push_bind(&n.text.html)
+                    .push_bind(data)
                     .push_bind(n.status.as_str())
                     .push_bind(ms(n.not_before))
                     .push_bind(n.expires_at.map(ms))
