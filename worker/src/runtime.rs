@@ -1568,7 +1568,7 @@ impl<'c> Batch<'c> {
     /// Gives the roles of a starting instance that nobody plays for this family the
     /// directory's contact: the pathway's own entry, else the one for every pathway. Returns
     /// the roles and a history note for each role taken from the directory.
-    async fn from_directory(
+    async fn fill_from_directory(
         &mut self,
         tx: &mut impl Tx,
         version: &Version,
@@ -1626,7 +1626,7 @@ impl<'c> Batch<'c> {
         now: Timestamp,
         depth: usize,
     ) -> Result<(), StoreError> {
-        let (roles, notes) = self.from_directory(tx, version, roles).await?;
+        let (roles, notes) = self.fill_from_directory(tx, version, roles).await?;
         effects.history.notes.extend(notes);
         let index = self.changes.new_instances.len();
         let target = Target::New(index);
