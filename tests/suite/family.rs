@@ -353,3 +353,170 @@ async fn a_pregnancy_loss_reported_once_stops_every_family_and_volunteer_message
         2
     );
 }
+
+/// Enrols `reference` on `pathway` with `fields`, every role played by someone with email.
+async fn enrol_on(rt: &Runtime<SqliteStore>, reference: &str, pathway: &str, fields: Value) {
+    let version = rt.catalog().latest(pathway).expect("loaded");
+    let contacts: BTreeMap<String, Contact> = version
+        .checked
+        .pathway
+        .roles
+        .keys()
+        .map(|role| {
+            let c = if role == "family" {
+                contact("Amal", None, Some("+4520999111"), "da")
+            } else {
+                email(role, &format!("{role}@example.dk"))
+            };
+            (role.clone(), c)
+        })
+        .collect();
+    rt.enrol(&EnrolRequest {
+        reference: reference.into(),
+        pathway: pathway.into(),
+        fields: fields.as_object().expect("object").clone(),
+        contacts,
+    })
+    .await
+    .expect("enrol");
+}
+
+/// The seeds' programmes as they are: God start matched in pregnancy covers the birth and the
+/// camp invitation goes; the dating scan moves the due date; Rødovre ends at 18 months without
+/// a reported birth; the standard track refers into the Red Cross family network.
+#[tokio::test]
+async fn the_programmes_follow_the_seeds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (rt, clock) = runtime(dir.path()).await;
+
+    // God start: matched on 5 February in pregnancy, born 6 August. Six months from the
+    // match would end on 5 August, the day before the birth; the support covers the birth,
+    // the camp invitation goes eight weeks after it, and the six months count from the birth.
+    enrol_on(
+        &rt,
+        "FAM-GS",
+        "red-cross-good-start",
+        json!({"consent_date": "2027-01-11"}),
+    )
+    .await;
+    run_until(&rt, &clock, local("2027-02-05T12:00")).await;
+    report(&rt, "FAM-GS", "volunteer_matched", json!({})).await;
+    run_until(&rt, &clock, local("2027-08-06T12:00")).await;
+    let gs = &rt.store().instances_by_ref("FAM-GS").await.expect("read")[0];
+    assert_eq!(gs.instance.state, "active_in_pregnancy", "still supported");
+    report(
+        &rt,
+        "FAM-GS",
+        "birth_registered",
+        json!({"birth_date": "2027-08-06"}),
+    )
+    .await;
+    run_until(&rt, &clock, local("2027-10-02T12:00")).await;
+    let camp = super::delivery::rows(&rt, "camp_invitation").await;
+    assert_eq!(camp.len(), 1, "the camp invitation went");
+    assert_eq!(camp[0].not_before, local("2027-10-01T10:00"));
+    run_until(&rt, &clock, local("2028-02-08T12:00")).await;
+    let gs = &rt.store().instances_by_ref("FAM-GS").await.expect("read")[0];
+    assert_eq!(gs.instance.state, "completed");
+    let history = rt.store().history(gs.id).await.expect("history");
+    let ended = history.last().expect("a step");
+    // Reported on the worker's next daily round, 7 August: six months from then.
+    assert_eq!(
+        ended.at,
+        local("2028-02-07T09:00"),
+        "six months from the birth"
+    );
+
+    // The standard track: the dating scan moves the due date, and every deadline with it.
+    enrol_on(
+        &rt,
+        "FAM-SCAN",
+        "standard-track",
+        json!({"due_date": "2028-08-20"}),
+    )
+    .await;
+    report(&rt, "FAM-SCAN", "first_exam_done", json!({"care_level": 1})).await;
+    // The pregnancy's own timer (its only one): the birth not registered four weeks after
+    // the due date.
+    let deadline = || async {
+        let i = &rt.store().instances_by_ref("FAM-SCAN").await.expect("read")[0];
+        i.instance
+            .timers
+            .iter()
+            .find(|t| t.purpose == carepath_engine::step::Purpose::State { index: 0 })
+            .map(|t| t.due)
+    };
+    let before = deadline().await;
+    report(
+        &rt,
+        "FAM-SCAN",
+        "due_date_revised",
+        json!({"due_date": "2028-09-10"}),
+    )
+    .await;
+    let after = deadline().await;
+    assert_ne!(before, after);
+    assert_eq!(
+        after,
+        Some(local("2028-10-08T09:00")),
+        "four weeks after the new due date"
+    );
+
+    // Rødovre: referred in pregnancy with a due date; no birth is ever reported. The
+    // cooperation ends 18 months after the due date all the same.
+    enrol_on(
+        &rt,
+        "FAM-RO",
+        "rodovre-birth-cooperation",
+        json!({"due_date": "2028-06-15"}),
+    )
+    .await;
+    report(&rt, "FAM-RO", "triaged_heavy", json!({})).await;
+    run_until(&rt, &clock, local("2029-12-16T12:00")).await;
+    let ro = &rt.store().instances_by_ref("FAM-RO").await.expect("read")[0];
+    assert_eq!(ro.instance.state, "completed");
+    let last = rt
+        .store()
+        .history(ro.id)
+        .await
+        .expect("history")
+        .pop()
+        .expect("step");
+    assert_eq!(last.at, local("2029-12-15T09:00"));
+
+    // The standard track refers a family with a child into the Red Cross family network.
+    enrol_on(
+        &rt,
+        "FAM-NET",
+        "standard-track",
+        json!({"due_date": "2030-01-20"}),
+    )
+    .await;
+    report(&rt, "FAM-NET", "first_exam_done", json!({"care_level": 1})).await;
+    report(
+        &rt,
+        "FAM-NET",
+        "birth_registered",
+        json!({"birth_date": "2029-12-15"}),
+    )
+    .await;
+    report(
+        &rt,
+        "FAM-NET",
+        "referred_to_family_network",
+        json!({"consent_date": "2029-12-16"}),
+    )
+    .await;
+    let pathways: Vec<String> = rt
+        .store()
+        .instances_by_ref("FAM-NET")
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|i| i.pathway)
+        .collect();
+    assert!(
+        pathways.contains(&"red-cross-family-network".to_string()),
+        "{pathways:?}"
+    );
+}
