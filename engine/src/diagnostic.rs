@@ -136,6 +136,8 @@ codes! {
         "A file has more findings than are shown (100): the rest are counted, not listed.";
     SmsSegments = "sms-segments", Warning,
         "An SMS template that, with sample values, needs more segments than configured (`carepath validate`, from the notifier).";
+    RoleNotInDirectory = "role-not-in-directory", Warning,
+        "A referral leaves a role of the pathway it refers to without a contact, and the directory given to `carepath validate --directory` has nobody for it.";
 }
 
 impl std::fmt::Display for Code {

@@ -1899,4 +1899,22 @@ async fn the_directory_is_replaced_whole_and_a_role_is_assigned_within_the_token
         .collect();
     assert!(actions.contains(&"assign"), "{:#}", audit.body);
     assert!(actions.contains(&"directory load"), "{:#}", audit.body);
+
+    // The family as a whole, within the token's pathways.
+    let family = s.get("/v1/families/FAM-ASSIGN", HOSPITAL).await;
+    assert_eq!(family.status, 200, "{:#}", family.body);
+    assert_eq!(family.body["ref"], "FAM-ASSIGN");
+    let on: Vec<&str> = family.body["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["pathway"].as_str())
+        .collect();
+    assert_eq!(on, ["standard-track"]);
+    s.get("/v1/families/FAM-ASSIGN", RED_CROSS)
+        .await
+        .problem(404, "not-found");
+    s.get("/v1/families/FAM-NOBODY", READER)
+        .await
+        .problem(404, "not-found");
 }

@@ -482,13 +482,52 @@ fn the_directory_loads_whole_or_not_at_all_and_a_role_is_assigned() {
         (loaded.status.code(), stdout(&loaded)),
         (
             Some(0),
-            "directory loaded: 6 roles from examples/directory.toml\n".to_string()
+            "directory loaded: 7 roles from examples/directory.toml\n".to_string()
         ),
         "{}",
         String::from_utf8_lossy(&loaded.stderr)
     );
     let listed = stdout(&run(&["directory", "list", "--db", &db]));
-    assert_eq!(listed.lines().count(), 6, "{listed}");
+    assert_eq!(listed.lines().count(), 7, "{listed}");
+    // The example directory covers every role a referral of the real pathways first tells;
+    // one without the Red Cross coordinators is warned about, by code and place.
+    let clean = run(&[
+        "validate",
+        "pathways/",
+        "--directory",
+        "examples/directory.toml",
+    ]);
+    assert!(
+        stdout(&clean).ends_with("checked 5 pathways: 0 errors, 0 warnings\n"),
+        "{}",
+        stdout(&clean)
+    );
+    let thin = dir.path().join("thin.toml");
+    std::fs::write(&thin, "").expect("write");
+    let warned = run(&[
+        "validate",
+        "pathways/",
+        "--directory",
+        &thin.to_string_lossy(),
+        "--format",
+        "json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&warned.stdout).expect("json");
+    let coordinator = report["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .find(|d| {
+            d["code"] == "role-not-in-directory"
+                && d["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("standard-track/pathway.json"))
+                && d["message"].as_str().is_some_and(|m| {
+                    m.contains("\"red-cross-good-start\" gives role \"coordinator\"")
+                })
+        })
+        .expect("the standard track's referral to God start is warned about");
+    assert!(coordinator["line"].as_u64() > Some(0), "{coordinator}");
     assert!(
         listed.contains("coordinator      red-cross-good-start         Røde Kors Rødovre"),
         "{listed}"

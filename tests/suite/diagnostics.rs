@@ -12,11 +12,24 @@ use carepath_notifier::sms;
 
 use super::support::{golden, read_folder, root, update};
 
-/// The checks as `carepath validate` runs them: the engine's, then the notifier's SMS sizes.
-fn check(sources: &[PathwaySource]) -> Report {
+/// The checks as `carepath validate` runs them: the engine's, then the notifier's SMS sizes,
+/// then, for a side with a `directory.toml`, the referrals' roles against it (`--directory`).
+fn check_side(sources: &[PathwaySource], side: Option<&Path>) -> Report {
     let mut report = carepath_engine::check(sources);
     sms::check(&mut report, sms::DEFAULT_MAX_SEGMENTS);
+    if let Some(directory) = side
+        .map(|s| s.join("directory.toml"))
+        .filter(|d| d.exists())
+    {
+        let entries = carepath_worker::directory::read(&directory).expect("directory");
+        carepath_worker::directory::check_referrals(&mut report, sources, &entries);
+    }
     report
+}
+
+/// The checks of a source that has no fixture folder.
+fn check(sources: &[PathwaySource]) -> Report {
+    check_side(sources, None)
 }
 
 fn fixtures() -> Vec<(String, PathBuf)> {
@@ -54,7 +67,7 @@ fn sources(dir: &Path, side: &str) -> Vec<PathwaySource> {
 }
 
 fn diagnostics_json(dir: &Path) -> String {
-    let report = check(&sources(dir, "bad"));
+    let report = check_side(&sources(dir, "bad"), Some(&dir.join("bad")));
     let mut text =
         serde_json::to_string_pretty(&carepath_engine::diagnostic::to_json(&report.diagnostics))
             .expect("json");
@@ -105,7 +118,7 @@ fn each_bad_fixture_reports_its_code_where_expected() {
 fn each_fixed_fixture_is_clean() {
     for (code, dir) in fixtures() {
         let sources = sources(&dir, "fixed");
-        let report = check(&sources);
+        let report = check_side(&sources, Some(&dir.join("fixed")));
         assert!(
             report.diagnostics.is_empty(),
             "{code}: the fix still has diagnostics: {:#?}",
@@ -138,7 +151,7 @@ fn diagnostics_section() -> String {
             "\n### `{code}` ({severity})\n\n{}\n\n",
             code.description()
         ));
-        let report = check(&sources(&dir, "bad"));
+        let report = check_side(&sources(&dir, "bad"), Some(&dir.join("bad")));
         let rendered: Vec<String> = report
             .diagnostics
             .iter()

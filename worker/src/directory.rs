@@ -18,6 +18,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use carepath_engine::diagnostic::LineIndex;
+use carepath_engine::json::Locations;
+use carepath_engine::pathway::{Action, Sector, enrolled_roles};
+use carepath_engine::{Code, PathwaySource, Report};
+
 use crate::catalog::Catalog;
 use crate::store::DirectoryEntry;
 
@@ -126,4 +131,78 @@ pub fn check(entries: &[DirectoryEntry], catalog: &Catalog) -> Result<(), Direct
     } else {
         Err(DirectoryError::Invalid(problems))
     }
+}
+
+/// `role-not-in-directory` warnings (`carepath validate --directory`): for each referral
+/// (`enroll`) of a checked pathway into another checked one, each role that the other
+/// pathway's first state notifies as it starts, outside the family, that `entries` has nobody
+/// for: unless the family happens to have the contact the referral copies (the issue found
+/// referrals to the Red Cross dead for want of the coordinator's address), those first
+/// notices are dead letters. Roles told later, such as a volunteer assigned with the match,
+/// are left alone.
+pub fn check_referrals(report: &mut Report, sources: &[PathwaySource], entries: &[DirectoryEntry]) {
+    let mut found = Vec::new();
+    for p in &report.pathways {
+        let Some(source) = sources.iter().find(|s| {
+            serde_json::from_str::<serde_json::Value>(&s.pathway.text)
+                .is_ok_and(|v| v["id"] == p.pathway.id.as_str())
+        }) else {
+            continue;
+        };
+        let Ok(node) = carepath_engine::json::parse(&source.pathway.text) else {
+            continue;
+        };
+        let locations = Locations::of(&node);
+        let index = LineIndex::new(&source.pathway.text);
+        for (pointer, action) in p.pathway.action_sites() {
+            let Action::Enroll(e) = action else {
+                continue;
+            };
+            let Some(theirs) = report.pathways.iter().find(|q| q.pathway.id == e.pathway) else {
+                continue;
+            };
+            let given: BTreeMap<String, String> =
+                enrolled_roles(&e.roles, &theirs.pathway.roles, |r| {
+                    p.pathway.roles.contains_key(r)
+                })
+                .into_iter()
+                .collect();
+            let told: BTreeSet<&str> = theirs
+                .pathway
+                .states
+                .get(&theirs.pathway.initial)
+                .into_iter()
+                .flat_map(|s| &s.enter)
+                .flat_map(|a| a.notices())
+                .map(|(role, _)| role)
+                .collect();
+            for (role, decl) in &theirs.pathway.roles {
+                let listed = entries.iter().any(|d| {
+                    &d.role == role && d.pathway.as_ref().is_none_or(|x| *x == theirs.pathway.id)
+                });
+                if decl.sector == Sector::Family || !told.contains(role.as_str()) || listed {
+                    continue;
+                }
+                let from = given
+                    .get(role)
+                    .map(|mine| format!("only the family's own \"{mine}\" contact, if it has one"))
+                    .unwrap_or_else(|| "no contact".into());
+                found.push(index.diagnostic(
+                    &source.pathway.path,
+                    Code::RoleNotInDirectory,
+                    format!(
+                        "the referral to \"{}\" gives role \"{role}\" {from}, and nobody in the directory plays it: without it, its first notices are dead letters",
+                        theirs.pathway.id
+                    ),
+                    locations.value(&pointer),
+                    &pointer,
+                    Some(format!(
+                        "add a [[role]] with role = \"{role}\" (and pathway = \"{}\") to the directory, or map it in this enroll's \"roles\"",
+                        theirs.pathway.id
+                    )),
+                ));
+            }
+        }
+    }
+    report.diagnostics.extend(found);
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{Caller, Scope};
+use super::instances::InstanceSummary;
 use super::{Api, Body, Path, Problem, parse_body};
 use crate::runtime::{Assigned, RuntimeError};
 use crate::store::{Contact, DirectoryEntry, Erased, Storage};
@@ -368,4 +369,53 @@ pub async fn replace_directory<S: Storage>(
         .await
         .map_err(Problem::store)?;
     store.directory().await.map(Json).map_err(Problem::store)
+}
+
+/// A family with all its pathways.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FamilyView {
+    /// The family's reference.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Its instances, active and finished, oldest first (a token limited to some pathways
+    /// sees those only).
+    pub instances: Vec<InstanceSummary>,
+}
+
+/// A family by its reference: every pathway it is or was on, each with its state, owner and
+/// hold. `GET /v1/instances/{id}` has the details of one.
+#[utoipa::path(
+    get, path = "/v1/families/{ref}", operation_id = "family", tag = "families",
+    params(("ref" = String, Path, description = "The family's reference")),
+    responses(
+        (status = 200, description = "The family's pathways", body = FamilyView),
+        (status = 401, description = "No or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No read scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No family has the reference (on the token's pathways)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn family<S: Storage>(
+    State(api): State<Api<S>>,
+    caller: Arc<Caller>,
+    Path(reference): Path<String>,
+) -> Result<Json<FamilyView>, Problem> {
+    caller.require(Scope::Read)?;
+    let instances: Vec<InstanceSummary> = api
+        .runtime
+        .store()
+        .instances_by_ref(&reference)
+        .await
+        .map_err(Problem::store)?
+        .iter()
+        .filter(|r| caller.may_use(&r.pathway))
+        .map(|r| super::instances::summary(&api, r))
+        .collect();
+    if instances.is_empty() {
+        return Err(Problem::not_found("no family has this reference"));
+    }
+    Ok(Json(FamilyView {
+        reference,
+        instances,
+    }))
 }

@@ -671,7 +671,7 @@ async fn visible<S: Storage>(
     Ok(row)
 }
 
-fn summary<S: Storage>(api: &Api<S>, row: &InstanceRow) -> InstanceSummary {
+pub(super) fn summary<S: Storage>(api: &Api<S>, row: &InstanceRow) -> InstanceSummary {
     InstanceSummary {
         id: row.id,
         reference: row.reference.clone(),

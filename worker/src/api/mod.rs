@@ -172,6 +172,7 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
         .route("/v1/instances/{id}", get(instances::show::<S>))
         .route("/v1/audit", get(audit::log::<S>))
         .route("/v1/directory", get(families::directory::<S>))
+        .route("/v1/families/{ref}", get(families::family::<S>))
         .route("/v1/pathways", get(pathways::list::<S>))
         .route("/v1/pathways/{id}", get(pathways::show::<S>))
         .route("/v1/outbox", get(outbox::outbox::<S>))

@@ -48,6 +48,10 @@ pub enum Command {
         /// The notifier's configuration, for [sms] max_segments.
         #[arg(long, env = "CAREPATH_CONFIG")]
         config: Option<PathBuf>,
+        /// A directory file (`carepath directory load`'s): warn about roles a referral leaves
+        /// without a contact that nobody in it plays.
+        #[arg(long)]
+        directory: Option<PathBuf>,
     },
     /// Draw a pathway's state graph: states grouped by the owner's sector, edges labelled
     /// with the event or timer (timers dashed).
@@ -535,6 +539,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             max_segments,
             config,
+            directory,
         } => {
             let sources = load::load(&paths)?;
             let context = load::beside(&paths, &sources);
@@ -547,6 +552,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut report = carepath_engine::check(&[&sources[..], &context[..]].concat());
             let mut estimates = sms::check(&mut report, max_segments);
+            if let Some(file) = &directory {
+                let entries = crate::directory::read(file)?;
+                crate::directory::check_referrals(
+                    &mut report,
+                    &[&sources[..], &context[..]].concat(),
+                    &entries,
+                );
+            }
             if !context.is_empty() {
                 // Report on the named pathways only: the others are there to refer into.
                 let files: std::collections::HashSet<&str> = sources
