@@ -899,12 +899,15 @@ async fn outbox_action(
             retried(db, id, requeue)
         }
         OutboxAction::Show { id } => {
-            let row = store
+            let mut rows: Vec<_> = store
                 .outbox(&OutboxFilter::default())
                 .await?
                 .into_iter()
-                .find(|r| r.id == id);
-            let Some(row) = row else {
+                .filter(|r| r.id == id)
+                .collect();
+            // A notice still waiting is shown as it will be sent.
+            Catalog::from_store(&store).await?.preview(&mut rows);
+            let Some(row) = rows.pop() else {
                 eprintln!("there is no notice #{id}: see `carepath outbox`");
                 store.close().await;
                 return Ok(ExitCode::from(1));
