@@ -155,7 +155,7 @@ impl Notifier {
             if rows.is_empty() {
                 return Ok(total);
             }
-            let (ready, mut outcomes) = self.render(store, &rows).await?;
+            let (ready, mut outcomes) = self.render(store, &rows, now).await?;
             outcomes.extend(self.round(store, &ready, &origin, now).await?);
             for o in &outcomes {
                 match o {
@@ -179,11 +179,12 @@ impl Notifier {
 
     /// Renders the claimed notices that have no text yet and stores their text before anything
     /// is sent. Returns the notices ready to go, and a dead letter for each that cannot be
-    /// rendered.
+    /// rendered. One that has expired is not rendered: it will not go.
     async fn render<S: Storage>(
         &self,
         store: &S,
         rows: &[OutboxRow],
+        now: Timestamp,
     ) -> Result<(Vec<OutboxRow>, Vec<Delivery>), StoreError> {
         let known = |id: i64| self.versions.read().is_ok_and(|v| v.contains_key(&id));
         if rows
@@ -204,7 +205,7 @@ impl Notifier {
         let mut dead = Vec::new();
         let mut texts = Vec::new();
         for r in rows {
-            if !r.unrendered() {
+            if !r.unrendered() || r.expires_at.is_some_and(|e| e <= now) {
                 ready.push(r.clone());
                 continue;
             }
