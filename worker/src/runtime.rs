@@ -317,15 +317,7 @@ impl<S: Storage> Runtime<S> {
         &self,
         requests: &[EventRequest],
     ) -> Result<Vec<EventResult>, RuntimeError> {
-        let mut attempt = 0;
-        loop {
-            match self.try_apply_events(requests).await {
-                Err(RuntimeError::Store(StoreError::Conflict(_))) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        retrying(|| self.try_apply_events(requests)).await
     }
 
     async fn try_apply_events(
@@ -387,15 +379,7 @@ impl<S: Storage> Runtime<S> {
         pathway: Option<&str>,
         by: &str,
     ) -> Result<Assigned, RuntimeError> {
-        let mut attempt = 0;
-        loop {
-            match self.try_assign(reference, role, contact, pathway, by).await {
-                Err(RuntimeError::Store(StoreError::Conflict(_))) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        retrying(|| self.try_assign(reference, role, contact, pathway, by)).await
     }
 
     async fn try_assign(
@@ -596,15 +580,7 @@ impl<S: Storage> Runtime<S> {
     /// Claims at most `batch_size` due timers and, in one transaction, brings their instances
     /// up to `now`.
     pub async fn fire_batch(&self, now: Timestamp, batch_size: u32) -> Result<Fired, RuntimeError> {
-        let mut attempt = 0;
-        loop {
-            match self.try_fire_batch(now, batch_size).await {
-                Err(RuntimeError::Store(StoreError::Conflict(_))) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        retrying(|| self.try_fire_batch(now, batch_size)).await
     }
 
     /// Writes a batch and commits it, counting its steps. Returns the new instances' ids and
@@ -664,6 +640,22 @@ impl<S: Storage> Runtime<S> {
             due: due.iter().map(|t| t.due).collect(),
             dead,
         })
+    }
+}
+
+/// Runs `attempt` again when another writer moved one of its instances meanwhile, up to
+/// [`CONFLICT_RETRIES`] times: each attempt reads afresh.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, RuntimeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RuntimeError>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt().await {
+            Err(RuntimeError::Store(StoreError::Conflict(_))) if n < CONFLICT_RETRIES => n += 1,
+            other => return other,
+        }
     }
 }
 

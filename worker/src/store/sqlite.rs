@@ -538,6 +538,20 @@ async fn select_by_ids<T>(
     Ok(out)
 }
 
+/// Stores a contact; returns its row id.
+async fn insert_contact(conn: &mut SqliteConnection, c: &Contact) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO contacts (name, email, phone, language, channel) VALUES (?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&c.name)
+    .bind(&c.email)
+    .bind(&c.phone)
+    .bind(&c.language)
+    .bind(c.channel.map(Channel::as_str))
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
 /// The directory, by role and pathway, with each entry's contact row.
 async fn select_directory(conn: &mut SqliteConnection) -> Result<Vec<(i64, DirectoryEntry)>> {
     let rows = sqlx::query(
@@ -973,17 +987,7 @@ impl Storage for SqliteStore {
             .execute(&mut *tx.tx)
             .await?;
         for e in entries {
-            let c = &e.contact;
-            let contact: i64 = sqlx::query_scalar(
-                "INSERT INTO contacts (name, email, phone, language, channel) VALUES (?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(&c.name)
-            .bind(&c.email)
-            .bind(&c.phone)
-            .bind(&c.language)
-            .bind(c.channel.map(Channel::as_str))
-            .fetch_one(&mut *tx.tx)
-            .await?;
+            let contact = insert_contact(&mut tx.tx, &e.contact).await?;
             sqlx::query(
                 "INSERT INTO directory (organisation, role, pathway, contact_id) VALUES (?, ?, ?, ?)",
             )
@@ -1639,17 +1643,7 @@ impl Tx for SqliteTx {
         // Rows other rows point at come first, one at a time: there are few of them.
         let mut contact_ids = Vec::with_capacity(changes.contacts.len());
         for c in &changes.contacts {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO contacts (name, email, phone, language, channel) VALUES (?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(&c.name)
-            .bind(&c.email)
-            .bind(&c.phone)
-            .bind(&c.language)
-            .bind(c.channel.map(Channel::as_str))
-            .fetch_one(&mut *conn)
-            .await?;
-            contact_ids.push(id);
+            contact_ids.push(insert_contact(conn, c).await?);
         }
         let contact = |r: ContactRef| match r {
             ContactRef::Id(id) => id,
