@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use jiff::{Timestamp, ToSpan};
 use serde_json::{Value, json};
 
-use carepath_engine::step::Cause;
+use carepath_engine::step::{Cause, Status};
+use carepath_worker::bulk::{self, Action, Selection};
 use carepath_worker::clock::Clock;
 use carepath_worker::runtime::{EnrolRequest, EventRequest, EventResult, LIFE_EVENT, Runtime};
 use carepath_worker::store::{Contact, NoticeStatus, OutboxFilter, SqliteStore, Storage};
@@ -352,6 +353,45 @@ async fn a_pregnancy_loss_reported_once_stops_every_family_and_volunteer_message
             .count(),
         2
     );
+
+    // The Red Cross ends God start for this family; Rødovre's owner resumes the cooperation
+    // (the mother is still followed after a loss). Each acts on this family alone.
+    let only = |pathway: &str| Selection {
+        pathways: Some(vec![pathway.to_string()]),
+        reference: Some("FAM-LOSS".into()),
+        ..Selection::default()
+    };
+    let ended = bulk::apply(
+        &rt,
+        &Action::Cancel {
+            reason: "the pregnancy ended".into(),
+        },
+        &only("red-cross-good-start"),
+        "rk-koordinator",
+        false,
+    )
+    .await
+    .expect("cancel");
+    assert_eq!((ended.matched, ended.changed), (1, 1));
+    let resumed = bulk::apply(
+        &rt,
+        &Action::Resume,
+        &only("rodovre-birth-cooperation"),
+        "triage",
+        false,
+    )
+    .await
+    .expect("resume");
+    assert_eq!((resumed.matched, resumed.changed), (1, 1));
+    for i in rt.store().instances_by_ref("FAM-LOSS").await.expect("read") {
+        match i.pathway.as_str() {
+            "red-cross-good-start" => assert!(i.instance.status == Status::Finished),
+            "rodovre-birth-cooperation" => {
+                assert!(i.held_since.is_none() && i.instance.status == Status::Active)
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Enrols `reference` on `pathway` with `fields`, every role played by someone with email.

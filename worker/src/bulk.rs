@@ -56,6 +56,8 @@ pub struct Selection {
     pub owner: Option<String>,
     /// Enrolled before this moment.
     pub enrolled_before: Option<Timestamp>,
+    /// Only this family (a pathway a life event put on hold, resumed or ended by its owner).
+    pub reference: Option<String>,
 }
 
 /// What a bulk operation found and did.
@@ -89,6 +91,7 @@ pub async fn select<S: Storage>(
                 limit: PAGE,
                 active_only: true,
                 enrolled_before: selection.enrolled_before,
+                reference: selection.reference.clone(),
             })
             .await?;
         let full = page.len() == PAGE as usize;

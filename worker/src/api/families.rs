@@ -80,6 +80,9 @@ pub struct BulkBody {
     /// Only families enrolled before this moment (RFC 3339).
     #[serde(default)]
     pub enrolled_before: Option<String>,
+    /// Only this family.
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
     /// Why: required to cancel, for each family's history.
     #[serde(default)]
     pub reason: Option<String>,
@@ -151,6 +154,7 @@ pub async fn bulk<S: Storage>(
         state: body.state,
         owner: body.owner,
         enrolled_before,
+        reference: body.reference,
     };
     let outcome = crate::bulk::apply(
         &api.runtime,
@@ -188,6 +192,9 @@ pub struct MigrationBody {
     /// Only families enrolled before this moment (RFC 3339).
     #[serde(default)]
     pub enrolled_before: Option<String>,
+    /// Only this family.
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
     /// Only say what would happen to each family.
     #[serde(default)]
     pub dry_run: bool,
@@ -221,6 +228,7 @@ pub async fn migrate<S: Storage>(
         state: body.state,
         owner: body.owner,
         enrolled_before: enrolled_before(body.enrolled_before.as_deref())?,
+        reference: body.reference,
     };
     let report = crate::migration::migrate(
         &api.runtime,

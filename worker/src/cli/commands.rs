@@ -1025,6 +1025,7 @@ fn selection(pathways: Option<Vec<String>>, select: SelectArgs) -> anyhow::Resul
         state: select.state,
         owner: select.owner,
         enrolled_before,
+        reference: select.reference,
     })
 }
 

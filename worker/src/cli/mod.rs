@@ -388,6 +388,9 @@ pub struct SelectArgs {
     /// Only families enrolled before this moment (RFC 3339).
     #[arg(long)]
     pub enrolled_before: Option<String>,
+    /// Only this family.
+    #[arg(long = "ref")]
+    pub reference: Option<String>,
 }
 
 /// What `carepath bulk` does to each family.

@@ -822,6 +822,8 @@ pub struct InstanceFilter {
     pub active_only: bool,
     /// Only those enrolled before this moment.
     pub enrolled_before: Option<Timestamp>,
+    /// Only this family's.
+    pub reference: Option<String>,
     /// At most this many, by id.
     pub limit: u32,
 }

@@ -771,6 +771,9 @@ impl Storage for SqliteStore {
         if let Some(before) = filter.enrolled_before {
             q.push(" AND created_at < ").push_bind(ms(before));
         }
+        if let Some(reference) = &filter.reference {
+            q.push(" AND ref = ").push_bind(reference.clone());
+        }
         q.push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(filter.limit));
         q.build()
