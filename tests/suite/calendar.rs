@@ -71,9 +71,7 @@ fn well_formed(part: &Value) {
 #[tokio::test]
 async fn an_activity_window_reaches_the_health_visitor_as_whole_days() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("mail");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    let smtp = SmtpServer::start(&out);
+    let (smtp, out) = SmtpServer::in_dir(dir.path());
     let notifier = email_notifier(smtp.port);
     let (rt, clock) = runtime(dir.path()).await;
     enrol(&rt, "FAM-CAL", "jordemoder@example.dk", "da").await;
@@ -157,9 +155,7 @@ fn by_email() -> Value {
 #[tokio::test]
 async fn a_moved_appointment_updates_and_a_cancelled_one_cancels_the_same_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("mail");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    let smtp = SmtpServer::start(&out);
+    let (smtp, out) = SmtpServer::in_dir(dir.path());
     let notifier = email_notifier(smtp.port);
     let pathways = dir.path().join("pathways");
     write_pathway(

@@ -170,6 +170,13 @@ pub(super) struct SmtpServer {
 }
 
 impl SmtpServer {
+    /// A server writing into a new `mail` folder of `dir`, and that folder.
+    pub(super) fn in_dir(dir: &Path) -> (SmtpServer, std::path::PathBuf) {
+        let out = dir.join("mail");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        (SmtpServer::start(&out), out)
+    }
+
     pub(super) fn start(out: &Path) -> SmtpServer {
         let port = free_port();
         let mut child = Command::new("python3")
@@ -254,9 +261,7 @@ pub(super) fn received(out: &Path) -> Vec<Value> {
 #[tokio::test]
 async fn a_handoff_email_arrives_at_a_real_smtp_server_and_a_refused_one_is_dead() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("mail");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    let smtp = SmtpServer::start(&out);
+    let (smtp, out) = SmtpServer::in_dir(dir.path());
     let (rt, clock) = runtime(dir.path()).await;
     enrol(&rt, "FAM-1", "jordemoder@hvidovre.example.dk", "da").await;
     enrol(&rt, "FAM-2", "reject@herlev.example.dk", "da").await;
@@ -851,9 +856,7 @@ async fn a_stop_sms_from_the_family_opts_them_out_over_http() {
 #[tokio::test]
 async fn message_ids_are_unique_per_installation_and_stable_across_retries() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("mail");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    let smtp = SmtpServer::start(&out);
+    let (smtp, out) = SmtpServer::in_dir(dir.path());
     let notifier = email_notifier(smtp.port);
     let mut installations = Vec::new();
     for deployment in ["kommune-a", "kommune-b"] {

@@ -39,9 +39,7 @@ fn mail_to<'a>(mail: &'a [Value], address: &str) -> Vec<&'a Value> {
 #[tokio::test]
 async fn a_referral_reaches_the_directorys_coordinator_and_an_assigned_one_gets_the_dead_letter() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("mail");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    let smtp = SmtpServer::start(&out);
+    let (smtp, out) = SmtpServer::in_dir(dir.path());
     let notifier = email_notifier(smtp.port);
     let (rt, clock) = runtime(dir.path()).await;
     clock.advance_to(local("2027-01-12T09:00"));

@@ -71,6 +71,21 @@ pub fn read(path: &Path) -> Result<Vec<DirectoryEntry>, DirectoryError> {
     Ok(file.role)
 }
 
+/// The entry of `entries` that plays `role` on `pathway`: the pathway's own entry, else the
+/// one for every pathway. `of` reads the entry out of an element.
+pub fn entry_for<'a, T>(
+    entries: &'a [T],
+    of: impl Fn(&T) -> &DirectoryEntry,
+    pathway: &str,
+    role: &str,
+) -> Option<&'a T> {
+    let plays = |t: &&T, on: Option<&str>| of(t).role == role && of(t).pathway.as_deref() == on;
+    entries
+        .iter()
+        .find(|t| plays(t, Some(pathway)))
+        .or_else(|| entries.iter().find(|t| plays(t, None)))
+}
+
 /// Checks entries against the loaded pathways: each names a loaded pathway (when it names
 /// one) that has the role, a role at most once per pathway, and a contact that reaches the
 /// role on every pathway it serves. Returns every problem, each naming its entry.
@@ -141,18 +156,25 @@ pub fn check(entries: &[DirectoryEntry], catalog: &Catalog) -> Result<(), Direct
 /// notices are dead letters. Roles told later, such as a volunteer assigned with the match,
 /// are left alone.
 pub fn check_referrals(report: &mut Report, sources: &[PathwaySource], entries: &[DirectoryEntry]) {
+    // Each source parsed once, found by its pathway's id.
+    let parsed: BTreeMap<String, (&PathwaySource, carepath_engine::json::Node)> = sources
+        .iter()
+        .filter_map(|s| {
+            let node = carepath_engine::json::parse(&s.pathway.text).ok()?;
+            let id = serde_json::from_str::<serde_json::Value>(&s.pathway.text)
+                .ok()?
+                .get("id")?
+                .as_str()?
+                .to_string();
+            Some((id, (s, node)))
+        })
+        .collect();
     let mut found = Vec::new();
     for p in &report.pathways {
-        let Some(source) = sources.iter().find(|s| {
-            serde_json::from_str::<serde_json::Value>(&s.pathway.text)
-                .is_ok_and(|v| v["id"] == p.pathway.id.as_str())
-        }) else {
+        let Some((source, node)) = parsed.get(&p.pathway.id) else {
             continue;
         };
-        let Ok(node) = carepath_engine::json::parse(&source.pathway.text) else {
-            continue;
-        };
-        let locations = Locations::of(&node);
+        let locations = Locations::of(node);
         let index = LineIndex::new(&source.pathway.text);
         for (pointer, action) in p.pathway.action_sites() {
             let Action::Enroll(e) = action else {
@@ -177,9 +199,7 @@ pub fn check_referrals(report: &mut Report, sources: &[PathwaySource], entries: 
                 .map(|(role, _)| role)
                 .collect();
             for (role, decl) in &theirs.pathway.roles {
-                let listed = entries.iter().any(|d| {
-                    &d.role == role && d.pathway.as_ref().is_none_or(|x| *x == theirs.pathway.id)
-                });
+                let listed = entry_for(entries, |e| e, &theirs.pathway.id, role).is_some();
                 if decl.sector == Sector::Family || !told.contains(role.as_str()) || listed {
                     continue;
                 }

@@ -468,23 +468,14 @@ impl<S: Storage> Runtime<S> {
             }
             w.roles.insert(role.to_string(), (new, contact.clone()));
             w.roles_changed = true;
-            w.changed = true;
-            w.instance.seq += 1;
-            batch.changes.history.push((
-                Target::Id(*id),
-                History {
-                    seq: w.instance.seq,
-                    at: now,
-                    from: Some(w.instance.state.clone()),
-                    to: w.instance.state.clone(),
-                    cause: Cause::Operator {
-                        action: "assign".into(),
-                        by: by.to_string(),
-                    },
-                    notes: vec![format!("contact assigned for {role}")],
-                },
-            ));
             assigned.instances.push((*id, w.row.pathway.clone()));
+            batch.operator_step(
+                *id,
+                "assign",
+                by,
+                format!("contact assigned for {role}"),
+                now,
+            );
         }
         for (outbox_id, channel, address) in dead {
             batch.changes.readdressed.push(Readdress {
@@ -1298,32 +1289,21 @@ impl<'c> Batch<'c> {
             let Some(version) = self.catalog.version(w.row.pathway_version_id).cloned() else {
                 return Err(missing_version(&w.row));
             };
-            w.instance.seq += 1;
-            w.changed = true;
             w.row.held_since = Some(now);
-            let state = w.instance.state.clone();
             let owner = w.instance.owner.clone();
             let roles = w.roles.clone();
             let reference = w.row.reference.clone();
-            let seq = w.instance.seq;
             self.changes.holds.push((id, LIFE_EVENT_HOLD.to_string()));
-            self.changes.history.push((
-                Target::Id(id),
-                History {
-                    seq,
-                    at: now,
-                    from: Some(state.clone()),
-                    to: state,
-                    cause: Cause::Operator {
-                        action: "hold".into(),
-                        by: LIFE_EVENT_HOLD.into(),
-                    },
-                    notes: vec![format!(
-                        "from the family: \"{}\" reported on {on}, which this pathway does not take: on hold, its queued notices skipped, owner told",
-                        req.event
-                    )],
-                },
-            ));
+            let seq = self.operator_step(
+                id,
+                "hold",
+                LIFE_EVENT_HOLD,
+                format!(
+                    "from the family: \"{}\" reported on {on}, which this pathway does not take: on hold, its queued notices skipped, owner told",
+                    req.event
+                ),
+                now,
+            );
             self.withdraw(
                 id,
                 Withdrawn::All,
@@ -1557,6 +1537,39 @@ impl<'c> Batch<'c> {
         Ok(notes)
     }
 
+    /// A step of a loaded instance that an operator (or carepath for the family) takes outside
+    /// the pathway: the state stays, the step is counted and its history line says who did
+    /// what. Returns the step's number.
+    fn operator_step(
+        &mut self,
+        id: i64,
+        action: &str,
+        by: &str,
+        note: String,
+        now: Timestamp,
+    ) -> u64 {
+        let Some(w) = self.working.get_mut(&id) else {
+            return 0;
+        };
+        w.instance.seq += 1;
+        w.changed = true;
+        self.changes.history.push((
+            Target::Id(id),
+            History {
+                seq: w.instance.seq,
+                at: now,
+                from: Some(w.instance.state.clone()),
+                to: w.instance.state.clone(),
+                cause: Cause::Operator {
+                    action: action.into(),
+                    by: by.into(),
+                },
+                notes: vec![note],
+            },
+        ));
+        w.instance.seq
+    }
+
     /// Gives the roles of a starting instance that nobody plays for this family the
     /// directory's contact: the pathway's own entry, else the one for every pathway. Returns
     /// the roles and a history note for each role taken from the directory.
@@ -1582,15 +1595,7 @@ impl<'c> Batch<'c> {
         let directory = self.directory.as_deref().unwrap_or_default();
         let mut notes = Vec::new();
         for role in missing {
-            let entry = directory
-                .iter()
-                .filter(|(_, e)| &e.role == role)
-                .find(|(_, e)| e.pathway.as_deref() == Some(&decl.id))
-                .or_else(|| {
-                    directory
-                        .iter()
-                        .find(|(_, e)| &e.role == role && e.pathway.is_none())
-                });
+            let entry = crate::directory::entry_for(directory, |(_, e)| e, &decl.id, role);
             if let Some((id, e)) = entry {
                 roles.insert(role.clone(), (ContactRef::Id(*id), e.contact.clone()));
                 notes.push(format!("{role}: {} (from the directory)", e.organisation));
