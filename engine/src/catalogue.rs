@@ -97,7 +97,7 @@ fn cells(p: &Pathway) -> [&str; 4] {
 }
 
 /// One offer's facts, as label and text, in the order they are shown.
-fn facts(p: &Pathway, all: &[Referral]) -> Vec<(&'static str, String)> {
+pub fn facts(p: &Pathway, all: &[Referral]) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     if let Some(o) = &p.offer {
         out.push((

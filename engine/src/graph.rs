@@ -135,6 +135,14 @@ impl<'p> StateGraph<'p> {
         }
     }
 
+    /// Every edge as (from, how, to), in declaration order.
+    pub fn transitions(&self) -> Vec<(&'p str, &Edge, &'p str)> {
+        self.graph
+            .edge_references()
+            .map(|e| (self.graph[e.source()], e.weight(), self.graph[e.target()]))
+            .collect()
+    }
+
     /// The states reachable from `initial`.
     pub fn reachable(&self) -> HashSet<NodeIndex> {
         let mut seen = HashSet::new();
@@ -675,6 +683,205 @@ fn escape_mermaid(s: &str) -> String {
         .replace('<', "#lt;")
         .replace('>', "#gt;")
         .replace('|', "#124;")
+}
+
+/// Renders the graph as a standalone SVG drawing, laid out here with no outside tool: the
+/// states where the family is looked after in columns by their distance from `initial`, the
+/// ends in a row beneath; states filled by the owner's sector; forward edges straight, edges
+/// back or within a column as arcs above; timer edges dashed; labels on a white halo. It
+/// carries a `<title>` and a `<desc>` for screen readers.
+pub fn to_svg(p: &Pathway) -> String {
+    use std::fmt::Write;
+    const W: i64 = 200;
+    const H: i64 = 52;
+    const COL: i64 = 330;
+    const ROW: i64 = 110;
+    const PAD: i64 = 30;
+    let g = StateGraph::new(p);
+    // Ranks by breadth-first distance: a queue, never recursion, whatever the input's size.
+    let n = g.graph.node_count();
+    let mut rank: Vec<Option<usize>> = vec![None; n];
+    let mut queue = std::collections::VecDeque::new();
+    if let Some(start) = g.initial {
+        rank[start.index()] = Some(0);
+        queue.push_back(start);
+    }
+    while let Some(node) = queue.pop_front() {
+        let r = rank[node.index()].unwrap_or(0);
+        for next in g.graph.neighbors(node) {
+            if rank[next.index()].is_none() {
+                rank[next.index()] = Some(r + 1);
+                queue.push_back(next);
+            }
+        }
+    }
+    let terminal: Vec<bool> = p.states.values().map(|s| s.terminal).collect();
+    let last = rank.iter().flatten().max().map_or(0, |m| m + 1);
+    let mut columns: Vec<i64> = vec![0; last + 1];
+    let mut place = vec![(0i64, 0i64); n];
+    // Room above the columns for the arcs of edges that go back.
+    let top = PAD + 60;
+    for i in (0..n).filter(|i| !terminal[*i]) {
+        let c = rank[i].unwrap_or(last);
+        place[i] = (PAD + c as i64 * COL, top + columns[c] * ROW);
+        columns[c] += 1;
+    }
+    let used = columns.iter().filter(|c| **c > 0).count().max(1) as i64;
+    let tallest = columns.iter().copied().max().unwrap_or(0).max(1);
+    let ends_y = top + tallest * ROW + 40;
+    let ends: Vec<usize> = (0..n).filter(|i| terminal[*i]).collect();
+    let ends_gap = (W + 40).max(((used - 1) * COL) / (ends.len() as i64).max(1));
+    for (k, i) in ends.iter().enumerate() {
+        place[*i] = (PAD + k as i64 * ends_gap, ends_y);
+    }
+    let width =
+        PAD * 2 + ((used - 1) * COL + W).max(ends.len().saturating_sub(1) as i64 * ends_gap + W);
+    let height = ends_y + H + PAD;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-labelledby=\"graph-title graph-desc\" font-family=\"system-ui, sans-serif\">"
+    );
+    let _ = writeln!(
+        out,
+        "<title id=\"graph-title\">{} (v{})</title>",
+        escape_xml(&p.title),
+        p.version
+    );
+    let _ = writeln!(
+        out,
+        "<desc id=\"graph-desc\">{} states, {} transitions; starts in {}</desc>",
+        n,
+        g.graph.edge_count(),
+        escape_xml(&p.initial)
+    );
+    out.push_str(
+        "<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#374151\"/></marker></defs>\n",
+    );
+    // Edges first, so the boxes sit on top of their ends; labels last, on top of everything.
+    let mut labels = String::new();
+    let mut seen_pairs: std::collections::HashMap<(usize, usize), i64> = Default::default();
+    let mut to_ends: std::collections::HashMap<usize, i64> = Default::default();
+    for e in g.graph.edge_references() {
+        let (s, t) = (e.source().index(), e.target().index());
+        let k = seen_pairs.entry((s, t)).or_insert(0);
+        let nth = *k;
+        *k += 1;
+        let (sx, sy) = place[s];
+        let (tx, ty) = place[t];
+        let dash = if matches!(e.weight().trigger, Trigger::Timer(_)) {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
+        let (path, lx, ly) = if terminal[t] {
+            // Down to an end: from the bottom of the state to the top of the end; the labels
+            // of one state's edges to the ends one under the other.
+            let k = to_ends.entry(s).or_insert(0);
+            let nth = *k;
+            *k += 1;
+            let (x1, y1, x2, y2) = (sx + W / 2, sy + H, tx + W / 2, ty);
+            // The label near its source: the ends gather many edges, their sources are apart.
+            (
+                format!("M{x1},{y1} L{x2},{y2}"),
+                x1 + (x2 - x1) / 4,
+                y1 + (y2 - y1) / 4 + 4 + nth * 13,
+            )
+        } else if tx == sx && ty > sy {
+            // Down the same column.
+            let (x, y1, y2) = (sx + W / 2 - 30, sy + H, ty);
+            (
+                format!("M{x},{y1} L{x},{y2}"),
+                x,
+                (y1 + y2) / 2 + 4 + nth * 13,
+            )
+        } else if tx > sx {
+            let (x1, y1, x2, y2) = (sx + W, sy + H / 2, tx, ty + H / 2);
+            (
+                (format!("M{x1},{y1} L{x2},{y2}")),
+                (x1 + x2) / 2,
+                (y1 + y2) / 2 - 5 + nth * 13,
+            )
+        } else {
+            // Back, or within a column: an arc over both boxes.
+            let (x1, y1, x2, y2) = (sx + W / 2 + 12, sy, tx + W / 2 - 12, ty);
+            let rise = 36 + nth * 13 + ((sx - tx).abs() / COL) * 6;
+            let apex = y1.min(y2) - rise;
+            (
+                format!("M{x1},{y1} C{x1},{apex} {x2},{apex} {x2},{y2}"),
+                (x1 + x2) / 2,
+                apex + 8,
+            )
+        };
+        let _ = writeln!(
+            out,
+            "<path class=\"edge\" d=\"{path}\" fill=\"none\" stroke=\"#374151\" stroke-width=\"1.4\"{dash} marker-end=\"url(#arrow)\"/>"
+        );
+        let _ = writeln!(
+            labels,
+            "<text x=\"{lx}\" y=\"{ly}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#111827\" stroke=\"#ffffff\" stroke-width=\"4\" paint-order=\"stroke\">{}</text>",
+            escape_xml(&e.weight().trigger.to_string())
+        );
+    }
+    if let Some(start) = g.initial {
+        let (x, y) = place[start.index()];
+        let _ = writeln!(
+            out,
+            "<text x=\"{x}\" y=\"{}\" font-size=\"12\" fill=\"#111827\">start</text>",
+            y - 8
+        );
+    }
+    for (i, (name, s)) in p.states.iter().enumerate() {
+        let (x, y) = place[i];
+        let sector = owner_of(s)
+            .and_then(|o| p.roles.get(o))
+            .map_or("ends", |r| r.sector.as_str());
+        let title = s.title.as_deref().unwrap_or(name);
+        let short: String = if title.chars().count() > 28 {
+            title.chars().take(27).chain(['…']).collect()
+        } else {
+            title.to_string()
+        };
+        let stroke = if s.terminal {
+            " stroke-width=\"3\""
+        } else {
+            ""
+        };
+        let owner = owner_of(s).unwrap_or(if s.terminal { "end" } else { "" });
+        let _ = writeln!(
+            out,
+            "<g class=\"state\" id=\"state-{i}\"><title>{}</title><rect x=\"{x}\" y=\"{y}\" width=\"{W}\" height=\"{H}\" rx=\"10\" fill=\"{}\" stroke=\"#374151\"{stroke}/><text x=\"{}\" y=\"{}\" font-size=\"13\" text-anchor=\"middle\" fill=\"#111827\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#374151\">{}</text></g>",
+            escape_xml(&format!("{title} ({name})")),
+            sector_colour(sector),
+            x + W / 2,
+            y + 21,
+            escape_xml(&short),
+            x + W / 2,
+            y + 39,
+            escape_xml(owner),
+        );
+    }
+    out.push_str(&labels);
+    out.push_str("</svg>\n");
+    out
+}
+
+/// Escapes text for XML content and attribute values.
+fn escape_xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Characters XML 1.0 does not allow at all.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

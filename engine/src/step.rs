@@ -57,10 +57,47 @@ pub struct Instance {
     pub open_activities: Vec<String>,
     /// Booked appointments, by id.
     pub appointments: BTreeMap<String, Appointment>,
+    /// Handoffs and activities of the current state whose deadline passed with nothing
+    /// recorded: escalated, and still waited on until the acknowledgement or the contact comes
+    /// late, or the family leaves the state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overdue: Vec<Overdue>,
     /// When the family was enrolled: activity windows that closed before it do not apply, and
     /// the horizon counts from it. Absent on instances stored before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrolled_at: Option<Timestamp>,
+}
+
+/// A handoff or an activity whose deadline passed: somebody is waited on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overdue {
+    /// A handoff's acknowledgement or an activity's contact.
+    pub kind: OverdueKind,
+    /// The activity's name, or the event that acknowledges the handoff.
+    pub name: String,
+    /// Who was to act.
+    pub role: String,
+    /// Who was told when the deadline passed.
+    pub escalated_to: String,
+    /// The deadline.
+    pub since: Timestamp,
+}
+
+/// What an [`Overdue`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverdueKind {
+    /// The receiver's acknowledgement of a handoff.
+    Handoff,
+    /// An expected contact.
+    Activity,
+}
+
+impl Instance {
+    /// The oldest deadline that passed with nothing recorded, if any.
+    pub fn overdue_since(&self) -> Option<Timestamp> {
+        self.overdue.iter().map(|o| o.since).min()
+    }
 }
 
 /// A booked appointment.
@@ -478,6 +515,7 @@ pub fn start(
         timers: Vec::new(),
         open_activities: Vec::new(),
         appointments: BTreeMap::new(),
+        overdue: Vec::new(),
         enrolled_at: Some(now),
     };
     let mut s = Stepper::new(p, instance, now)?;
@@ -571,6 +609,7 @@ pub fn migrate(
     let prefix = s.state_prefix();
     s.cancel_where(|t| !t.key.starts_with(&prefix));
     s.instance.open_activities.clear();
+    s.instance.overdue.clear();
     s.instance.state = to.to_string();
     if let Some(owner) = &state.owner {
         s.instance.owner = Some(owner.clone());
@@ -793,6 +832,16 @@ impl<'p> Stepper<'p> {
             self.notes.push(format!("handoff acknowledged by {name}"));
             consumed = true;
         }
+        // A handoff acknowledged after its escalation: late, but nobody is waited on now.
+        let late = self.instance.overdue.len();
+        self.instance
+            .overdue
+            .retain(|o| !(o.kind == OverdueKind::Handoff && o.name == name));
+        if self.instance.overdue.len() != late {
+            self.notes
+                .push(format!("handoff acknowledged late by {name}"));
+            consumed = true;
+        }
         // An activity recorded as done: its reminder and escalation are cancelled.
         let done: Vec<String> = state
             .activities
@@ -802,6 +851,9 @@ impl<'p> Stepper<'p> {
             .collect();
         for a in &done {
             self.instance.open_activities.retain(|x| x != a);
+            self.instance
+                .overdue
+                .retain(|o| !(o.kind == OverdueKind::Activity && &o.name == a));
             self.cancel_where(|t| !matches!(&t.purpose, Purpose::ActivityReminder { activity } | Purpose::ActivityOverdue { activity } if activity == a));
             self.notes.push(format!("activity {a} done"));
             consumed = true;
@@ -990,13 +1042,20 @@ impl<'p> Stepper<'p> {
             }
             Purpose::HandoffDeadline {
                 to,
+                ack_on,
                 escalate_to,
                 template,
-                ..
             } => {
                 self.notes.push(format!(
                     "handoff to {to} not acknowledged in time: escalated to {escalate_to}"
                 ));
+                self.instance.overdue.push(Overdue {
+                    kind: OverdueKind::Handoff,
+                    name: ack_on.clone(),
+                    role: to.clone(),
+                    escalated_to: escalate_to.clone(),
+                    since: timer.due,
+                });
                 let data = json!({"from": self.instance.owner, "to": to, "deadline": self.local(timer.due)});
                 self.notice(escalate_to, template, Some(("handoff", data)));
             }
@@ -1033,6 +1092,13 @@ impl<'p> Stepper<'p> {
                         "activity {} overdue: escalated to {}",
                         a.name, a.escalate_to
                     ));
+                    self.instance.overdue.push(Overdue {
+                        kind: OverdueKind::Activity,
+                        name: a.name.clone(),
+                        role: a.role.clone(),
+                        escalated_to: a.escalate_to.clone(),
+                        since: timer.due,
+                    });
                     self.notice(
                         &a.escalate_to,
                         &a.escalation_template,
@@ -1087,6 +1153,7 @@ impl<'p> Stepper<'p> {
                 self.instance.status = Status::Finished;
                 self.cancel_where(|_| false);
                 self.instance.open_activities.clear();
+                self.instance.overdue.clear();
             }
         }
         Ok(())
@@ -1390,6 +1457,7 @@ impl<'p> Stepper<'p> {
         let prefix = self.state_prefix();
         self.cancel_where(|t| !t.key.starts_with(&prefix));
         self.instance.open_activities.clear();
+        self.instance.overdue.clear();
         self.enter(to, payload)
     }
 

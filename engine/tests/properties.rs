@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use carepath_engine::step::{Purpose, Status};
+use carepath_engine::step::{OverdueKind, Purpose, Status};
 use carepath_engine::{
     CheckedPathway, Input, Instance, PathwaySource, SourceFile, StepError, check, start, step,
 };
@@ -150,6 +150,30 @@ fn invariants(p: &CheckedPathway, i: &Instance) {
                 "a finished instance keeps timers: {:?}",
                 i.timers
             );
+        }
+    }
+    // Who is waited on belongs to the current visit of the state: nobody, once it is over.
+    if i.status == Status::Finished {
+        assert!(
+            i.overdue.is_empty(),
+            "a finished instance waits on {:?}",
+            i.overdue
+        );
+    }
+    for o in &i.overdue {
+        match o.kind {
+            OverdueKind::Activity => assert!(
+                i.open_activities.contains(&o.name)
+                    && state.activities.iter().any(|a| a.name == o.name),
+                "overdue activity {} is not open in {}",
+                o.name,
+                i.state
+            ),
+            OverdueKind::Handoff => assert!(
+                decl.events.contains_key(&o.name),
+                "overdue handoff waits on undeclared event {}",
+                o.name
+            ),
         }
     }
     let mut keys = HashSet::new();

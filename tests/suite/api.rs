@@ -92,6 +92,7 @@ async fn start() -> Server {
         clock.clone() as Arc<dyn Clock>,
     ));
     let config = ApiConfig {
+        users: Vec::new(),
         tokens: vec![
             token(
                 "hospital",

@@ -172,3 +172,66 @@ fn svg_output_is_an_svg_document_from_graphviz() {
     // The titles are text of the drawing, escaped as XML.
     assert!(svg.contains("Aktiv: hjemmebesøg af den frivillige"));
 }
+
+/// The web view's own drawing (`carepath_engine::graph::to_svg`), read by Python's XML parser:
+/// well-formed SVG with one box per state, one arrow per transition and every state's title.
+#[test]
+fn the_web_views_svg_is_well_formed_and_draws_every_state_and_edge() {
+    let sources: Vec<_> = pathways()
+        .iter()
+        .map(|id| super::support::read_folder(&root().join("pathways").join(id)))
+        .collect();
+    let report = carepath_engine::check(&sources);
+    assert!(!report.has_errors(), "{:#?}", report.diagnostics);
+    let dir = tempfile::tempdir().expect("tmp");
+    for checked in &report.pathways {
+        let p = &checked.pathway;
+        let file = dir.path().join(format!("{}.svg", p.id));
+        std::fs::write(&file, carepath_engine::graph::to_svg(p)).expect("write");
+        let edges = carepath_engine::graph::StateGraph::new(p)
+            .transitions()
+            .len();
+        let o = Command::new("python3")
+            .args([
+                "-c",
+                r#"
+import sys, xml.etree.ElementTree as ET
+ns = {"s": "http://www.w3.org/2000/svg"}
+root = ET.parse(sys.argv[1]).getroot()
+assert root.tag == "{http://www.w3.org/2000/svg}svg", root.tag
+states = root.findall("s:g[@class='state']", ns)
+edges = root.findall("s:path[@class='edge']", ns)
+titles = [g.find("s:title", ns).text for g in states]
+w, h = float(root.get("width")), float(root.get("height"))
+for g in states:
+    r = g.find("s:rect", ns)
+    x, y = float(r.get("x")), float(r.get("y"))
+    assert 0 <= x and x + float(r.get("width")) <= w and 0 <= y and y + float(r.get("height")) <= h, ("outside", x, y)
+print(len(states), len(edges))
+print("\n".join(titles))
+"#,
+            ])
+            .arg(&file)
+            .output()
+            .expect("python3");
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            p.id,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = stdout(&o);
+        let mut lines = out.lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("{} {edges}", p.states.len()).as_str()),
+            "{}: one box per state, one arrow per transition",
+            p.id
+        );
+        let titles: Vec<&str> = lines.collect();
+        for (name, s) in &p.states {
+            let title = format!("{} ({name})", s.title.as_deref().unwrap_or(name));
+            assert!(titles.contains(&title.as_str()), "{}: no {title}", p.id);
+        }
+    }
+}

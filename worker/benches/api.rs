@@ -114,6 +114,7 @@ async fn run(events: usize, clients: usize, families: usize) -> Result<()> {
 
     let tokens = Tokens::new(
         &ApiConfig {
+            users: Vec::new(),
             tokens: vec![TokenConfig {
                 name: "bench".into(),
                 sha256: hash_hex(TOKEN),

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use jiff::civil::Date;
 use jiff::{Timestamp, ToSpan, ZonedDateTime};
 use serde_json::{Map, Value, json};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -22,9 +21,13 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, SystemClock, VirtualClock};
 use carepath_worker::lateness::Lateness;
-use carepath_worker::runtime::{EnrolRequest, EventRequest, Runtime};
-use carepath_worker::store::{Contact, Outcome, SqliteStore};
+use carepath_worker::runtime::{EnrolRequest, Runtime};
+use carepath_worker::store::{Outcome, SqliteStore};
 use carepath_worker::worker::{self, Options, Wake};
+
+#[path = "shared/cohort.rs"]
+mod cohort;
+use cohort::{cohort_events, cohort_family, contact};
 
 /// Timers claimed per transaction: the worker's default, used by carepath and the baseline.
 const BATCH: u32 = 1000;
@@ -94,16 +97,6 @@ async fn open(db: &Path, pathways: &Path, clock: Arc<dyn Clock>) -> Result<Runti
     let store = SqliteStore::open(db).await?;
     let (catalog, _) = Catalog::sync(&store, &[pathways.to_path_buf()], clock.now()).await?;
     Ok(Runtime::new(store, catalog, clock))
-}
-
-fn contact(name: &str, email: Option<&str>, phone: Option<&str>) -> Contact {
-    Contact {
-        name: name.into(),
-        email: email.map(str::to_string),
-        phone: phone.map(str::to_string),
-        language: "da".into(),
-        channel: None,
-    }
 }
 
 fn tick_family(reference: String) -> EnrolRequest {
@@ -454,100 +447,6 @@ async fn lateness(pending: usize) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Cohort
-
-/// A cheap, fixed scramble of the family number, so the cohort is the same every run.
-fn scramble(i: usize) -> u64 {
-    (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
-}
-
-/// One family of the cohort: due 190–231 days after enrolment, born up to two weeks either
-/// side of it.
-struct Plan {
-    due: i64,
-    first_exam: i64,
-    birth: i64,
-}
-
-fn plan(i: usize) -> Plan {
-    let h = scramble(i);
-    let due = 190 + (h % 42) as i64;
-    Plan {
-        due,
-        first_exam: 3 + ((h >> 8) % 7) as i64,
-        birth: due - 14 + ((h >> 16) % 29) as i64,
-    }
-}
-
-fn cohort_family(i: usize, start: Date) -> Result<EnrolRequest> {
-    let p = plan(i);
-    let fields =
-        json!({"due_date": start.checked_add(p.due.days())?.to_string(), "cpr": "0101901234"});
-    let Value::Object(fields) = fields else {
-        bail!("fields")
-    };
-    let contacts = [
-        ("gp", contact("Lægehuset", Some("laege@example.dk"), None)),
-        (
-            "midwife",
-            contact("Jordemoder", Some("jordemoder@example.dk"), None),
-        ),
-        (
-            "coordinator",
-            contact("Koordinator", Some("koordinator@example.dk"), None),
-        ),
-        (
-            "health_visitor",
-            contact("Sundhedsplejen", Some("sundhedspleje@example.dk"), None),
-        ),
-        (
-            "team_lead",
-            contact("Leder", Some("leder@example.dk"), None),
-        ),
-        ("family", contact("Familie", None, Some("+4520123456"))),
-    ]
-    .into_iter()
-    .map(|(r, c)| (r.to_string(), c))
-    .collect();
-    Ok(EnrolRequest {
-        reference: format!("C-{i:06}"),
-        pathway: "standard-track".into(),
-        fields,
-        contacts,
-    })
-}
-
-/// The events family `i` reports on day `day` after enrolment.
-fn cohort_events(i: usize, day: i64, start: Date) -> Result<Vec<EventRequest>> {
-    let p = plan(i);
-    let reference = format!("C-{i:06}");
-    let event = |name: &str, payload: Value| EventRequest {
-        instance_id: None,
-        key: format!("{reference}:{name}"),
-        reference: reference.clone(),
-        pathway: None,
-        event: name.into(),
-        payload,
-        contacts: Default::default(),
-    };
-    let mut out = Vec::new();
-    if day == p.first_exam {
-        out.push(event(
-            "first_exam_done",
-            json!({"care_level": 1 + scramble(i) % 4}),
-        ));
-    }
-    if day == p.first_exam + 2 {
-        out.push(event("referral_accepted", json!({})));
-    }
-    if day == p.birth {
-        let born = start.checked_add(p.birth.days())?.to_string();
-        out.push(event("birth_registered", json!({"birth_date": born})));
-    }
-    if day == p.birth + 1 {
-        out.push(event("birth_notice_received", json!({})));
-    }
-    Ok(out)
-}
 
 async fn cohort(n: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -92,6 +92,7 @@ pub async fn select<S: Storage>(
                 active_only: true,
                 enrolled_before: selection.enrolled_before,
                 reference: selection.reference.clone(),
+                ..InstanceFilter::default()
             })
             .await?;
         let full = page.len() == PAGE as usize;

@@ -17,7 +17,10 @@
 //! - [`metrics`]: counters and gauges for Prometheus;
 //! - [`worker`]: the loop that sleeps until the next due time and wakes when work arrives;
 //! - [`simulate`]: a family's whole pathway on the real runtime and virtual time;
+//! - [`forecast`]: capacity: the notices each role will get in the coming weeks, by stepping
+//!   the active families forward in memory;
 //! - [`api`]: the HTTP API beside the worker (inbound SMS webhooks, health);
+//! - [`web`]: the coordinators' and professionals' pages, beside the API;
 //! - [`cli`]: the `carepath` command line.
 //!
 //! ```no_run
@@ -34,6 +37,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod directory;
+pub mod forecast;
 pub mod lateness;
 pub mod load;
 pub mod metrics;
@@ -41,4 +45,5 @@ pub mod migration;
 pub mod runtime;
 pub mod simulate;
 pub mod store;
+pub mod web;
 pub mod worker;

@@ -373,26 +373,34 @@ fn local(t: Timestamp, tz: &TimeZone) -> String {
     z.strftime("%Y-%m-%d %H:%M %a").to_string()
 }
 
-fn describe(cause: &Cause) -> String {
+/// What caused a step, in words.
+pub(crate) fn describe(cause: &Cause) -> String {
     match cause {
         Cause::Enrolled => "enrolled".into(),
         Cause::Event { name } => format!("event {name}"),
         Cause::Operator { action, by } => format!("{action} by {by}"),
-        Cause::Timer { key, purpose, name } => {
-            use carepath_engine::step::Purpose;
-            match purpose {
-                Purpose::State { .. } => format!("timer {}", name.as_deref().unwrap_or(key)),
-                Purpose::HandoffDeadline { to, .. } => {
-                    format!("handoff to {to} not acknowledged in time")
-                }
-                Purpose::ActivityReminder { activity } => format!("activity {activity} due"),
-                Purpose::ActivityOverdue { activity } => format!("activity {activity} overdue"),
-                Purpose::AppointmentReminder { appointment, .. } => {
-                    format!("reminder for appointment {appointment}")
-                }
-                Purpose::Horizon => "horizon reached".into(),
-            }
+        Cause::Timer { key, purpose, name } => timer_words(purpose, name.as_deref(), key),
+    }
+}
+
+/// What a timer is for, in words: its declared name for a state's timer.
+pub(crate) fn timer_words(
+    purpose: &carepath_engine::step::Purpose,
+    name: Option<&str>,
+    key: &str,
+) -> String {
+    use carepath_engine::step::Purpose;
+    match purpose {
+        Purpose::State { .. } => format!("timer {}", name.unwrap_or(key)),
+        Purpose::HandoffDeadline { to, .. } => {
+            format!("handoff to {to} not acknowledged in time")
         }
+        Purpose::ActivityReminder { activity } => format!("activity {activity} due"),
+        Purpose::ActivityOverdue { activity } => format!("activity {activity} overdue"),
+        Purpose::AppointmentReminder { appointment, .. } => {
+            format!("reminder for appointment {appointment}")
+        }
+        Purpose::Horizon => "horizon reached".into(),
     }
 }
 

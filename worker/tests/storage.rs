@@ -10,7 +10,9 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, json};
 
 use carepath_engine::pathway::Channel;
-use carepath_engine::step::{ArmedTimer, Cause, History, Instance, Purpose, Status};
+use carepath_engine::step::{
+    ArmedTimer, Cause, History, Instance, Overdue, OverdueKind, Purpose, Status,
+};
 use carepath_engine::{PathwaySource, SourceFile};
 use carepath_worker::store::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, EventRecord, InstanceFilter,
@@ -60,6 +62,7 @@ fn instance(state: &str, seq: u64, timers: Vec<ArmedTimer>) -> Instance {
         timers,
         open_activities: Vec::new(),
         appointments: BTreeMap::new(),
+        overdue: Vec::new(),
         enrolled_at: Some(t0()),
     }
 }
@@ -861,6 +864,130 @@ async fn a_held_instance_waits_and_is_listed_by_filter<S: Storage>(store: &S) {
     assert!(store.list_instances(&none).await.expect("list").is_empty());
 }
 
+async fn overdue_families_come_oldest_first_and_references_by_their_start<S: Storage>(store: &S) {
+    let a = enrol(store, "FAM-A1", vec![]).await;
+    let b = enrol(store, "FAM-B1", vec![]).await;
+    let c = enrol(store, "FAM-%", vec![]).await;
+    let waiting = |since: Timestamp| {
+        let mut i = instance("waiting", 2, vec![]);
+        i.overdue.push(Overdue {
+            kind: OverdueKind::Handoff,
+            name: "referral_accepted".into(),
+            role: "midwife".into(),
+            escalated_to: "coordinator".into(),
+            since,
+        });
+        i
+    };
+    let update = |id: i64, expected_seq: u64, instance: Instance| InstanceUpdate {
+        id,
+        expected_seq,
+        instance,
+        roles: None,
+        pathway_version_id: None,
+    };
+    commit(
+        store,
+        Changes {
+            now: minutes(20),
+            updates: vec![
+                update(a, 1, waiting(minutes(10))),
+                update(b, 1, waiting(minutes(5))),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let ids = |rows: Vec<carepath_worker::store::InstanceRow>| {
+        rows.iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    let list = |f: InstanceFilter| async move {
+        store
+            .list_instances(&InstanceFilter { limit: 10, ..f })
+            .await
+            .expect("list")
+    };
+    let oldest = list(InstanceFilter {
+        oldest_overdue_first: true,
+        ..InstanceFilter::default()
+    })
+    .await;
+    assert_eq!(ids(oldest.clone()), [b, a], "the longest wait first");
+    assert_eq!(oldest[0].instance.overdue_since(), Some(minutes(5)));
+    assert_eq!(
+        ids(list(InstanceFilter {
+            overdue_only: true,
+            ..InstanceFilter::default()
+        })
+        .await),
+        [a, b]
+    );
+    let prefix = |p: &str| InstanceFilter {
+        reference_prefix: Some(p.into()),
+        ..InstanceFilter::default()
+    };
+    assert_eq!(ids(list(prefix("FAM-A")).await), [a]);
+    assert_eq!(ids(list(prefix("FAM-")).await), [a, b, c]);
+    assert_eq!(
+        ids(list(prefix("FAM-%")).await),
+        [c],
+        "% is itself, not a wildcard"
+    );
+    assert!(list(prefix("fam-")).await.is_empty());
+
+    // The late acknowledgement: B waits on nobody any more.
+    commit(
+        store,
+        Changes {
+            now: minutes(30),
+            updates: vec![update(b, 2, instance("waiting", 3, vec![]))],
+            ..Changes::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        ids(list(InstanceFilter {
+            oldest_overdue_first: true,
+            ..InstanceFilter::default()
+        })
+        .await),
+        [a]
+    );
+
+    // A hold keeps A's queued notice back: listed as held, not as deliverable.
+    let version = version(store).await;
+    commit(
+        store,
+        Changes {
+            now: minutes(30),
+            outbox: vec![
+                (
+                    Target::Id(a),
+                    notice("a:1", version, None, NoticeStatus::Queued),
+                ),
+                (
+                    Target::Id(c),
+                    notice("c:1", version, None, NoticeStatus::Queued),
+                ),
+            ],
+            ..Changes::default()
+        },
+    )
+    .await;
+    store
+        .set_held(a, Some("web koordinator"), minutes(31))
+        .await
+        .expect("hold");
+    let held = store
+        .outbox(&OutboxFilter {
+            held_only: true,
+            ..OutboxFilter::default()
+        })
+        .await
+        .expect("outbox");
+    assert_eq!(held.iter().map(|n| n.instance_id).collect::<Vec<_>>(), [a]);
+}
+
 async fn the_first_kept_response_wins<S: Storage>(store: &S) {
     let first = KeptResponse {
         fingerprint: "abc".into(),
@@ -1520,6 +1647,7 @@ macro_rules! backend {
             property!(the_audit_log_keeps_lines_in_order_and_filters_them);
             property!(a_notice_is_data_until_its_text_is_stored_once);
             property!(a_hold_in_a_batch_keeps_back_all_but_carepaths_own_notices);
+            property!(overdue_families_come_oldest_first_and_references_by_their_start);
         }
     };
 }

@@ -66,6 +66,23 @@ pub struct TokenConfig {
     pub pathways: Option<BTreeSet<String>>,
 }
 
+/// A person who signs in to the web view with a name and a password (`[[api.users]]`), with
+/// scopes and pathways as a token has them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The name they sign in with, shown in the audit log.
+    pub name: String,
+    /// The password's Argon2id hash as a PHC string (`$argon2id$v=19$…`): `carepath user new`
+    /// makes it. The password itself is never stored.
+    pub argon2: String,
+    /// What they may do.
+    pub scopes: BTreeSet<Scope>,
+    /// When given, the only pathways whose families they see and change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathways: Option<BTreeSet<String>>,
+}
+
 /// The `[api]` section of the configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +90,9 @@ pub struct ApiConfig {
     /// The tokens.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// The web view's password users.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserConfig>,
 }
 
 /// Why the `[api]` section is refused.
@@ -115,6 +135,14 @@ pub enum TokenError {
         "[[api.tokens]] \"{0}\": scopes is empty; give at least one of events:write, instances:write, read, admin"
     )]
     NoScopes(String),
+    /// A password user's entry is not what it should be.
+    #[error("[[api.users]] \"{name}\": {reason}")]
+    User {
+        /// The user's name.
+        name: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// A restriction names a pathway that is not loaded.
     #[error("[[api.tokens]] \"{name}\": pathway \"{pathway}\" is not loaded (loaded: {})", known.join(", "))]
     UnknownPathway {
@@ -137,6 +165,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the token has `scope` (or `admin`).
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+
     /// Whether the token has the `admin` scope.
     pub fn is_admin(&self) -> bool {
         self.scopes.contains(&Scope::Admin)
@@ -159,7 +192,7 @@ impl Caller {
 
     /// Refuses (403) unless the token has `scope` (or `admin`).
     pub fn require(&self, scope: Scope) -> Result<(), Problem> {
-        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+        if self.has(scope) {
             return Ok(());
         }
         Err(Problem::new(
@@ -205,10 +238,45 @@ impl Caller {
     }
 }
 
-/// The configured tokens, looked up by hash.
+/// The configured tokens, looked up by hash, and the web view's password users by name.
 #[derive(Clone, Debug, Default)]
 pub struct Tokens {
     by_hash: HashMap<[u8; 32], Arc<Caller>>,
+    users: HashMap<String, (String, Arc<Caller>)>,
+}
+
+/// A name fit for logs: 1 to 64 letters, digits, `-`, `_` or `.`.
+fn good_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// An Argon2id hash of no one's password, checked against when the name is unknown, so that
+/// an unknown name takes as long to refuse as a wrong password.
+static NOBODY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The Argon2id hash of `password`, as a PHC string, with a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| format!("no randomness for a salt: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify_password(phc: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 impl Tokens {
@@ -217,12 +285,7 @@ impl Tokens {
         let mut by_hash: HashMap<[u8; 32], Arc<Caller>> = HashMap::new();
         let mut names = BTreeSet::new();
         for (i, t) in config.tokens.iter().enumerate() {
-            let name_ok = !t.name.is_empty()
-                && t.name.len() <= 64
-                && t.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if !name_ok {
+            if !good_name(&t.name) {
                 return Err(TokenError::BadName {
                     index: i + 1,
                     name: t.name.clone(),
@@ -258,12 +321,71 @@ impl Tokens {
                 });
             }
         }
-        Ok(Tokens { by_hash })
+        let mut users = HashMap::new();
+        for u in &config.users {
+            let refuse = |reason: &str| TokenError::User {
+                name: u.name.clone(),
+                reason: reason.to_string(),
+            };
+            if !good_name(&u.name) {
+                return Err(refuse(
+                    "the name must be 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if !names.insert(u.name.clone()) {
+                return Err(refuse(
+                    "the name is used twice among [[api.tokens]] and [[api.users]]: names tell people apart in the audit log",
+                ));
+            }
+            if argon2::password_hash::PasswordHash::new(&u.argon2)
+                .map_or(true, |h| h.algorithm.as_str() != "argon2id")
+            {
+                return Err(refuse(
+                    "argon2 must be an Argon2id hash ($argon2id$v=19$…): `carepath user new` makes one",
+                ));
+            }
+            if u.scopes.is_empty() {
+                return Err(refuse(
+                    "scopes is empty; give at least one of events:write, instances:write, read, admin",
+                ));
+            }
+            if let Some(p) = u.pathways.iter().flatten().find(|p| !pathways.contains(p)) {
+                return Err(refuse(&format!(
+                    "pathway \"{p}\" is not loaded (loaded: {})",
+                    pathways.join(", ")
+                )));
+            }
+            let caller = Arc::new(Caller {
+                name: u.name.clone(),
+                scopes: u.scopes.clone(),
+                pathways: u.pathways.clone(),
+            });
+            users.insert(u.name.clone(), (u.argon2.clone(), caller));
+        }
+        Ok(Tokens { by_hash, users })
+    }
+
+    /// The user signing in with `name` and `password`, if both are right. Slow on purpose
+    /// (Argon2id), and as slow for a name nobody has: run it off the async threads.
+    pub fn sign_in(&self, name: &str, password: &str) -> Option<Arc<Caller>> {
+        match self.users.get(name) {
+            Some((phc, caller)) => verify_password(phc, password).then(|| caller.clone()),
+            None => {
+                let nobody = NOBODY.get_or_init(|| hash_password("nobody").unwrap_or_default());
+                let _ = verify_password(nobody, password);
+                None
+            }
+        }
     }
 
     /// How many tokens are configured.
     pub fn len(&self) -> usize {
         self.by_hash.len()
+    }
+
+    /// Whether any password users are configured.
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
     }
 
     /// Whether none are.
@@ -289,10 +411,13 @@ impl Tokens {
             .ok_or_else(|| {
                 Problem::unauthorized("the Authorization header must be `Bearer TOKEN`")
             })?;
-        self.by_hash
-            .get(&hash(token))
-            .cloned()
+        self.recognise(token)
             .ok_or_else(|| Problem::unauthorized("the token is not known: ask for a new one"))
+    }
+
+    /// The caller a token belongs to, if it is configured: for the web view's sign-in.
+    pub fn recognise(&self, token: &str) -> Option<Arc<Caller>> {
+        self.by_hash.get(&hash(token.trim())).cloned()
     }
 }
 
@@ -351,6 +476,7 @@ mod tests {
 
     fn config(token: &str, scopes: &[Scope], pathways: Option<&[&str]>) -> ApiConfig {
         ApiConfig {
+            users: Vec::new(),
             tokens: vec![TokenConfig {
                 name: "epj".into(),
                 sha256: hash_hex(token),
@@ -431,5 +557,42 @@ mod tests {
             Tokens::new(&twice, &[]).unwrap_err(),
             TokenError::DuplicateName("epj".into())
         );
+    }
+
+    #[test]
+    fn a_user_signs_in_with_the_password_only_and_a_bad_entry_is_refused() {
+        let phc = hash_password("a long enough password").expect("hash");
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        let user = |name: &str, argon2: &str| UserConfig {
+            name: name.into(),
+            argon2: argon2.into(),
+            scopes: [Scope::Read].into(),
+            pathways: Some(["red-cross".to_string()].into()),
+        };
+        let mut c = config("t", &[Scope::Read], None);
+        c.users.push(user("lina.rk", &phc));
+        let tokens = Tokens::new(&c, &["red-cross".into()]).expect("valid");
+        assert!(tokens.has_users());
+        let caller = tokens
+            .sign_in("lina.rk", "a long enough password")
+            .expect("the right password");
+        assert!(caller.may_use("red-cross") && !caller.may_use("standard-track"));
+        assert!(
+            tokens
+                .sign_in("lina.rk", "a long enough passwore")
+                .is_none()
+        );
+        assert!(tokens.sign_in("nobody", "a long enough password").is_none());
+
+        let refused = |c: &ApiConfig| match Tokens::new(c, &["red-cross".into()]) {
+            Err(TokenError::User { name, reason }) => format!("{name}: {reason}"),
+            other => panic!("not refused as a user: {other:?}"),
+        };
+        let mut plain = config("t", &[Scope::Read], None);
+        plain.users.push(user("lina.rk", "hunter2"));
+        assert!(refused(&plain).contains("Argon2id"));
+        let mut clash = config("t", &[Scope::Read], None);
+        clash.users.push(user("epj", &phc));
+        assert!(refused(&clash).contains("used twice"));
     }
 }

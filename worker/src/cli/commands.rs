@@ -83,6 +83,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db,
             format,
         } => status(&db, &reference, format).await,
+        Command::Forecast { db, weeks, format } => forecast(&db, weeks, format).await,
         Command::Outbox {
             action: None,
             status,
@@ -197,6 +198,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         | Command::Catalogue { .. }
         | Command::Openapi
         | Command::Token { .. }
+        | Command::User { .. }
         | Command::Key { .. } => {
             bail!("not a database command")
         }
@@ -290,16 +292,9 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-/// Makes a token for `name`, checks its entry as `carepath run` will, and appends the entry
-/// to `config` (or prints it on stderr). Returns the token.
-pub(super) fn new_token(
-    name: &str,
-    scopes: &[String],
-    pathways: &[String],
-    config: Option<&Path>,
-) -> anyhow::Result<String> {
-    let token = api::auth::new_token().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let scopes = scopes
+/// The scopes as given on the command line.
+fn parse_scopes(scopes: &[String]) -> anyhow::Result<std::collections::BTreeSet<api::Scope>> {
+    scopes
         .iter()
         .map(|s| {
             toml::Value::String(s.clone())
@@ -310,33 +305,114 @@ pub(super) fn new_token(
                     )
                 })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
+
+/// `config` checked as `carepath run` will check it (but for the pathways, checked when it
+/// starts), as the TOML lines to append to a configuration.
+fn api_entry(config: &ApiConfig, pathways: &[String]) -> anyhow::Result<String> {
+    api::Tokens::new(config, pathways)?;
+    let what = if config.users.is_empty() {
+        "token"
+    } else {
+        "user"
+    };
+    Ok(format!(
+        "\n# Added by `carepath {what} new`: only the {}'s hash is kept.\n{}",
+        if config.users.is_empty() {
+            "token"
+        } else {
+            "password"
+        },
+        toml::to_string(config)?
+            .replace("[[tokens]]", "[[api.tokens]]")
+            .replace("[[users]]", "[[api.users]]")
+            .replace("tokens = []\n", "")
+    ))
+}
+
+/// Makes a token for `name` and its `[[api.tokens]]` entry, checked as `carepath run` will
+/// check it. Returns the token and the entry's TOML.
+fn token_entry(
+    name: &str,
+    scopes: &[String],
+    pathways: &[String],
+) -> anyhow::Result<(String, String)> {
+    let token = api::auth::new_token().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let entry = api::auth::TokenConfig {
         name: name.to_string(),
         sha256: api::auth::hash_hex(&token),
-        scopes,
+        scopes: parse_scopes(scopes)?,
         pathways: (!pathways.is_empty()).then(|| pathways.iter().cloned().collect()),
     };
-    let config_entry = ApiConfig {
-        tokens: vec![entry],
+    let text = api_entry(
+        &ApiConfig {
+            tokens: vec![entry],
+            users: Vec::new(),
+        },
+        pathways,
+    )?;
+    Ok((token, text))
+}
+
+/// Adds a web view user `name` with `password`'s Argon2id hash to `config`.
+pub(super) fn new_user(
+    name: &str,
+    password: &str,
+    scopes: &[String],
+    pathways: &[String],
+    config: &Path,
+) -> anyhow::Result<()> {
+    if password.chars().count() < 12 {
+        bail!("the password must be at least 12 characters (read from standard input)");
+    }
+    let entry = api::auth::UserConfig {
+        name: name.to_string(),
+        argon2: api::auth::hash_password(password).map_err(anyhow::Error::msg)?,
+        scopes: parse_scopes(scopes)?,
+        pathways: (!pathways.is_empty()).then(|| pathways.iter().cloned().collect()),
     };
-    // The pathways are checked against the loaded ones when `carepath run` starts.
-    api::Tokens::new(&config_entry, pathways)?;
-    let text = format!(
-        "\n# Added by `carepath token new`: only the token's hash is kept.\n{}",
-        toml::to_string(&config_entry)?.replace("[[tokens]]", "[[api.tokens]]")
+    let text = api_entry(
+        &ApiConfig {
+            tokens: Vec::new(),
+            users: vec![entry],
+        },
+        pathways,
+    )?;
+    append_config(config, &text)?;
+    eprintln!(
+        "carepath: user \"{name}\" added to {}; restart `carepath run` to use it",
+        config.display()
     );
+    Ok(())
+}
+
+/// Appends `text` to the configuration at `path`, created owner-only.
+fn append_config(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    // The configuration names secrets' places and holds token hashes: owner only.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Makes a token for `name`, checks its entry as `carepath run` will, and appends the entry
+/// to `config` (or prints it on stderr). Returns the token.
+pub(super) fn new_token(
+    name: &str,
+    scopes: &[String],
+    pathways: &[String],
+    config: Option<&Path>,
+) -> anyhow::Result<String> {
+    let (token, text) = token_entry(name, scopes, pathways)?;
     match config {
         Some(path) => {
-            let mut options = std::fs::OpenOptions::new();
-            options.create(true).append(true);
-            // The configuration names secrets' places and holds token hashes: owner only.
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            file.write_all(text.as_bytes())?;
+            append_config(path, &text)?;
             eprintln!(
                 "carepath: token \"{name}\" added to {}; restart `carepath run` to use it. The token is shown once:",
                 path.display()
@@ -422,11 +498,9 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
                 api::waker(wake.clone(), other),
             )
             .with_inbound_keyword(keyword);
-            Some(tokio::spawn(api::serve(
-                listener,
-                api::router(api),
-                wake.clone(),
-            )))
+            // The web view beside the API, under `/`.
+            let routes = api::router(api.clone()).merge(crate::web::router(api));
+            Some(tokio::spawn(api::serve(listener, routes, wake.clone())))
         }
         None => None,
     };
@@ -622,6 +696,60 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
     } else {
         Ok(ExitCode::from(1))
     }
+}
+
+async fn forecast(db: &DbArgs, weeks: usize, format: Format) -> anyhow::Result<ExitCode> {
+    let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
+    let now = clock.now();
+    let store = sealed(SqliteStore::open_existing(&db.db).await?).await?;
+    let catalog = Catalog::from_store(&store).await?;
+    let rows: Vec<_> = store
+        .all_instances()
+        .await?
+        .into_iter()
+        .filter(|r| r.instance.status == carepath_engine::step::Status::Active)
+        .collect();
+    store.close().await;
+    let tz = carepath_engine::time::zone("Europe/Copenhagen")?;
+    let f = crate::forecast::forecast(&catalog, &rows, now, weeks, &tz);
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&f)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{} families stepped forward from {}{}",
+        f.families,
+        local_in(now, &tz),
+        if f.held > 0 {
+            format!(" ({} on hold left out)", f.held)
+        } else {
+            String::new()
+        }
+    )?;
+    write!(out, "{:<20}", "role \\ week of")?;
+    for w in &f.weeks {
+        write!(out, " {:>6}", w.strftime("%d/%m").to_string())?;
+    }
+    writeln!(out)?;
+    for (role, counts) in &f.roles {
+        write!(out, "{role:<20}")?;
+        for n in counts {
+            write!(out, " {n:>6}")?;
+        }
+        writeln!(out)?;
+    }
+    for (id, why) in &f.failed {
+        writeln!(out, "instance {id} could not be stepped forward: {why}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn local_in(t: Timestamp, tz: &jiff::tz::TimeZone) -> String {
+    t.to_zoned_datetime(tz.clone())
+        .strftime("%Y-%m-%d %H:%M")
+        .to_string()
 }
 
 async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<ExitCode> {
@@ -1576,5 +1704,17 @@ async fn demo(
             db.display()
         );
     }
+    // The web view on what the demo left, at the moment it ended: a coordinator's token in a
+    // configuration of the demo's own.
+    let config = dir.join("carepath.toml");
+    let _ = std::fs::remove_file(&config);
+    let (token, entry) = token_entry("demo-coordinator", &["admin".into()], &[])?;
+    append_config(&config, &entry)?;
+    println!(
+        "\nOpen the web view: cargo run -q --bin carepath -- run --db {} --config {} --clock fixed:{end} --no-timers --no-delivery --listen 127.0.0.1:8080\n\
+         then http://127.0.0.1:8080/ and sign in with the token {token}",
+        db.display(),
+        config.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -86,6 +86,12 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Manage the web view's password users.
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Print the HTTP API's OpenAPI document (what docs/openapi.json holds).
     Openapi,
     /// Data keys, which seal families' fields and event payloads in the database file.
@@ -135,6 +141,19 @@ pub enum Command {
         /// The database file.
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
+        /// Output.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Capacity: the notices each role will get in each of the coming weeks, from the active
+    /// families stepped forward in memory by their own pathways (as the web view's Kapacitet).
+    Forecast {
+        /// The database and the clock (`--clock fixed:TIME` forecasts from that moment).
+        #[command(flatten)]
+        db: DbArgs,
+        /// Weeks, the current one first.
+        #[arg(long, default_value_t = 12)]
+        weeks: usize,
         /// Output.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -373,6 +392,28 @@ pub enum TokenAction {
         /// Append the entry to this configuration file (else it is printed on stderr).
         #[arg(long, env = "CAREPATH_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+/// What to do with the web view's password users.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Add a person who signs in to the web view with a name and a password: the password is
+    /// read from the first line of standard input, and only its Argon2id hash is added to the
+    /// configuration as an [[api.users]] entry.
+    New {
+        /// The name they sign in with (`hanne.jensen`), shown in the audit log.
+        #[arg(long)]
+        name: String,
+        /// A scope: events:write, instances:write, read or admin (repeat for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Restrict them to this pathway (repeat for several); without, they see every pathway.
+        #[arg(long = "pathway")]
+        pathways: Vec<String>,
+        /// Append the entry to this configuration file.
+        #[arg(long, env = "CAREPATH_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -655,6 +696,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let token = commands::new_token(&name, &scopes, &pathways, config.as_deref())?;
             writeln!(out, "{token}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User {
+            action:
+                UserAction::New {
+                    name,
+                    scopes,
+                    pathways,
+                    config,
+                },
+        } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            commands::new_user(&name, password, &scopes, &pathways, &config)?;
             Ok(ExitCode::SUCCESS)
         }
         other => {

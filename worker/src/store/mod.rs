@@ -805,6 +805,8 @@ pub struct OutboxFilter {
     pub pathways: Option<Vec<String>>,
     /// Leave out rows of instances on hold (delivery: they wait for the resume).
     pub skip_held: bool,
+    /// Only rows that a hold keeps back: of instances on hold, and not carepath's own.
+    pub held_only: bool,
 }
 
 /// Which instances to list.
@@ -824,6 +826,13 @@ pub struct InstanceFilter {
     pub enrolled_before: Option<Timestamp>,
     /// Only this family's.
     pub reference: Option<String>,
+    /// Only families whose reference starts with this.
+    pub reference_prefix: Option<String>,
+    /// Only instances waiting on somebody: a handoff or activity past its deadline.
+    pub overdue_only: bool,
+    /// Overdue instances only, the one waiting longest first (not a cursor's order: `after`
+    /// does not page it).
+    pub oldest_overdue_first: bool,
     /// At most this many, by id.
     pub limit: u32,
 }

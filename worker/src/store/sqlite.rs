@@ -498,16 +498,30 @@ async fn log_line(
     Ok(())
 }
 
-/// The condition that an outbox row `o` may go: its instance is not on hold, or it is one of
-/// carepath's own notices to the owner ([`OWN_TEMPLATES`]), which ask someone to act on it.
-fn not_held() -> String {
-    let own = OWN_TEMPLATES
+/// carepath's own templates ([`OWN_TEMPLATES`]) as an SQL list: `'a', 'b'`.
+fn own_templates() -> String {
+    OWN_TEMPLATES
         .iter()
         .map(|t| format!("'{t}'"))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+/// The condition that an outbox row `o` may go: its instance is not on hold, or it is one of
+/// carepath's own notices to the owner ([`OWN_TEMPLATES`]), which ask someone to act on it.
+fn not_held() -> String {
     format!(
-        "(o.template IN ({own}) OR NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id))"
+        "(o.template IN ({}) OR NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id))",
+        own_templates()
+    )
+}
+
+/// The condition that a hold keeps an outbox row `o` back, read from the holds, which are few,
+/// to their notices: not a look at every queued row.
+fn held() -> String {
+    format!(
+        "(o.instance_id IN (SELECT instance_id FROM holds) AND o.template NOT IN ({}))",
+        own_templates()
     )
 }
 
@@ -774,8 +788,23 @@ impl Storage for SqliteStore {
         if let Some(reference) = &filter.reference {
             q.push(" AND ref = ").push_bind(reference.clone());
         }
-        q.push(" ORDER BY id LIMIT ")
-            .push_bind(i64::from(filter.limit));
+        if let Some(prefix) = &filter.reference_prefix {
+            // A range, not LIKE: the reference's index serves it, and `%` or `_` in what was
+            // typed mean themselves.
+            q.push(" AND ref >= ")
+                .push_bind(prefix.clone())
+                .push(" AND ref < ")
+                .push_bind(format!("{prefix}\u{10FFFF}"));
+        }
+        if filter.overdue_only {
+            q.push(" AND overdue_since IS NOT NULL");
+        }
+        if filter.oldest_overdue_first {
+            q.push(" AND overdue_since IS NOT NULL ORDER BY overdue_since, id LIMIT ");
+        } else {
+            q.push(" ORDER BY id LIMIT ");
+        }
+        q.push_bind(i64::from(filter.limit));
         q.build()
             .persistent(false)
             .fetch_all(&self.pool)
@@ -938,7 +967,14 @@ impl Storage for SqliteStore {
             q.push(" AND o.not_before <= ").push_bind(ms(at));
         }
         if let Some(s) = filter.status {
-            q.push(" AND o.status = ").push_bind(s.as_str());
+            // Held rows are found from the holds, which are few: the status index would have
+            // SQLite walk every queued row instead (`+` keeps it off that index).
+            q.push(if filter.held_only {
+                " AND +o.status = "
+            } else {
+                " AND o.status = "
+            })
+            .push_bind(s.as_str());
         }
         if let Some(id) = filter.instance_id {
             q.push(" AND o.instance_id = ").push_bind(id);
@@ -948,6 +984,9 @@ impl Storage for SqliteStore {
         }
         if filter.skip_held {
             q.push(" AND ").push(not_held());
+        }
+        if filter.held_only {
+            q.push(" AND ").push(held());
         }
         q.push(" ORDER BY o.not_before, o.id");
         if let Some(limit) = filter.limit {
@@ -1203,7 +1242,7 @@ impl Storage for SqliteStore {
                 "UPDATE instances SET \
                    body = json_set(body, '$.fields', json('{{}}'), '$.appointments', json('{{}}'), \
                                    '$.timers', json('[]'), '$.status', 'finished'), \
-                   ref = 'erased:' || id, status = 'finished', erased_at = ?, updated_at = ? \
+                   ref = 'erased:' || id, status = 'finished', erased_at = ?, updated_at = ?, overdue_since = NULL \
                  WHERE id IN ({list}) AND erased_at IS NULL"
             )))
             .persistent(false)
@@ -1662,8 +1701,8 @@ impl Tx for SqliteTx {
             });
             let at = ms(n.instance.entered_at);
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO instances (ref, pathway, pathway_version_id, state, owner, status, seq, body, roles, parent_id, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO instances (ref, pathway, pathway_version_id, state, owner, status, seq, body, roles, parent_id, created_at, updated_at, overdue_since) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(&n.reference)
             .bind(&n.pathway)
@@ -1677,6 +1716,7 @@ impl Tx for SqliteTx {
             .bind(parent)
             .bind(at)
             .bind(at)
+            .bind(n.instance.overdue_since().map(ms))
             .fetch_one(&mut *conn)
             .await?;
             instance_ids.push(id);
@@ -1688,7 +1728,7 @@ impl Tx for SqliteTx {
 
         for chunk in shaped(&changes.updates) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at) AS (",
+                "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at, overdue_since) AS (",
             );
             let bodies = chunk
                 .iter()
@@ -1711,13 +1751,15 @@ impl Tx for SqliteTx {
                     .push_bind(body)
                     .push_bind(roles)
                     .push_bind(u.pathway_version_id)
-                    .push_bind(ms(now));
+                    .push_bind(ms(now))
+                    .push_bind(u.instance.overdue_since().map(ms));
             });
             // A NULL role map keeps the row's: most steps assign no contacts.
             q.push(
                 ") UPDATE instances SET state = v.state, owner = v.owner, status = v.status, seq = v.seq, \
                  body = v.body, roles = COALESCE(v.roles, instances.roles), \
-                 pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at \
+                 pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at, \
+                 overdue_since = v.overdue_since \
                  FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
             );
             let done = q.build().execute(&mut *conn).await?.rows_affected();

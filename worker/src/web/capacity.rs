@@ -1,0 +1,267 @@
+//! *Kapacitet*: the notices each role will get in each of the next twelve weeks, from the
+//! active families' own pathways stepped forward in memory ([`crate::forecast`]): as a chart
+//! and as a table.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, PreEscaped, html};
+
+use super::families::store_failed;
+use super::layout::{Lang, Section, local, shell};
+use super::session::refused;
+use super::{Viewer, Web};
+use crate::forecast::{Forecast, forecast};
+use crate::store::{InstanceFilter, Storage};
+
+/// Weeks forecast, the current one first.
+pub const WEEKS: usize = 12;
+
+/// How long a forecast is shown before it is computed again.
+const FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// Colours of the roles' bars: each at least 3:1 against white, told apart by the legend and
+/// the table too.
+const PALETTE: [&str; 8] = [
+    "#1d4ed8", "#b91c1c", "#047857", "#7c3aed", "#b45309", "#0e7490", "#be185d", "#4b5563",
+];
+
+/// The last forecast per pathway restriction, and which are being computed again.
+#[derive(Default)]
+pub struct Cache {
+    by_restriction: Mutex<HashMap<String, (Instant, Arc<Forecast>)>>,
+    refreshing: Mutex<std::collections::HashSet<String>>,
+}
+
+/// `GET /kapacitet`.
+pub async fn page<S: Storage>(
+    State(web): State<Web<S>>,
+    viewer: Viewer,
+) -> Result<Response, Response> {
+    let lang = viewer.lang;
+    let restriction = viewer.caller.restriction();
+    let key = format!("{restriction:?}");
+    let cached = web
+        .capacity
+        .by_restriction
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    let f = match cached {
+        // A forecast a minute old is shown while the next is computed beside: nobody waits on
+        // stepping the whole cohort but the first viewer.
+        Some((at, f)) => {
+            if at.elapsed() >= FRESH_FOR {
+                refresh_beside(&web, key, restriction);
+            }
+            f
+        }
+        None => {
+            let f = Arc::new(
+                compute(&web, restriction)
+                    .await
+                    .map_err(|r| r.unwrap_or_else(|| unavailable(lang)))?,
+            );
+            web.capacity
+                .by_restriction
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, (Instant::now(), f.clone()));
+            f
+        }
+    };
+    let title = lang.t("Kapacitet", "Capacity");
+    Ok(shell(
+        &viewer,
+        Section::Capacity,
+        title,
+        html! {
+            h1 { (title) }
+            p {
+                (lang.t("Beskeder pr. rolle pr. uge de næste 12 uger, fra ", "Notices per role per week for the next 12 weeks, from "))
+                (local(f.from)) ". "
+                (lang.t(
+                    "Hver aktiv familie føres frem i sit eget forløb med motoren selv, som om intet nyt blev meldt: overdragelser, påmindelser, eskaleringer og besøg, som forløbenes egne frister bringer. Rykkere tælles, som om ingen når det i tide: et loft, ikke et skøn.",
+                    "Each active family is stepped forward on its own pathway by the engine itself, as if nothing new were reported: the handoffs, reminders, escalations and visits the pathways' own deadlines bring. Escalations are counted as if nobody were in time: a ceiling, not an estimate.",
+                ))
+            }
+            p id="families-counted" { (f.families) (lang.t(" familier regnet med", " families counted")) @if f.held > 0 { ", " (f.held) (lang.t(" i bero ikke med", " on hold left out")) } "." }
+            @if !f.failed.is_empty() {
+                p.error { (f.failed.len()) (lang.t(" familier kunne ikke regnes frem: ", " families could not be stepped forward: ")) (f.failed[0].1) }
+            }
+            (chart(&f, lang))
+            (table(&f, lang))
+        },
+    )
+    .into_response())
+}
+
+fn unavailable(lang: Lang) -> Response {
+    refused(
+        lang,
+        StatusCode::SERVICE_UNAVAILABLE,
+        lang.t(
+            "Prognosen kunne ikke beregnes. Prøv igen.",
+            "The forecast could not be computed. Try again.",
+        ),
+    )
+}
+
+/// Computes the forecast for `key` again on a task of its own, unless one already is.
+fn refresh_beside<S: Storage>(web: &Web<S>, key: String, restriction: Option<Vec<String>>) {
+    if !web
+        .capacity
+        .refreshing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.clone())
+    {
+        return;
+    }
+    let web = web.clone();
+    tokio::spawn(async move {
+        if let Ok(f) = compute(&web, restriction).await {
+            web.capacity
+                .by_restriction
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), (Instant::now(), Arc::new(f)));
+        }
+        web.capacity
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    });
+}
+
+/// The forecast of the families the restriction lets the viewer see.
+async fn compute<S: Storage>(
+    web: &Web<S>,
+    pathways: Option<Vec<String>>,
+) -> Result<Forecast, Option<Response>> {
+    let rt = web.api.runtime.clone();
+    let mut rows = Vec::new();
+    let mut after = None;
+    loop {
+        let page = rt
+            .store()
+            .list_instances(&InstanceFilter {
+                pathways: pathways.clone(),
+                active_only: true,
+                after,
+                limit: 1000,
+                ..InstanceFilter::default()
+            })
+            .await
+            .map_err(|e| Some(store_failed(Lang::Da, &e)))?;
+        let full = page.len() == 1000;
+        after = page.last().map(|r| r.id);
+        rows.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let now = rt.clock().now();
+    // Stepping tens of thousands of families is work for a thread of its own.
+    tokio::task::spawn_blocking(move || {
+        forecast(rt.catalog(), &rows, now, WEEKS, &super::layout::zone())
+    })
+    .await
+    .map_err(|_| None)
+}
+
+fn week_label(f: &Forecast, i: usize, lang: Lang) -> String {
+    let d = f.weeks[i];
+    let week = d.iso_week_date().week();
+    format!("{} {week} ({})", lang.t("uge", "week"), d.strftime("%d/%m"))
+}
+
+fn chart(f: &Forecast, lang: Lang) -> Markup {
+    let (w, h, left, bottom) = (900i64, 320i64, 50i64, 60i64);
+    let max = (0..f.weeks.len())
+        .map(|i| f.week_total(i))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let band = (w - left - 10) / f.weeks.len().max(1) as i64;
+    let scale = |n: u32| (i64::from(n) * (h - bottom - 20)) / i64::from(max);
+    let mut svg = format!(
+        "<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\">",
+        lang.t(
+            "Beskeder pr. uge, stablet pr. rolle; tallene står i tabellen",
+            "Notices per week, stacked by role; the numbers are in the table"
+        )
+    );
+    svg.push_str(&format!(
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#111827\"/><text x=\"{}\" y=\"20\" font-size=\"12\" text-anchor=\"end\" fill=\"#111827\">{max}</text>",
+        h - bottom, w - 10, h - bottom, left - 6
+    ));
+    for i in 0..f.weeks.len() {
+        let x = left + i as i64 * band + 6;
+        let mut y = h - bottom;
+        for (r, (_, counts)) in f.roles.iter().enumerate() {
+            let n = counts[i];
+            if n == 0 {
+                continue;
+            }
+            let bar = scale(n).max(1);
+            y -= bar;
+            svg.push_str(&format!(
+                "<rect class=\"bar\" x=\"{x}\" y=\"{y}\" width=\"{}\" height=\"{bar}\" fill=\"{}\"/>",
+                band - 12,
+                PALETTE[r % PALETTE.len()]
+            ));
+        }
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#111827\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#111827\">{}</text>",
+            x + (band - 12) / 2,
+            h - bottom + 16,
+            f.weeks[i].iso_week_date().week(),
+            x + (band - 12) / 2,
+            y - 4,
+            f.week_total(i)
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\" fill=\"#111827\">{}</text></svg>",
+        left + (w - left) / 2,
+        h - 20,
+        lang.t("Uge", "Week")
+    ));
+    html! {
+        figure {
+            (PreEscaped(svg))
+            figcaption {
+                ul.legend {
+                    @for (r, (role, _)) in f.roles.iter().enumerate() {
+                        li { span.swatch style={"background:" (PALETTE[r % PALETTE.len()])} {} (role) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn table(f: &Forecast, lang: Lang) -> Markup {
+    html! {
+        table id="capacity" {
+            caption { (lang.t("Beskeder pr. rolle og uge", "Notices per role and week")) }
+            thead { tr {
+                th scope="col" { (lang.t("Rolle", "Role")) }
+                @for i in 0..f.weeks.len() { th scope="col" class="num" data-week=(f.weeks[i]) { (week_label(f, i, lang)) } }
+            } }
+            tbody {
+                @for (role, counts) in &f.roles {
+                    tr data-role=(role) { th scope="row" { (role) } @for n in counts { td.num { (n) } } }
+                }
+            }
+            tfoot { tr { th scope="row" { (lang.t("I alt", "Total")) } @for i in 0..f.weeks.len() { td.num { (f.week_total(i)) } } } }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The web view: the pages coordinators and professionals read the running system by, served
+//! by `carepath run --listen` under `/` beside the API.
+//!
+//! - [`session`]: sign-in with an API token, a session cookie (HttpOnly, SameSite=Strict,
+//!   Secure behind TLS), a CSRF token on every form; the token's scopes and pathways apply;
+//! - [`layout`]: the page shell, Danish and English words, times and the style sheet;
+//! - [`overview`]: *Overblik*, every handoff and activity past its deadline, oldest first;
+//! - [`families`]: *Familier* and *Familie*, the search and one family's whole record, with
+//!   hold, resume and assigning a contact;
+//! - [`outbox`]: *Udbakke*, dead and held notices, with retry;
+//! - [`pathways`]: *Forløb*, each pathway drawn, with its catalogue entry;
+//! - [`capacity`]: *Kapacitet*, the coming weeks' notices per role (see [`crate::forecast`]).
+//!
+//! Server-rendered HTML (maud), no script the pages need, every asset served from here.
+//! Sensitive fields are never shown; addresses are masked for viewers who cannot change them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use crate::api::Api;
+use crate::store::Storage;
+
+pub mod capacity;
+pub mod families;
+pub mod layout;
+pub mod outbox;
+pub mod overview;
+pub mod pathways;
+pub mod session;
+
+pub use session::{Sessions, Viewer};
+
+/// What the pages share: the API's runtime and tokens, the sessions, the capacity forecast.
+pub struct Web<S: Storage> {
+    /// The API's state: runtime, tokens, the worker's wake-up.
+    pub api: Api<S>,
+    /// Signed-in viewers.
+    pub sessions: Arc<Sessions>,
+    /// The last forecast per pathway restriction.
+    pub capacity: Arc<capacity::Cache>,
+}
+
+impl<S: Storage> Clone for Web<S> {
+    fn clone(&self) -> Self {
+        Web {
+            api: self.api.clone(),
+            sessions: self.sessions.clone(),
+            capacity: self.capacity.clone(),
+        }
+    }
+}
+
+/// The pages, to merge into the API's router.
+pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
+    let web = Web {
+        api,
+        sessions: Arc::default(),
+        capacity: Arc::default(),
+    };
+    Router::new()
+        .route("/", get(overview::page::<S>))
+        .route(
+            "/login",
+            get(session::login_page::<S>).post(session::login::<S>),
+        )
+        .route("/logout", post(session::logout::<S>))
+        .route("/familier", get(families::search::<S>))
+        .route("/familier/{ref}", get(families::family::<S>))
+        .route("/familier/{ref}/hold", post(families::hold::<S>))
+        .route("/familier/{ref}/resume", post(families::resume::<S>))
+        .route("/familier/{ref}/kontakt", post(families::assign::<S>))
+        .route("/udbakke", get(outbox::page::<S>))
+        .route("/udbakke/{id}/retry", post(outbox::retry::<S>))
+        .route("/forloeb", get(pathways::list::<S>))
+        .route("/forloeb/{id}", get(pathways::show::<S>))
+        .route("/forloeb/{id}/graf.svg", get(pathways::svg::<S>))
+        .route("/kapacitet", get(capacity::page::<S>))
+        .route("/static/carepath.css", get(style))
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(web)
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        layout::STYLE,
+    )
+}
