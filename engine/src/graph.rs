@@ -653,15 +653,20 @@ fn sector_title(sector: &str) -> &'static str {
 fn by_sector(p: &Pathway) -> Vec<(&'static str, Vec<&str>)> {
     let mut groups: Vec<(&'static str, Vec<&str>)> = Vec::new();
     for (name, s) in &p.states {
-        let sector = owner_of(s)
-            .and_then(|o| p.roles.get(o))
-            .map_or("ends", |r| r.sector.as_str());
+        let sector = sector_of(p, s);
         match groups.iter_mut().find(|(k, _)| *k == sector) {
             Some((_, v)) => v.push(name),
             None => groups.push((sector, vec![name])),
         }
     }
     groups
+}
+
+/// The sector of who is responsible in state `s`; "ends" for a state with nobody.
+fn sector_of(p: &Pathway, s: &crate::pathway::State) -> &'static str {
+    owner_of(s)
+        .and_then(|o| p.roles.get(o))
+        .map_or("ends", |r| r.sector.as_str())
 }
 
 fn sector_colour(sector: &str) -> &'static str {
@@ -833,9 +838,7 @@ pub fn to_svg(p: &Pathway) -> String {
     }
     for (i, (name, s)) in p.states.iter().enumerate() {
         let (x, y) = place[i];
-        let sector = owner_of(s)
-            .and_then(|o| p.roles.get(o))
-            .map_or("ends", |r| r.sector.as_str());
+        let sector = sector_of(p, s);
         let title = s.title.as_deref().unwrap_or(name);
         let short: String = if title.chars().count() > 28 {
             title.chars().take(27).chain(['…']).collect()

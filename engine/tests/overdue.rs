@@ -1,47 +1,16 @@
 //! Who is waited on: a handoff not acknowledged in time and an activity whose window closed
 //! stay on the instance as overdue until the late acknowledgement or contact comes.
 
-use std::path::Path;
+mod common;
 
 use carepath_engine::step::{OverdueKind, Purpose};
-use carepath_engine::{
-    CheckedPathway, Input, Instance, PathwaySource, SourceFile, check, start, step,
-};
+use carepath_engine::{CheckedPathway, Input, Instance, start, step};
 use jiff::Timestamp;
 use serde_json::json;
 
-fn read(dir: &Path) -> PathwaySource {
-    let text = std::fs::read_to_string(dir.join("pathway.json")).expect("pathway.json");
-    let mut templates = Vec::new();
-    for e in std::fs::read_dir(dir.join("templates")).expect("templates") {
-        let p = e.expect("entry").path();
-        templates.push(SourceFile {
-            path: p.display().to_string(),
-            text: std::fs::read_to_string(&p).expect("template"),
-        });
-    }
-    PathwaySource {
-        pathway: SourceFile {
-            path: dir.join("pathway.json").display().to_string(),
-            text,
-        },
-        templates,
-    }
-}
-
 /// The standard track, checked with the pathways it refers families to.
 fn standard_track() -> CheckedPathway {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pathways");
-    let sources: Vec<PathwaySource> = std::fs::read_dir(&root)
-        .expect("pathways/")
-        .map(|e| e.expect("entry").path())
-        .filter(|d| d.join("pathway.json").is_file())
-        .map(|d| read(&d))
-        .collect();
-    let report = check(&sources);
-    assert!(!report.has_errors(), "{:#?}", report.diagnostics);
-    report
-        .pathways
+    common::real_pathways()
         .into_iter()
         .find(|p| p.pathway.id == "standard-track")
         .expect("the standard track")

@@ -1,55 +1,18 @@
 //! Property tests over the real pathways: random event and timer sequences through the step
 //! function, and random bytes and mutations through the checker.
 
+mod common;
+
 use std::collections::HashSet;
-use std::path::Path;
 
 use carepath_engine::step::{OverdueKind, Purpose, Status};
 use carepath_engine::{
     CheckedPathway, Input, Instance, PathwaySource, SourceFile, StepError, check, start, step,
 };
+use common::{real_pathways, real_sources};
 use jiff::{Span, Timestamp};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-
-fn read_pathway(dir: &Path) -> PathwaySource {
-    let text = std::fs::read_to_string(dir.join("pathway.json")).expect("pathway.json");
-    let mut templates = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(dir.join("templates"))
-        .map(|rd| rd.map(|e| e.expect("entry").path()).collect())
-        .unwrap_or_default();
-    paths.sort();
-    for p in paths {
-        templates.push(SourceFile {
-            path: p.display().to_string(),
-            text: std::fs::read_to_string(&p).expect("template"),
-        });
-    }
-    PathwaySource {
-        pathway: SourceFile {
-            path: dir.join("pathway.json").display().to_string(),
-            text,
-        },
-        templates,
-    }
-}
-
-fn real_sources() -> Vec<PathwaySource> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pathways");
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .expect("pathways/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("pathway.json").is_file())
-        .collect();
-    dirs.sort();
-    dirs.iter().map(|d| read_pathway(d)).collect()
-}
-
-fn real_pathways() -> Vec<CheckedPathway> {
-    let report = check(&real_sources());
-    assert!(!report.has_errors(), "{:#?}", report.diagnostics);
-    report.pathways
-}
 
 /// One thing that can happen to an instance.
 #[derive(Clone, Debug)]

@@ -150,6 +150,10 @@ def coordinator(browser):
     cookies = {c["name"]: c for c in ctx.cookies()}
     session = cookies["carepath_session"]
     check(session["httpOnly"] and session["sameSite"] == "Strict", "the session cookie is HttpOnly and SameSite=Strict")
+    check(not session["secure"], "and not Secure over plain HTTP on loopback")
+    behind_tls = page.request.get(f"{BASE}/login", headers={"X-Forwarded-Proto": "https"})
+    check("Secure" in behind_tls.headers.get("set-cookie", ""),
+          "behind a TLS proxy (X-Forwarded-Proto: https) the cookies are Secure")
 
     # Keyboard: the first Tab on a freshly loaded page reaches the skip link.
     page.goto(f"{BASE}/")
@@ -241,8 +245,10 @@ def coordinator(browser):
     shot(page, "pathway")
     axe(page, "a pathway")
 
-    # Capacity: the page's numbers are the forecast's.
+    # Capacity: the page's numbers are the forecast's, once computed again after the changes.
     page.goto(f"{BASE}/kapacitet")
+    page.locator("#recompute").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Kapacitet")
     forecast = json.loads(subprocess.run(
         [ENV["CAREPATH"], "forecast", "--db", ENV["CAREPATH_DB"], "--clock",
          f"fixed:{ENV['CAREPATH_CLOCK_AT']}", "--format", "json"],

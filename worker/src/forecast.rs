@@ -27,6 +27,16 @@ use crate::store::InstanceRow;
 /// At most this many steps per family: a cron timer with a short period cannot run away.
 const STEPS_PER_FAMILY: usize = 1000;
 
+/// The weeks asked for reach past the end of the calendar.
+#[derive(Debug, thiserror::Error)]
+#[error("a forecast of {weeks} weeks from {from} reaches past the calendar's end")]
+pub struct ForecastError {
+    /// The weeks asked for.
+    pub weeks: usize,
+    /// From when.
+    pub from: Timestamp,
+}
+
 /// Notices per role per local week, from this week on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Forecast {
@@ -49,6 +59,91 @@ impl Forecast {
     pub fn week_total(&self, i: usize) -> u32 {
         self.roles.values().map(|v| v[i]).sum()
     }
+
+    /// Several forecasts of the same `span` (of several pathways) as one.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Forecast>, span: &Span) -> Forecast {
+        let mut out = Forecast {
+            roles: BTreeMap::new(),
+            families: 0,
+            held: 0,
+            failed: Vec::new(),
+            from: span.from,
+            weeks: span.weeks.clone(),
+        };
+        for p in parts {
+            out.families += p.families;
+            out.held += p.held;
+            out.failed.extend(p.failed.iter().cloned());
+            for (role, counts) in &p.roles {
+                let sum = out
+                    .roles
+                    .entry(role.clone())
+                    .or_insert_with(|| vec![0; counts.len()]);
+                for (s, n) in sum.iter_mut().zip(counts) {
+                    *s += n;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The weeks a forecast covers: from the local Monday of `from`'s week, `weeks` of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// The moment it starts from.
+    pub from: Timestamp,
+    /// Each week's Monday.
+    pub weeks: Vec<Date>,
+    /// The Monday after the last week, at midnight: where the forecast stops.
+    pub end: Timestamp,
+    tz: TimeZone,
+}
+
+impl Span {
+    /// `weeks` local weeks from the week of `from`, in `tz`.
+    pub fn new(from: Timestamp, weeks: usize, tz: &TimeZone) -> Result<Span, ForecastError> {
+        let past_the_end = || ForecastError { weeks, from };
+        let first = monday(from, tz);
+        let list = (0..weeks)
+            .map(|i| first.checked_add((7 * i as i64).days()))
+            .collect::<Result<Vec<Date>, _>>()
+            .map_err(|_| past_the_end())?;
+        let end = first
+            .checked_add((7 * weeks as i64).days())
+            .and_then(|d| d.to_zoned_datetime(tz.clone()))
+            .map_err(|_| past_the_end())?
+            .timestamp();
+        Ok(Span {
+            from,
+            weeks: list,
+            end,
+            tz: tz.clone(),
+        })
+    }
+
+    /// The week `t` falls in, counted from the first.
+    fn week(&self, t: Timestamp) -> Option<usize> {
+        let first = *self.weeks.first()?;
+        usize::try_from((monday(t, &self.tz) - first).get_days() / 7).ok()
+    }
+}
+
+/// The forecast of each pathway's families apart, so that one computation serves viewers
+/// limited to some pathways and viewers of all.
+pub fn by_pathway(
+    catalog: &Catalog,
+    rows: &[InstanceRow],
+    span: &Span,
+) -> BTreeMap<String, Forecast> {
+    let mut groups: BTreeMap<&str, Vec<&InstanceRow>> = BTreeMap::new();
+    for r in rows {
+        groups.entry(r.pathway.as_str()).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(p, rows)| (p.to_string(), forecast(catalog, rows, span)))
+        .collect()
 }
 
 /// The Monday of the week `t` falls in, locally.
@@ -57,33 +152,15 @@ fn monday(t: Timestamp, tz: &TimeZone) -> Date {
     d.saturating_sub(i64::from(d.weekday().to_monday_zero_offset()).days())
 }
 
-/// Steps `rows` forward from `now` for `weeks` local weeks (the current one first) and counts
-/// their notices by role and week. Instances on versions the catalogue lacks are counted as
-/// failed.
-pub fn forecast(
+/// Steps `rows` forward from the span's start to its end and counts their notices by role and
+/// week. Instances on versions the catalogue lacks are counted as failed.
+pub fn forecast<'a>(
     catalog: &Catalog,
-    rows: &[InstanceRow],
-    now: Timestamp,
-    weeks: usize,
-    tz: &TimeZone,
+    rows: impl IntoIterator<Item = &'a InstanceRow>,
+    span: &Span,
 ) -> Forecast {
-    let first = monday(now, tz);
-    let week_list: Vec<Date> = (0..weeks)
-        .filter_map(|i| first.checked_add((7 * i as i64).days()).ok())
-        .collect();
-    let end = week_list
-        .last()
-        .and_then(|d| d.checked_add(7.days()).ok())
-        .and_then(|d| d.to_zoned_datetime(tz.clone()).ok())
-        .map_or(now, |z| z.timestamp());
-    let mut out = Forecast {
-        weeks: week_list,
-        roles: BTreeMap::new(),
-        families: 0,
-        held: 0,
-        failed: Vec::new(),
-        from: now,
-    };
+    let weeks = span.weeks.len();
+    let mut out = Forecast::sum([], span);
     for row in rows {
         if row.instance.status != Status::Active {
             continue;
@@ -107,25 +184,21 @@ pub fn forecast(
             else {
                 break;
             };
-            if next.due >= end {
+            if next.due >= span.end {
                 break;
             }
             // A timer already due fires now: the worker would take it at once.
-            let at = next.due.max(now);
+            let at = next.due.max(span.from);
             let input = Input::Timer {
                 key: next.key.clone(),
             };
             match step(&version.checked, &instance, &input, at) {
                 Ok(effects) => {
-                    let week = (monday(at, tz) - first).get_days() / 7;
-                    for n in &effects.notices {
-                        let counts = out
-                            .roles
-                            .entry(n.to.clone())
-                            .or_insert_with(|| vec![0; weeks]);
-                        if let Some(c) = usize::try_from(week).ok().and_then(|w| counts.get_mut(w))
-                        {
-                            *c += 1;
+                    if let Some(week) = span.week(at).filter(|w| *w < weeks) {
+                        for n in &effects.notices {
+                            out.roles
+                                .entry(n.to.clone())
+                                .or_insert_with(|| vec![0; weeks])[week] += 1;
                         }
                     }
                     instance = effects.instance;

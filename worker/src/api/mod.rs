@@ -260,7 +260,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 }
 
 /// Logs each request without personal data, and counts it.
-async fn access_log<S: Storage>(State(api): State<Api<S>>, req: Request, next: Next) -> Response {
+pub(crate) async fn access_log<S: Storage>(
+    State(api): State<Api<S>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let route = req

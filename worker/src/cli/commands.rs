@@ -32,7 +32,9 @@ use carepath_notifier::NotifierConfig;
 use carepath_notifier::channel::{mask_email, mask_phone};
 use carepath_notifier::file::{Console as FileConsole, FileConfig};
 
-use super::{BulkVerb, Command, DbArgs, DirectoryAction, Format, OutboxAction, SelectArgs};
+use super::{
+    BulkVerb, Command, DbArgs, DirectoryAction, Format, GrantArgs, OutboxAction, SelectArgs,
+};
 
 /// Runs a database command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -333,55 +335,51 @@ fn api_entry(config: &ApiConfig, pathways: &[String]) -> anyhow::Result<String> 
 
 /// Makes a token for `name` and its `[[api.tokens]]` entry, checked as `carepath run` will
 /// check it. Returns the token and the entry's TOML.
-fn token_entry(
-    name: &str,
-    scopes: &[String],
-    pathways: &[String],
-) -> anyhow::Result<(String, String)> {
+fn token_entry(grant: &GrantArgs) -> anyhow::Result<(String, String)> {
     let token = api::auth::new_token().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let entry = api::auth::TokenConfig {
-        name: name.to_string(),
+        name: grant.name.clone(),
         sha256: api::auth::hash_hex(&token),
-        scopes: parse_scopes(scopes)?,
-        pathways: (!pathways.is_empty()).then(|| pathways.iter().cloned().collect()),
+        scopes: parse_scopes(&grant.scopes)?,
+        pathways: restriction(&grant.pathways),
     };
     let text = api_entry(
         &ApiConfig {
             tokens: vec![entry],
             users: Vec::new(),
         },
-        pathways,
+        &grant.pathways,
     )?;
     Ok((token, text))
 }
 
+/// `--pathway` given, as a restriction.
+fn restriction(pathways: &[String]) -> Option<std::collections::BTreeSet<String>> {
+    (!pathways.is_empty()).then(|| pathways.iter().cloned().collect())
+}
+
 /// Adds a web view user `name` with `password`'s Argon2id hash to `config`.
-pub(super) fn new_user(
-    name: &str,
-    password: &str,
-    scopes: &[String],
-    pathways: &[String],
-    config: &Path,
-) -> anyhow::Result<()> {
+pub(super) fn new_user(grant: &GrantArgs, password: &str, config: &Path) -> anyhow::Result<()> {
     if password.chars().count() < 12 {
         bail!("the password must be at least 12 characters (read from standard input)");
     }
     let entry = api::auth::UserConfig {
-        name: name.to_string(),
+        name: grant.name.clone(),
         argon2: api::auth::hash_password(password).map_err(anyhow::Error::msg)?,
-        scopes: parse_scopes(scopes)?,
-        pathways: (!pathways.is_empty()).then(|| pathways.iter().cloned().collect()),
+        scopes: parse_scopes(&grant.scopes)?,
+        pathways: restriction(&grant.pathways),
     };
     let text = api_entry(
         &ApiConfig {
             tokens: Vec::new(),
             users: vec![entry],
         },
-        pathways,
+        &grant.pathways,
     )?;
     append_config(config, &text)?;
     eprintln!(
-        "carepath: user \"{name}\" added to {}; restart `carepath run` to use it",
+        "carepath: user \"{}\" added to {}; restart `carepath run` to use it",
+        grant.name,
         config.display()
     );
     Ok(())
@@ -403,13 +401,9 @@ fn append_config(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Makes a token for `name`, checks its entry as `carepath run` will, and appends the entry
 /// to `config` (or prints it on stderr). Returns the token.
-pub(super) fn new_token(
-    name: &str,
-    scopes: &[String],
-    pathways: &[String],
-    config: Option<&Path>,
-) -> anyhow::Result<String> {
-    let (token, text) = token_entry(name, scopes, pathways)?;
+pub(super) fn new_token(grant: &GrantArgs, config: Option<&Path>) -> anyhow::Result<String> {
+    let name = &grant.name;
+    let (token, text) = token_entry(grant)?;
     match config {
         Some(path) => {
             append_config(path, &text)?;
@@ -711,7 +705,8 @@ async fn forecast(db: &DbArgs, weeks: usize, format: Format) -> anyhow::Result<E
         .collect();
     store.close().await;
     let tz = carepath_engine::time::zone("Europe/Copenhagen")?;
-    let f = crate::forecast::forecast(&catalog, &rows, now, weeks, &tz);
+    let span = crate::forecast::Span::new(now, weeks, &tz)?;
+    let f = crate::forecast::forecast(&catalog, &rows, &span);
     let mut out = std::io::stdout().lock();
     if format == Format::Json {
         writeln!(out, "{}", serde_json::to_string_pretty(&f)?)?;
@@ -1708,7 +1703,11 @@ async fn demo(
     // configuration of the demo's own.
     let config = dir.join("carepath.toml");
     let _ = std::fs::remove_file(&config);
-    let (token, entry) = token_entry("demo-coordinator", &["admin".into()], &[])?;
+    let (token, entry) = token_entry(&GrantArgs {
+        name: "demo-coordinator".into(),
+        scopes: vec!["admin".into()],
+        pathways: Vec::new(),
+    })?;
     append_config(&config, &entry)?;
     println!(
         "\nOpen the web view: cargo run -q --bin carepath -- run --db {} --config {} --clock fixed:{end} --no-timers --no-delivery --listen 127.0.0.1:8080\n\

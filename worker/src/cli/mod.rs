@@ -374,21 +374,29 @@ pub struct RunArgs {
     pub no_delivery: bool,
 }
 
+/// Who gets access, and to what: a token's holder or a web view user.
+#[derive(Debug, clap::Args)]
+pub struct GrantArgs {
+    /// Who: a system's name (`hvidovre-epj`) or a person's (`hanne.jensen`), shown in logs.
+    #[arg(long)]
+    pub name: String,
+    /// A scope: events:write, instances:write, read or admin (repeat for several).
+    #[arg(long = "scope", required = true)]
+    pub scopes: Vec<String>,
+    /// Restrict to this pathway (repeat for several); without, every pathway.
+    #[arg(long = "pathway")]
+    pub pathways: Vec<String>,
+}
+
 /// What to do with tokens.
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
     /// Make a new random token: print it once on stdout, and add its [[api.tokens]] entry
     /// (which holds only its hash) to the configuration.
     New {
-        /// Who will hold it: a system's name (`hvidovre-epj`), shown in access logs.
-        #[arg(long)]
-        name: String,
-        /// A scope: events:write, instances:write, read or admin (repeat for several).
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
-        /// Restrict it to this pathway (repeat for several); without, it sees every pathway.
-        #[arg(long = "pathway")]
-        pathways: Vec<String>,
+        /// Who holds it, and what it may do.
+        #[command(flatten)]
+        grant: GrantArgs,
         /// Append the entry to this configuration file (else it is printed on stderr).
         #[arg(long, env = "CAREPATH_CONFIG")]
         config: Option<PathBuf>,
@@ -402,15 +410,9 @@ pub enum UserAction {
     /// read from the first line of standard input, and only its Argon2id hash is added to the
     /// configuration as an [[api.users]] entry.
     New {
-        /// The name they sign in with (`hanne.jensen`), shown in the audit log.
-        #[arg(long)]
-        name: String,
-        /// A scope: events:write, instances:write, read or admin (repeat for several).
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
-        /// Restrict them to this pathway (repeat for several); without, they see every pathway.
-        #[arg(long = "pathway")]
-        pathways: Vec<String>,
+        /// Who signs in, and what they may do.
+        #[command(flatten)]
+        grant: GrantArgs,
         /// Append the entry to this configuration file.
         #[arg(long, env = "CAREPATH_CONFIG")]
         config: PathBuf,
@@ -686,31 +688,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {
-            action:
-                TokenAction::New {
-                    name,
-                    scopes,
-                    pathways,
-                    config,
-                },
+            action: TokenAction::New { grant, config },
         } => {
-            let token = commands::new_token(&name, &scopes, &pathways, config.as_deref())?;
+            let token = commands::new_token(&grant, config.as_deref())?;
             writeln!(out, "{token}")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::User {
-            action:
-                UserAction::New {
-                    name,
-                    scopes,
-                    pathways,
-                    config,
-                },
+            action: UserAction::New { grant, config },
         } => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
             let password = password.trim_end_matches(['\r', '\n']);
-            commands::new_user(&name, password, &scopes, &pathways, &config)?;
+            commands::new_user(&grant, password, &config)?;
             Ok(ExitCode::SUCCESS)
         }
         other => {

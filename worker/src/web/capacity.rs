@@ -2,20 +2,21 @@
 //! active families' own pathways stepped forward in memory ([`crate::forecast`]): as a chart
 //! and as a table.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Form;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, PreEscaped, html};
 
 use super::families::store_failed;
 use super::layout::{Lang, Section, local, shell};
-use super::session::refused;
+use super::session::{CsrfForm, refused};
 use super::{Viewer, Web};
-use crate::forecast::{Forecast, forecast};
+use crate::forecast::{self, Forecast, Span};
 use crate::store::{InstanceFilter, Storage};
 
 /// Weeks forecast, the current one first.
@@ -30,11 +31,37 @@ const PALETTE: [&str; 8] = [
     "#1d4ed8", "#b91c1c", "#047857", "#7c3aed", "#b45309", "#0e7490", "#be185d", "#4b5563",
 ];
 
-/// The last forecast per pathway restriction, and which are being computed again.
+/// The last forecast, per pathway, and the one computation at a time that makes the next.
 #[derive(Default)]
 pub struct Cache {
-    by_restriction: Mutex<HashMap<String, (Instant, Arc<Forecast>)>>,
-    refreshing: Mutex<std::collections::HashSet<String>>,
+    last: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    computing: tokio::sync::Mutex<()>,
+}
+
+/// One forecast of every active family, each pathway's apart.
+pub struct Snapshot {
+    span: Span,
+    by_pathway: BTreeMap<String, Forecast>,
+}
+
+impl Cache {
+    fn current(&self) -> Option<(Instant, Arc<Snapshot>)> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn keep(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let snapshot = Arc::new(snapshot);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), snapshot.clone()));
+        snapshot
+    }
+}
+
+/// Starts the first forecast beside the server, so the first viewer need not wait for it.
+pub fn warm<S: Storage>(web: &Web<S>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        refresh_beside(web);
+    }
 }
 
 /// `GET /kapacitet`.
@@ -43,38 +70,38 @@ pub async fn page<S: Storage>(
     viewer: Viewer,
 ) -> Result<Response, Response> {
     let lang = viewer.lang;
-    let restriction = viewer.caller.restriction();
-    let key = format!("{restriction:?}");
-    let cached = web
-        .capacity
-        .by_restriction
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .cloned();
-    let f = match cached {
+    let current = web.capacity.current();
+    let age = current.as_ref().map_or(0, |(at, _)| at.elapsed().as_secs());
+    let snapshot = match current {
         // A forecast a minute old is shown while the next is computed beside: nobody waits on
-        // stepping the whole cohort but the first viewer.
-        Some((at, f)) => {
+        // stepping the whole cohort.
+        Some((at, s)) => {
             if at.elapsed() >= FRESH_FOR {
-                refresh_beside(&web, key, restriction);
+                refresh_beside(&web);
             }
-            f
+            s
         }
         None => {
-            let f = Arc::new(
-                compute(&web, restriction)
-                    .await
-                    .map_err(|r| r.unwrap_or_else(|| unavailable(lang)))?,
-            );
-            web.capacity
-                .by_restriction
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, (Instant::now(), f.clone()));
-            f
+            // The first: wait for the one being computed, or compute it.
+            let _turn = web.capacity.computing.lock().await;
+            match web.capacity.current() {
+                Some((_, s)) => s,
+                None => web.capacity.keep(
+                    compute(&web)
+                        .await
+                        .map_err(|r| r.unwrap_or_else(|| unavailable(lang)))?,
+                ),
+            }
         }
     };
+    let f = Forecast::sum(
+        snapshot
+            .by_pathway
+            .iter()
+            .filter(|(p, _)| viewer.caller.may_use(p))
+            .map(|(_, f)| f),
+        &snapshot.span,
+    );
     let title = lang.t("Kapacitet", "Capacity");
     Ok(shell(
         &viewer,
@@ -91,6 +118,11 @@ pub async fn page<S: Storage>(
                 ))
             }
             p id="families-counted" { (f.families) (lang.t(" familier regnet med", " families counted")) @if f.held > 0 { ", " (f.held) (lang.t(" i bero ikke med", " on hold left out")) } "." }
+            form.inline method="post" action="/kapacitet" {
+                input type="hidden" name="_csrf" value=(viewer.csrf);
+                span.muted { (lang.t("Beregnet for ", "Computed ")) (age) (lang.t(" sekunder siden. ", " seconds ago. ")) }
+                button.secondary type="submit" id="recompute" { (lang.t("Beregn igen nu", "Compute again now")) }
+            }
             @if !f.failed.is_empty() {
                 p.error { (f.failed.len()) (lang.t(" familier kunne ikke regnes frem: ", " families could not be stepped forward: ")) (f.failed[0].1) }
             }
@@ -99,6 +131,21 @@ pub async fn page<S: Storage>(
         },
     )
     .into_response())
+}
+
+/// `POST /kapacitet`: the forecast computed again now, for a viewer who will not wait a minute.
+pub async fn recompute<S: Storage>(
+    State(web): State<Web<S>>,
+    viewer: Viewer,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Response> {
+    viewer.check_csrf(&form.csrf)?;
+    let _turn = web.capacity.computing.lock().await;
+    let snapshot = compute(&web)
+        .await
+        .map_err(|r| r.unwrap_or_else(|| unavailable(viewer.lang)))?;
+    web.capacity.keep(snapshot);
+    Ok(Redirect::to("/kapacitet").into_response())
 }
 
 fn unavailable(lang: Lang) -> Response {
@@ -112,39 +159,21 @@ fn unavailable(lang: Lang) -> Response {
     )
 }
 
-/// Computes the forecast for `key` again on a task of its own, unless one already is.
-fn refresh_beside<S: Storage>(web: &Web<S>, key: String, restriction: Option<Vec<String>>) {
-    if !web
-        .capacity
-        .refreshing
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key.clone())
-    {
-        return;
-    }
+/// Computes the forecast again on a task of its own, unless one is being computed.
+fn refresh_beside<S: Storage>(web: &Web<S>) {
     let web = web.clone();
     tokio::spawn(async move {
-        if let Ok(f) = compute(&web, restriction).await {
-            web.capacity
-                .by_restriction
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone(), (Instant::now(), Arc::new(f)));
+        let Ok(_turn) = web.capacity.computing.try_lock() else {
+            return;
+        };
+        if let Ok(s) = compute(&web).await {
+            web.capacity.keep(s);
         }
-        web.capacity
-            .refreshing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
     });
 }
 
-/// The forecast of the families the restriction lets the viewer see.
-async fn compute<S: Storage>(
-    web: &Web<S>,
-    pathways: Option<Vec<String>>,
-) -> Result<Forecast, Option<Response>> {
+/// The forecast of every active family, each pathway's apart.
+async fn compute<S: Storage>(web: &Web<S>) -> Result<Snapshot, Option<Response>> {
     let rt = web.api.runtime.clone();
     let mut rows = Vec::new();
     let mut after = None;
@@ -152,7 +181,6 @@ async fn compute<S: Storage>(
         let page = rt
             .store()
             .list_instances(&InstanceFilter {
-                pathways: pathways.clone(),
                 active_only: true,
                 after,
                 limit: 1000,
@@ -167,10 +195,14 @@ async fn compute<S: Storage>(
             break;
         }
     }
-    let now = rt.clock().now();
+    let span = Span::new(rt.clock().now(), WEEKS, &super::layout::zone()).map_err(|e| {
+        tracing::error!(error = %e, "web view: no forecast");
+        None
+    })?;
     // Stepping tens of thousands of families is work for a thread of its own.
-    tokio::task::spawn_blocking(move || {
-        forecast(rt.catalog(), &rows, now, WEEKS, &super::layout::zone())
+    tokio::task::spawn_blocking(move || Snapshot {
+        by_pathway: forecast::by_pathway(rt.catalog(), &rows, &span),
+        span,
     })
     .await
     .map_err(|_| None)

@@ -58,11 +58,14 @@ impl<S: Storage> Clone for Web<S> {
 
 /// The pages, to merge into the API's router.
 pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
+    // The API's access log: the route template, never the path (a family's reference).
+    let logged = axum::middleware::from_fn_with_state(api.clone(), crate::api::access_log::<S>);
     let web = Web {
         api,
         sessions: Arc::default(),
         capacity: Arc::default(),
     };
+    capacity::warm(&web);
     Router::new()
         .route("/", get(overview::page::<S>))
         .route(
@@ -80,8 +83,12 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
         .route("/forloeb", get(pathways::list::<S>))
         .route("/forloeb/{id}", get(pathways::show::<S>))
         .route("/forloeb/{id}/graf.svg", get(pathways::svg::<S>))
-        .route("/kapacitet", get(capacity::page::<S>))
+        .route(
+            "/kapacitet",
+            get(capacity::page::<S>).post(capacity::recompute::<S>),
+        )
         .route("/static/carepath.css", get(style))
+        .layer(logged)
         .layer(DefaultBodyLimit::max(16 * 1024))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
