@@ -219,6 +219,12 @@ def coordinator(browser):
         rows = page.locator("table[id^=notices-] tbody tr").filter(has_text="appointment_reminder")
         return rows.count() > 0 and "sent" in rows.first.locator(".notice-status").inner_text()
     wait_for(reminder_sent, "FAM-9002's reminder shows as sent")
+    refused = page.locator("#refused tbody tr").all_inner_texts()
+    check(any("birth_notice_received" in r and "not-allowed" in r for r in refused),
+          f"the family's page shows the refused event with its code: {refused}")
+    audit = page.locator("#audit tbody tr").all_inner_texts()
+    check(any("web koordinator" in r and "retry" in r for r in audit),
+          f"and the retry in its audit trail: {audit}")
     page.locator("table[id^=notices-] tbody tr").filter(has_text="appointment_reminder").first.locator("summary").click()
     steps = page.locator("table[id^=notices-] tbody tr").filter(has_text="appointment_reminder").first.locator("details li").all_inner_texts()
     check([s.split(" ", 2)[2].split(":")[0] for s in steps][-3:] == ["dead", "queued", "sent"],

@@ -168,6 +168,23 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
         "first exam",
     );
 
+    // A birth notice for a family still waiting for its first exam does not fit: refused, and
+    // kept for the family's page.
+    let refused = run(&[
+        "event",
+        "FAM-9002",
+        "birth_notice_received",
+        "--db",
+        db_arg,
+        "--clock",
+        &at_end,
+    ]);
+    assert_ne!(
+        refused.status.code(),
+        Some(0),
+        "the misfit event is refused"
+    );
+
     let port = free_port();
     let gateway_port = free_port();
     let config = dir.path().join("carepath.toml");

@@ -22,7 +22,8 @@ use crate::catalog::{self, Version};
 use crate::runtime::RuntimeError;
 use crate::simulate::timer_words;
 use crate::store::{
-    AuditEntry, Contact, InstanceFilter, InstanceRow, OutboxFilter, Storage, StoreError,
+    AuditEntry, AuditFilter, Contact, EventRecord, InstanceFilter, InstanceRow, OutboxFilter,
+    Outcome, Storage, StoreError,
 };
 
 /// Families per page of the search.
@@ -426,6 +427,33 @@ pub async fn family<S: Storage>(
     roles.sort_unstable();
     roles.dedup();
     let restricted = viewer.caller.restriction().is_some();
+    // Events refused for the family: what a professional's system reported that did not fit.
+    // A viewer limited to some pathways sees those of its pathways only.
+    let visible_ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let refused_events: Vec<EventRecord> = store
+        .events(&reference)
+        .await
+        .map_err(|e| store_failed(lang, &e))?
+        .into_iter()
+        .filter(|e| e.outcome == Outcome::Rejected)
+        .filter(|e| match (e.instance_id, &e.pathway) {
+            (Some(id), _) => visible_ids.contains(&id),
+            (None, Some(p)) => viewer.caller.may_use(p),
+            (None, None) => !restricted,
+        })
+        .collect();
+    // Who did what to the family: for an admin of every pathway, as the API's audit log.
+    let audit_lines = if viewer.caller.is_admin() && !restricted {
+        store
+            .audit_log(&AuditFilter {
+                reference: Some(reference.clone()),
+                ..AuditFilter::default()
+            })
+            .await
+            .map_err(|e| store_failed(lang, &e))?
+    } else {
+        Vec::new()
+    };
     let active: Vec<&str> = rows
         .iter()
         .filter(|r| r.instance.status == Status::Active)
@@ -446,6 +474,45 @@ pub async fn family<S: Storage>(
             h1 { (title) }
             @if let Some(m) = message { @if !m.is_empty() { p.ok role="status" id="done" { (m) } } }
             @for s in sections { (s) }
+            @if !refused_events.is_empty() {
+                section aria-labelledby="refused-title" {
+                    h2 id="refused-title" { (lang.t("Afviste hændelser", "Refused events")) }
+                    table id="refused" {
+                        thead { tr {
+                            th scope="col" { (lang.t("Modtaget", "Received")) }
+                            th scope="col" { (lang.t("Hændelse", "Event")) }
+                            th scope="col" { (lang.t("Forløb", "Pathway")) }
+                            th scope="col" { (lang.t("Kode", "Code")) }
+                            th scope="col" { (lang.t("Hvorfor", "Why")) }
+                        } }
+                        tbody { @for e in &refused_events { tr {
+                            td { (local(e.received_at)) }
+                            td { (e.name) }
+                            td { (e.pathway.as_deref().unwrap_or("—")) }
+                            td { code { (e.code.as_deref().unwrap_or("")) } }
+                            td { (e.reason.as_deref().unwrap_or("")) }
+                        } } }
+                    }
+                }
+            }
+            @if !audit_lines.is_empty() {
+                section aria-labelledby="audit-title" {
+                    h2 id="audit-title" { (lang.t("Revisionsspor", "Audit trail")) }
+                    table id="audit" {
+                        thead { tr {
+                            th scope="col" { (lang.t("Hvornår", "When")) }
+                            th scope="col" { (lang.t("Hvem", "Who")) }
+                            th scope="col" { (lang.t("Hvad", "What")) }
+                            th scope="col" { (lang.t("Detaljer", "Details")) }
+                            th scope="col" { (lang.t("Udfald", "Outcome")) }
+                        } }
+                        tbody { @for a in &audit_lines { tr {
+                            td { (local(a.at)) } td { (a.actor) } td { (a.action) }
+                            td { (a.detail.as_deref().unwrap_or("")) } td { (a.outcome) }
+                        } } }
+                    }
+                }
+            }
             @if viewer.may_write() && !active.is_empty() {
                 section aria-labelledby="assign-title" {
                     h2 id="assign-title" { (lang.t("Tildel en person til en rolle", "Assign a person to a role")) }

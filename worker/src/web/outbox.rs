@@ -97,7 +97,10 @@ fn table(viewer: &Viewer, id: &str, rows: &[OutboxRow], retry: bool) -> Markup {
                             td { (n.role) @if let Some(r) = &n.recipient { " (" (r) ")" } }
                             td { (n.template) }
                             td { (local(n.created_at)) }
-                            td { (n.last_error.as_deref().unwrap_or(if retry { "—" } else { lang.t("familien er i bero", "the family is on hold") })) }
+                            td {
+                                @if !retry { strong { (lang.t("Familien er i bero.", "The family is on hold.")) } " " }
+                                (n.last_error.as_deref().unwrap_or(if retry { "—" } else { "" }))
+                            }
                             @if retry && viewer.may_write() {
                                 td { form.inline method="post" action={"/udbakke/" (n.id) "/retry"} {
                                     input type="hidden" name="_csrf" value=(viewer.csrf);
