@@ -166,8 +166,14 @@ def coordinator(browser):
     check(any("referral_accepted" in r and "Jordemoder" in r for r in rows),
           f"the overview lists FAM-9001's overdue handoff to the midwife: {rows}")
     check(any("ingen tildelt" in r for r in rows), "and says nobody is assigned")
+    banner = page.locator("#dead-letters").inner_text()
+    check(banner.startswith("2 døde beskeder"), f"it points to the two dead letters: {banner}")
     shot(page, "overview")
     axe(page, "the overview")
+    page.locator("#by-role").get_by_role("link", name="Jordemoder").click()
+    roles = page.locator("#overdue tbody tr td:nth-child(5)").all_inner_texts()
+    check(roles and set(roles) == {"Jordemoder"}, f"a role chosen in the summary lists its misses only: {roles}")
+    page.get_by_role("link", name="Vis alle roller").click()
 
     # The family: hold it, and its reminder waits.
     page.locator("#overdue tbody tr").filter(has_text="FAM-9001").first.get_by_role("link", name="FAM-9001").click()

@@ -12,7 +12,7 @@ use carepath_engine::step::{Overdue, OverdueKind};
 
 use super::layout::{Lang, Section, late, local, role_title, shell};
 use super::{Viewer, Web};
-use crate::store::{InstanceFilter, InstanceRow, Storage};
+use crate::store::{InstanceFilter, InstanceRow, NoticeStatus, OutboxFilter, Storage};
 
 /// At most this many overdue families on the page: the oldest.
 const LIMIT: u32 = 500;
@@ -31,10 +31,21 @@ pub struct Waiting<'a> {
     pub person: Option<String>,
 }
 
+/// The overview's query: one role's misses only.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct OverviewQuery {
+    /// The role's title, as the summary shows it.
+    rolle: Option<String>,
+}
+
+/// At most this many dead letters are counted for the overview's notice of them.
+const DEAD_COUNTED: u32 = 1000;
+
 /// `GET /`: the overview.
 pub async fn page<S: Storage>(
     State(web): State<Web<S>>,
     viewer: Viewer,
+    axum::extract::Query(q): axum::extract::Query<OverviewQuery>,
 ) -> Result<Response, Response> {
     let rt = &web.api.runtime;
     let now = rt.clock().now();
@@ -58,6 +69,17 @@ pub async fn page<S: Storage>(
         .contacts(&ids)
         .await
         .map_err(|e| super::families::store_failed(viewer.lang, &e))?;
+    let dead = rt
+        .store()
+        .outbox(&OutboxFilter {
+            status: Some(NoticeStatus::Dead),
+            pathways: viewer.caller.restriction(),
+            limit: Some(DEAD_COUNTED),
+            ..OutboxFilter::default()
+        })
+        .await
+        .map_err(|e| super::families::store_failed(viewer.lang, &e))?
+        .len();
     let lang = viewer.lang;
     let mut waiting: Vec<Waiting> = Vec::new();
     for row in &rows {
@@ -98,16 +120,30 @@ pub async fn page<S: Storage>(
         &viewer,
         title,
         &waiting,
-        rows.len() as u32 == LIMIT,
+        &Shown {
+            more: rows.len() as u32 == LIMIT,
+            role: q.rolle.as_deref(),
+            dead,
+        },
         now,
     )))
+}
+
+/// What the overview shows beside the misses.
+struct Shown<'a> {
+    /// Whether more families are overdue than are read.
+    more: bool,
+    /// The one role whose misses are listed, if one was chosen.
+    role: Option<&'a str>,
+    /// Dead letters the viewer may see (up to [`DEAD_COUNTED`]).
+    dead: usize,
 }
 
 fn page_markup(
     viewer: &Viewer,
     title: &str,
     waiting: &[Waiting],
-    more: bool,
+    shown: &Shown,
     now: Timestamp,
 ) -> Markup {
     let lang = viewer.lang;
@@ -142,6 +178,20 @@ fn page_markup(
                     "Handoffs and activities past their deadline with no acknowledgement or record. The oldest comes first.",
                 ))
             }
+            @if shown.dead > 0 {
+                p.late id="dead-letters" role="status" {
+                    a href="/udbakke" {
+                        (if shown.dead >= DEAD_COUNTED as usize { format!("{}+", DEAD_COUNTED) } else { shown.dead.to_string() })
+                        (lang.t(" døde beskeder venter i udbakken", " dead letters wait in the outbox"))
+                    }
+                }
+            }
+            @if let Some(role) = shown.role {
+                p id="role-filter" {
+                    (lang.t("Kun ", "Only ")) strong { (role) } ". "
+                    a href="/" { (lang.t("Vis alle roller", "Show every role")) }
+                }
+            }
             @if waiting.is_empty() {
                 p.ok id="nothing-overdue" { (lang.t("Ingen venter: alt er inden for fristen.", "Nobody is waited on: everything is within its deadline.")) }
             } @else {
@@ -159,7 +209,7 @@ fn page_markup(
                         th scope="col" class="num" { (lang.t("Forsinket", "Late by")) }
                     } }
                     tbody {
-                        @for w in waiting {
+                        @for w in waiting.iter().filter(|w| shown.role.is_none_or(|r| r == w.role)) {
                             tr {
                                 td { a href={"/familier/" (super::families::enc(&w.row.reference))} { (w.row.reference) } }
                                 td { (w.row.pathway) }
@@ -174,13 +224,13 @@ fn page_markup(
                         }
                     }
                 }
-                @if more {
+                @if shown.more {
                     p.muted { (lang.t("Kun de ældste 500 familier vises.", "Only the oldest 500 families are shown.")) }
                 }
                 h2 { (lang.t("Pr. rolle", "By role")) }
-                (summary(lang, "by-role", lang.t("Rolle", "Role"), roles.iter().map(|(r, (n, t))| (r.to_string(), *n, *t)), now))
+                (summary(lang, "by-role", lang.t("Rolle", "Role"), roles.iter().map(|(r, (n, t))| (r.to_string(), *n, *t)), now, true))
                 h2 { (lang.t("Pr. person", "By person")) }
-                (summary(lang, "by-person", lang.t("Person (rolle)", "Person (role)"), people.iter().map(|((p, r), (n, t))| (format!("{p} ({r})"), *n, *t)), now))
+                (summary(lang, "by-person", lang.t("Person (rolle)", "Person (role)"), people.iter().map(|((p, r), (n, t))| (format!("{p} ({r})"), *n, *t)), now, false))
             }
         },
     )
@@ -192,6 +242,7 @@ fn summary(
     who: &str,
     rows: impl Iterator<Item = (String, usize, Timestamp)>,
     now: Timestamp,
+    filters: bool,
 ) -> Markup {
     html! {
         table id=(id) {
@@ -202,7 +253,13 @@ fn summary(
             } }
             tbody {
                 @for (name, n, oldest) in rows {
-                    tr { th scope="row" { (name) } td.num { (n) } td.num.late { (late(now, oldest, lang)) } }
+                    tr {
+                        th scope="row" {
+                            @if filters { a href={"/?rolle=" (super::families::enc(&name))} { (name) } } @else { (name) }
+                        }
+                        td.num { (n) }
+                        td.num.late { (late(now, oldest, lang)) }
+                    }
                 }
             }
         }
