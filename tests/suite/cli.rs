@@ -1,6 +1,6 @@
 //! The `carepath` binary as a user runs it from the README.
 
-use super::support::{root, run, stdout};
+use super::support::{carepath, root, run, stdout};
 
 #[test]
 fn validate_accepts_the_real_pathways() {
@@ -595,4 +595,69 @@ fn the_directory_loads_whole_or_not_at_all_and_a_role_is_assigned() {
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
+}
+
+/// `carepath user new` keeps a password's Argon2id hash, never the password, and refuses a
+/// short one without touching the configuration.
+#[test]
+fn user_new_keeps_only_an_argon2id_hash_and_refuses_a_short_password() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("carepath.toml");
+    let new_user = |name: &str, password: &str| {
+        let mut child = carepath()
+            .args([
+                "user",
+                "new",
+                "--name",
+                name,
+                "--scope",
+                "read",
+                "--config",
+                config.to_str().expect("utf-8"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("user new");
+        std::io::Write::write_all(
+            child.stdin.as_mut().expect("stdin"),
+            format!("{password}\n").as_bytes(),
+        )
+        .expect("password");
+        child.wait_with_output().expect("user new")
+    };
+    let short = new_user("hanne", "kort");
+    assert_ne!(short.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("at least 12 characters"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    assert!(!config.exists(), "a refused user writes nothing");
+
+    let made = new_user("hanne", "en lang nok adgangskode");
+    assert_eq!(
+        made.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let saved = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        saved.contains("[[api.users]]") && saved.contains("name = \"hanne\""),
+        "{saved}"
+    );
+    assert!(saved.contains("argon2 = \"$argon2id$v=19$"), "{saved}");
+    assert!(!saved.contains("en lang nok adgangskode"), "{saved}");
+    assert!(!saved.contains("tokens"), "no empty token list: {saved}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the configuration is its owner's only");
+    }
 }
