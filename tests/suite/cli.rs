@@ -1,6 +1,6 @@
 //! The `carepath` binary as a user runs it from the README.
 
-use super::support::{carepath, root, run, stdout};
+use super::support::{root, run, run_with_input, stdout};
 
 #[test]
 fn validate_accepts_the_real_pathways() {
@@ -604,28 +604,11 @@ fn user_new_keeps_only_an_argon2id_hash_and_refuses_a_short_password() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = dir.path().join("carepath.toml");
     let new_user = |name: &str, password: &str| {
-        let mut child = carepath()
-            .args([
-                "user",
-                "new",
-                "--name",
-                name,
-                "--scope",
-                "read",
-                "--config",
-                config.to_str().expect("utf-8"),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("user new");
-        std::io::Write::write_all(
-            child.stdin.as_mut().expect("stdin"),
-            format!("{password}\n").as_bytes(),
-        )
-        .expect("password");
-        child.wait_with_output().expect("user new")
+        let config = config.to_str().expect("utf-8");
+        let args = [
+            "user", "new", "--name", name, "--scope", "read", "--config", config,
+        ];
+        run_with_input(&args, &format!("{password}\n"))
     };
     let short = new_user("hanne", "kort");
     assert_ne!(short.status.code(), Some(0));

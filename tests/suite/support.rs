@@ -97,6 +97,26 @@ pub fn run(args: &[&str]) -> Output {
     carepath().args(args).output().expect("run carepath")
 }
 
+/// Runs `carepath` with `args` from the workspace root, `input` on its standard input.
+pub fn run_with_input(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = carepath()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run carepath");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to carepath's stdin");
+    child.wait_with_output().expect("carepath ends")
+}
+
 /// Stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::support::{carepath, root, run, stdout};
+use super::support::{carepath, root, run, run_with_input, stdout};
 
 /// The moment the demo cohort ends (`"until": "P11M"` from 2027-01-04 09:00 local).
 const DEMO_END: &str = "2027-12-04T07:00:00Z";
@@ -199,8 +199,8 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
     let admin = token(&config, "koordinator", &["admin"], None);
     // The Red Cross's coordinator signs in with a password, limited to God start, reading only.
     let password = "sommerfugl-i-rødovre";
-    let mut user = carepath()
-        .args([
+    let user = run_with_input(
+        &[
             "user",
             "new",
             "--name",
@@ -211,18 +211,10 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
             "red-cross-good-start",
             "--config",
             config.to_str().expect("utf-8"),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("user new");
-    std::io::Write::write_all(
-        user.stdin.as_mut().expect("stdin"),
-        format!("{password}\n").as_bytes(),
-    )
-    .expect("password");
-    ok(&user.wait_with_output().expect("user new"), "user new");
+        ],
+        &format!("{password}\n"),
+    );
+    ok(&user, "user new");
     let saved = std::fs::read_to_string(&config).expect("config");
     assert!(
         saved.contains("[[api.users]]")
