@@ -39,7 +39,7 @@ pub struct OverviewQuery {
 }
 
 /// At most this many dead letters are counted for the overview's notice of them.
-const DEAD_COUNTED: u32 = 1000;
+const DEAD_COUNTED: u32 = 100;
 
 /// `GET /`: the overview.
 pub async fn page<S: Storage>(

@@ -164,11 +164,14 @@ impl<S: Storage> FromRequestParts<Web<S>> for Viewer {
     async fn from_request_parts(parts: &mut Parts, web: &Web<S>) -> Result<Self, Response> {
         let id = cookie(&parts.headers, COOKIE);
         let Some((id, session)) = id.and_then(|id| web.sessions.get(&id).map(|s| (id, s))) else {
-            let next = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
+            // Back to the page after signing in; a form posted without a session goes back to
+            // the overview, since its address answers only a POST.
+            let next = if parts.method == axum::http::Method::GET {
+                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            } else {
+                "/"
+            }
+            .to_string();
             let to = format!(
                 "/login?next={}",
                 form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
