@@ -135,7 +135,9 @@ def sign_in(page, token):
 
 
 def coordinator(browser):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, locale="da-DK")
+    # axe-core is injected as an inline script, which the pages' Content-Security-Policy would
+    # refuse: the contexts bypass it, and the policy itself is checked on the responses.
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, locale="da-DK", bypass_csp=True)
     page = ctx.new_page()
     page.goto(f"{BASE}/login")
     shot(page, "login")
@@ -151,6 +153,11 @@ def coordinator(browser):
     session = cookies["carepath_session"]
     check(session["httpOnly"] and session["sameSite"] == "Strict", "the session cookie is HttpOnly and SameSite=Strict")
     check(not session["secure"], "and not Secure over plain HTTP on loopback")
+    answer = page.request.get(f"{BASE}/")
+    policy = answer.headers.get("content-security-policy", "")
+    check("frame-ancestors 'none'" in policy and "default-src 'self'" in policy,
+          f"the pages allow only carepath's own resources and no framing: {policy}")
+    check(answer.headers.get("cache-control") == "no-store", "and are kept in no cache")
     behind_tls = page.request.get(f"{BASE}/login", headers={"X-Forwarded-Proto": "https"})
     check("Secure" in behind_tls.headers.get("set-cookie", ""),
           "behind a TLS proxy (X-Forwarded-Proto: https) the cookies are Secure")
@@ -293,8 +300,11 @@ def coordinator(browser):
 
 def good_start(browser):
     """The Red Cross's coordinator: a password user limited to God start, reading only."""
+    # This context keeps the Content-Security-Policy: nothing on the pages may break it.
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
     page = ctx.new_page()
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(f"{BASE}/familier")
     page.locator("#user").fill(ENV["GOOD_START_USER"])
     page.locator("#password").fill("not the password")
@@ -317,6 +327,10 @@ def good_start(browser):
     check("•" in contacts and "@" in contacts, f"addresses are masked for it: {contacts}")
     response = page.goto(f"{BASE}/forloeb/standard-track")
     check(response.status == 404, "nor the standard track's drawing")
+    for path in ["/", "/udbakke", "/forloeb/red-cross-good-start", "/kapacitet"]:
+        page.goto(f"{BASE}{path}")
+    wait_for(lambda: page.evaluate("document.getElementById('chart') !== null"), "the capacity chart is drawn")
+    check(not violations, f"no page breaks its Content-Security-Policy: {violations}")
     ctx.close()
 
 

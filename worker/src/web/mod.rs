@@ -88,6 +88,7 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
             get(capacity::page::<S>).post(capacity::recompute::<S>),
         )
         .route("/static/carepath.css", get(style))
+        .layer(axum::middleware::map_response(guarded))
         .layer(logged)
         .layer(DefaultBodyLimit::max(16 * 1024))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -95,6 +96,41 @@ pub fn router<S: Storage + 'static>(api: Api<S>) -> Router {
             Duration::from_secs(30),
         ))
         .with_state(web)
+}
+
+/// What the browser is told about every page: carepath's own resources only, never in a
+/// frame (no clickjacking of the hold button), no address sent on to another site, the type as
+/// given; and, for the pages (which hold families' data), kept in no cache, so the next person
+/// at a shared computer cannot go back to them after signing out. Inline styles are allowed:
+/// the chart's legend colours its swatches with them; scripts are not, and there are none.
+async fn guarded(mut response: axum::response::Response) -> axum::response::Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; \
+             frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
+    response
 }
 
 async fn style() -> impl IntoResponse {
