@@ -1,6 +1,6 @@
 //! The `carepath` binary as a user runs it from the README.
 
-use super::support::{root, run, run_with_input, stdout};
+use super::support::{root, run, run_with_input, stdout, succeeded};
 
 #[test]
 fn validate_accepts_the_real_pathways() {
@@ -462,19 +462,16 @@ fn the_directory_loads_whole_or_not_at_all_and_a_role_is_assigned() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("carepath.db");
     let db = db.to_string_lossy().to_string();
-    let o = run(&[
+    succeeded(
+        &run(&[
+            "enroll",
+            "examples/families/standard-track.json",
+            "--db",
+            &db,
+            "--clock",
+            "fixed:2027-01-11T08:00:00Z",
+        ]),
         "enroll",
-        "examples/families/standard-track.json",
-        "--db",
-        &db,
-        "--clock",
-        "fixed:2027-01-11T08:00:00Z",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
 
     let loaded = run(&["directory", "load", "examples/directory.toml", "--db", &db]);

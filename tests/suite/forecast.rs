@@ -7,45 +7,42 @@ use std::collections::BTreeMap;
 use jiff::civil::{Date, DateTime};
 use serde_json::Value;
 
-use super::support::{run, stdout};
-
-fn ok(o: &std::process::Output) {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use super::support::{run, stdout, succeeded};
 
 #[test]
 fn the_forecast_counts_what_the_simulator_sends() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("carepath.db").to_string_lossy().to_string();
     let t0 = "fixed:2027-01-11T08:00:00Z"; // Monday 09:00 in Copenhagen, the family's enrolment
-    ok(&run(&[
+    succeeded(
+        &run(&[
+            "enroll",
+            "examples/families/standard-track.json",
+            "--db",
+            &db,
+            "--clock",
+            t0,
+        ]),
         "enroll",
-        "examples/families/standard-track.json",
-        "--db",
-        &db,
-        "--clock",
-        t0,
-    ]));
-    ok(&run(&[
-        "event",
-        "FAM-0001",
-        "first_exam_done",
-        "--payload",
-        r#"{"care_level": 1}"#,
-        "--db",
-        &db,
-        "--clock",
-        t0,
-    ]));
+    );
+    succeeded(
+        &run(&[
+            "event",
+            "FAM-0001",
+            "first_exam_done",
+            "--payload",
+            r#"{"care_level": 1}"#,
+            "--db",
+            &db,
+            "--clock",
+            t0,
+        ]),
+        "first exam",
+    );
     let out = run(&[
         "forecast", "--db", &db, "--clock", t0, "--weeks", "12", "--format", "json",
     ]);
-    ok(&out);
+    succeeded(&out, "forecast");
     let forecast: Value = serde_json::from_str(&stdout(&out)).expect("forecast JSON");
     assert_eq!(forecast["families"], 1);
     let weeks: Vec<Date> = forecast["weeks"]
@@ -95,7 +92,7 @@ fn the_forecast_counts_what_the_simulator_sends() {
         "--format",
         "json",
     ]);
-    ok(&sim);
+    succeeded(&sim, "simulate");
     let sim: Value = serde_json::from_str(&stdout(&sim)).expect("simulation JSON");
     let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     // Notices follow the step that made them; those of the enrolment and the first exam were

@@ -117,6 +117,17 @@ pub fn run_with_input(args: &[&str], input: &str) -> Output {
     child.wait_with_output().expect("carepath ends")
 }
 
+/// Asserts that `carepath` exited 0, showing what it printed otherwise; `what` names the step.
+pub fn succeeded(o: &Output, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{what}: {}{}",
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -14,23 +14,13 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::support::{carepath, root, run, run_with_input, stdout};
+use super::support::{carepath, root, run, run_with_input, stdout, succeeded};
 
 /// The moment the demo cohort ends (`"until": "P11M"` from 2027-01-04 09:00 local).
 const DEMO_END: &str = "2027-12-04T07:00:00Z";
 
 /// The moment the web view is opened: Monday 13 December 2027, 10:00 in Copenhagen.
 const OPENED: &str = "2027-12-13T09:00:00Z";
-
-fn ok(o: &std::process::Output, what: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{what}: {}{}",
-        stdout(o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -75,7 +65,7 @@ fn token(config: &Path, name: &str, scopes: &[&str], pathway: Option<&str>) -> S
     let config = config.to_str().expect("utf-8");
     args.extend(["--config", config]);
     let o = run(&args);
-    ok(&o, "token new");
+    succeeded(&o, "token new");
     stdout(&o).trim().to_string()
 }
 
@@ -111,7 +101,7 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
     let dir = tempfile::tempdir().expect("tmp");
     let demo = dir.path().join("demo");
     let demo_arg = demo.to_str().expect("utf-8");
-    ok(
+    succeeded(
         &run(&["demo", "--dir", demo_arg, "--seconds", "4"]),
         "the demo cohort",
     );
@@ -125,7 +115,7 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
         ("FAM-9002", "+4520009002", true),
     ] {
         let f = family(dir.path(), reference, phone, midwife);
-        ok(
+        succeeded(
             &run(&[
                 "enroll",
                 f.to_str().expect("utf-8"),
@@ -136,7 +126,7 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
             ]),
             "enrol",
         );
-        ok(
+        succeeded(
             &run(&[
                 "event",
                 reference,
@@ -153,7 +143,7 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
             "appointment",
         );
     }
-    ok(
+    succeeded(
         &run(&[
             "event",
             "FAM-9001",
@@ -214,7 +204,7 @@ fn a_coordinator_works_through_the_web_view_in_chromium() {
         ],
         &format!("{password}\n"),
     );
-    ok(&user, "user new");
+    succeeded(&user, "user new");
     let saved = std::fs::read_to_string(&config).expect("config");
     assert!(
         saved.contains("[[api.users]]")
