@@ -21,13 +21,15 @@ use anyhow::{Context, Result, bail, ensure};
 use jiff::Timestamp;
 use serde_json::{Map, json};
 
-use carepath_worker::api::auth::{TokenConfig, hash_hex};
-use carepath_worker::api::{self, ApiConfig, Scope, Tokens};
+use carepath_worker::api::Scope;
 use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::runtime::{EnrolRequest, Runtime};
 use carepath_worker::store::{Contact, SqliteStore, Storage};
-use carepath_worker::worker::Wake;
+
+#[path = "shared/server.rs"]
+mod server;
+use server::{Serving, serve};
 
 const TOKEN: &str = "cp_bench-token";
 
@@ -112,28 +114,11 @@ async fn run(events: usize, clients: usize, families: usize) -> Result<()> {
     }
     let steps_before = steps(&runtime).await?;
 
-    let tokens = Tokens::new(
-        &ApiConfig {
-            users: Vec::new(),
-            tokens: vec![TokenConfig {
-                name: "bench".into(),
-                sha256: hash_hex(TOKEN),
-                scopes: [Scope::EventsWrite].into(),
-                pathways: None,
-            }],
-        },
-        &runtime.catalog().pathway_ids(),
-    )?;
-    let wake = Wake::new();
-    let server = api::Api::new(
-        runtime.clone(),
-        tokens,
-        None,
-        api::waker(wake.clone(), None),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let serving = tokio::spawn(api::serve(listener, api::router(server), wake.clone()));
+    let Serving {
+        base,
+        wake,
+        task: serving,
+    } = serve(runtime.clone(), "bench", TOKEN, Scope::EventsWrite, false).await?;
 
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)

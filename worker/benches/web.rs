@@ -19,16 +19,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use jiff::{ToSpan, ZonedDateTime};
 
-use carepath_worker::api::auth::{TokenConfig, hash_hex};
-use carepath_worker::api::{self, ApiConfig, Scope, Tokens};
+use carepath_worker::api::Scope;
 use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::runtime::Runtime;
 use carepath_worker::store::{SqliteStore, Storage};
-use carepath_worker::worker::Wake;
 
 #[path = "shared/cohort.rs"]
 mod cohort;
+#[path = "shared/server.rs"]
+mod server;
+use server::{Serving, serve};
 
 const TOKEN: &str = "cp_bench-web-token";
 
@@ -103,29 +104,11 @@ async fn run(families: usize, requests: usize) -> Result<()> {
         seeding.elapsed().as_secs_f64()
     );
 
-    let tokens = Tokens::new(
-        &ApiConfig {
-            users: Vec::new(),
-            tokens: vec![TokenConfig {
-                name: "koordinator".into(),
-                sha256: hash_hex(TOKEN),
-                scopes: [Scope::Admin].into(),
-                pathways: None,
-            }],
-        },
-        &runtime.catalog().pathway_ids(),
-    )?;
-    let wake = Wake::new();
-    let server = api::Api::new(
-        runtime.clone(),
-        tokens,
-        None,
-        api::waker(wake.clone(), None),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let routes = api::router(server.clone()).merge(carepath_worker::web::router(server));
-    let serving = tokio::spawn(api::serve(listener, routes, wake.clone()));
+    let Serving {
+        base,
+        wake,
+        task: serving,
+    } = serve(runtime.clone(), "koordinator", TOKEN, Scope::Admin, true).await?;
 
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -741,7 +741,8 @@ async fn forecast(db: &DbArgs, weeks: usize, format: Format) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-fn local_in(t: Timestamp, tz: &jiff::tz::TimeZone) -> String {
+/// A moment as local date and time in `tz`.
+fn local_in(t: Timestamp, tz: &TimeZone) -> String {
     t.to_zoned_datetime(tz.clone())
         .strftime("%Y-%m-%d %H:%M")
         .to_string()
@@ -979,11 +980,7 @@ fn local_time(catalog: &Catalog, version_id: i64) -> impl Fn(Timestamp) -> Strin
         .version(version_id)
         .and_then(|v| carepath_engine::time::zone(&v.checked.pathway.time_zone).ok())
         .unwrap_or(TimeZone::UTC);
-    move |t: Timestamp| {
-        t.to_zoned_datetime(tz.clone())
-            .strftime("%Y-%m-%d %H:%M")
-            .to_string()
-    }
+    move |t: Timestamp| local_in(t, &tz)
 }
 
 /// When a queued notice will go, if it is waiting (for quiet hours, a retry, or its moment).

@@ -12,9 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, PreEscaped, html};
 
-use super::families::store_failed;
 use super::layout::{Lang, Section, local, shell};
-use super::session::{CsrfForm, refused};
+use super::session::{CsrfForm, refused, store_failed};
 use super::{Viewer, Web};
 use crate::forecast::{self, Forecast, Span};
 use crate::store::{InstanceFilter, Storage};

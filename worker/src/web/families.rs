@@ -15,37 +15,18 @@ use serde::Deserialize;
 use carepath_engine::step::{ArmedTimer, OverdueKind, Purpose, Status};
 use carepath_notifier::channel::{mask_email, mask_phone};
 
-use super::layout::{Lang, Section, late, local, role_title, shell};
-use super::session::refused;
+use super::layout::{Lang, Section, enc, late, local, role_title, shell};
+use super::session::{refused, store_failed};
 use super::{Viewer, Web};
 use crate::catalog::{self, Version};
 use crate::runtime::RuntimeError;
 use crate::simulate::timer_words;
 use crate::store::{
-    AuditEntry, AuditFilter, Contact, EventRecord, InstanceFilter, InstanceRow, OutboxFilter,
-    Outcome, Storage, StoreError,
+    AuditFilter, Contact, EventRecord, InstanceFilter, InstanceRow, OutboxFilter, Outcome, Storage,
 };
 
 /// Families per page of the search.
 const PAGE: u32 = 50;
-
-/// A path segment or query value, percent-encoded.
-pub fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// The page shown when the database failed.
-pub fn store_failed(lang: Lang, e: &StoreError) -> Response {
-    tracing::error!(error = %e, "web view: the database failed");
-    refused(
-        lang,
-        StatusCode::SERVICE_UNAVAILABLE,
-        lang.t(
-            "Databasen svarer ikke lige nu. Prøv igen om lidt.",
-            "The database does not answer just now. Try again shortly.",
-        ),
-    )
-}
 
 /// The search's query.
 #[derive(Debug, Default, Deserialize)]
@@ -627,40 +608,10 @@ async fn set_held<S: Storage>(
     if changed && !held {
         (web.api.committed)();
     }
-    audit(
-        &web,
-        &viewer,
-        if held { "hold" } else { "resume" },
-        Some(&reference),
-        Some(row.id),
-        None,
-    )
-    .await;
     let action = if held { "hold" } else { "resume" };
+    web.audit(&actor, action, Some(&reference), Some(row.id), None)
+        .await;
     Ok(Redirect::to(&format!("/familier/{}?done={action}", enc(&reference))).into_response())
-}
-
-/// Writes a line of the audit log; a failure to write it is logged, not shown.
-pub async fn audit<S: Storage>(
-    web: &Web<S>,
-    viewer: &Viewer,
-    action: &str,
-    reference: Option<&str>,
-    instance_id: Option<i64>,
-    detail: Option<String>,
-) {
-    let entry = AuditEntry {
-        at: web.api.runtime.clock().now(),
-        actor: viewer.actor(),
-        action: action.into(),
-        reference: reference.map(str::to_string),
-        instance_id,
-        detail,
-        outcome: "ok".into(),
-    };
-    if let Err(e) = web.api.runtime.store().append_audit(&entry).await {
-        tracing::error!(error = %e, action, "the audit log did not take a web action");
-    }
 }
 
 /// The assign form's fields.
@@ -734,9 +685,8 @@ pub async fn assign<S: Storage>(
     {
         Ok(a) => {
             (web.api.committed)();
-            audit(
-                &web,
-                &viewer,
+            web.audit(
+                &viewer.actor(),
                 "assign",
                 Some(&reference),
                 None,

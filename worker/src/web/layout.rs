@@ -129,6 +129,11 @@ fn head(title: &str) -> Markup {
     }
 }
 
+/// A path segment or query value, percent-encoded.
+pub fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 /// The time zone the pages show times in.
 pub fn zone() -> TimeZone {
     TimeZone::get("Europe/Copenhagen").unwrap_or(TimeZone::UTC)

@@ -24,7 +24,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use crate::api::Api;
-use crate::store::Storage;
+use crate::store::{AuditEntry, Storage};
 
 pub mod capacity;
 pub mod families;
@@ -52,6 +52,32 @@ impl<S: Storage> Clone for Web<S> {
             api: self.api.clone(),
             sessions: self.sessions.clone(),
             capacity: self.capacity.clone(),
+        }
+    }
+}
+
+impl<S: Storage> Web<S> {
+    /// Writes a line of the audit log as `actor` (`web NAME`); a failure to write it is
+    /// logged, not shown: what was done is done.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        reference: Option<&str>,
+        instance_id: Option<i64>,
+        detail: Option<String>,
+    ) {
+        let entry = AuditEntry {
+            at: self.api.runtime.clock().now(),
+            actor: actor.to_string(),
+            action: action.into(),
+            reference: reference.map(str::to_string),
+            instance_id,
+            detail,
+            outcome: "ok".into(),
+        };
+        if let Err(e) = self.api.runtime.store().append_audit(&entry).await {
+            tracing::error!(error = %e, action, "the audit log did not take a web action");
         }
     }
 }

@@ -8,9 +8,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::families::{audit, enc, store_failed};
-use super::layout::{Section, local, shell};
-use super::session::{CsrfForm, refused};
+use super::layout::{Section, enc, local, shell};
+use super::session::{CsrfForm, refused, store_failed};
 use super::{Viewer, Web};
 use crate::store::{NoticeStatus, OutboxFilter, OutboxRow, Requeue, Storage};
 
@@ -166,9 +165,8 @@ pub async fn retry<S: Storage>(
     {
         Requeue::Queued => {
             (web.api.committed)();
-            audit(
-                &web,
-                &viewer,
+            web.audit(
+                &viewer.actor(),
                 "retry",
                 Some(&row.reference),
                 Some(row.instance_id),

@@ -59,7 +59,7 @@ pub async fn page<S: Storage>(
             ..InstanceFilter::default()
         })
         .await
-        .map_err(|e| super::families::store_failed(viewer.lang, &e))?;
+        .map_err(|e| super::session::store_failed(viewer.lang, &e))?;
     let ids: Vec<i64> = rows
         .iter()
         .flat_map(|r| r.roles.values().copied())
@@ -68,7 +68,7 @@ pub async fn page<S: Storage>(
         .store()
         .contacts(&ids)
         .await
-        .map_err(|e| super::families::store_failed(viewer.lang, &e))?;
+        .map_err(|e| super::session::store_failed(viewer.lang, &e))?;
     let dead = rt
         .store()
         .outbox(&OutboxFilter {
@@ -78,7 +78,7 @@ pub async fn page<S: Storage>(
             ..OutboxFilter::default()
         })
         .await
-        .map_err(|e| super::families::store_failed(viewer.lang, &e))?
+        .map_err(|e| super::session::store_failed(viewer.lang, &e))?
         .len();
     let lang = viewer.lang;
     let mut waiting: Vec<Waiting> = Vec::new();
@@ -211,7 +211,7 @@ fn page_markup(
                     tbody {
                         @for w in waiting.iter().filter(|w| shown.role.is_none_or(|r| r == w.role)) {
                             tr {
-                                td { a href={"/familier/" (super::families::enc(&w.row.reference))} { (w.row.reference) } }
+                                td { a href={"/familier/" (super::layout::enc(&w.row.reference))} { (w.row.reference) } }
                                 td { (w.row.pathway) }
                                 td { (w.row.instance.state) }
                                 td { (w.what) }
@@ -255,7 +255,7 @@ fn summary(
                 @for (name, n, oldest) in rows {
                     tr {
                         th scope="row" {
-                            @if filters { a href={"/?rolle=" (super::families::enc(&name))} { (name) } } @else { (name) }
+                            @if filters { a href={"/?rolle=" (super::layout::enc(&name))} { (name) } } @else { (name) }
                         }
                         td.num { (n) }
                         td.num.late { (late(now, oldest, lang)) }

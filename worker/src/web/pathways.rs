@@ -10,8 +10,7 @@ use maud::html;
 use carepath_engine::catalogue;
 use carepath_engine::graph::{StateGraph, to_svg};
 
-use super::families::enc;
-use super::layout::{Section, role_title, shell};
+use super::layout::{Section, enc, role_title, shell};
 use super::session::refused;
 use super::{Viewer, Web};
 use crate::store::Storage;

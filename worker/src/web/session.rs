@@ -20,9 +20,9 @@ use maud::html;
 use serde::Deserialize;
 
 use super::Web;
-use super::layout::{Lang, bare_page};
+use super::layout::{Lang, bare_page, enc};
 use crate::api::{Caller, Scope};
-use crate::store::{AuditEntry, Storage};
+use crate::store::{Storage, StoreError};
 
 /// How long a session lasts.
 const LIFETIME: Duration = Duration::from_secs(8 * 3600);
@@ -32,6 +32,11 @@ const COOKIE: &str = "carepath_session";
 
 /// The sign-in form's own CSRF cookie.
 const LOGIN_COOKIE: &str = "carepath_login";
+
+/// Who a caller is in the audit log when it acts through the pages: `web NAME`.
+fn actor(caller: &Caller) -> String {
+    format!("web {}", caller.name)
+}
 
 /// A refusal page, boxed: a response is large, and most calls are not refused.
 pub struct Refusal(Box<Response>);
@@ -136,7 +141,7 @@ impl Viewer {
 
     /// The actor of the audit log's lines.
     pub fn actor(&self) -> String {
-        format!("web {}", self.caller.name)
+        actor(&self.caller)
     }
 }
 
@@ -156,6 +161,19 @@ pub fn refused(lang: Lang, status: StatusCode, why: &str) -> Response {
         ),
     )
         .into_response()
+}
+
+/// The page shown when the database failed.
+pub fn store_failed(lang: Lang, e: &StoreError) -> Response {
+    tracing::error!(error = %e, "web view: the database failed");
+    refused(
+        lang,
+        StatusCode::SERVICE_UNAVAILABLE,
+        lang.t(
+            "Databasen svarer ikke lige nu. Prøv igen om lidt.",
+            "The database does not answer just now. Try again shortly.",
+        ),
+    )
 }
 
 impl<S: Storage> FromRequestParts<Web<S>> for Viewer {
@@ -353,10 +371,6 @@ fn login_form(
         .into_response()
 }
 
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 /// The sign-in form's fields.
 #[derive(Debug, Deserialize)]
 pub struct LoginForm {
@@ -432,7 +446,7 @@ pub async fn login<S: Storage>(
     let id = random_token()?;
     let csrf = random_token()?;
     tracing::info!(target: "carepath::web", caller = %caller.name, "signed in");
-    let actor = format!("web {}", caller.name);
+    let actor = actor(&caller);
     web.sessions.insert(
         id.clone(),
         Session {
@@ -442,21 +456,7 @@ pub async fn login<S: Storage>(
             expires: Instant::now() + LIFETIME,
         },
     );
-    let _ = web
-        .api
-        .runtime
-        .store()
-        .append_audit(&AuditEntry {
-            at: web.api.runtime.clock().now(),
-            actor,
-            action: "sign-in".into(),
-            reference: None,
-            instance_id: None,
-            detail: None,
-            outcome: "ok".into(),
-        })
-        .await
-        .map_err(|e| tracing::error!(error = %e, "the audit log did not take a sign-in"));
+    web.audit(&actor, "sign-in", None, None, None).await;
     let mut response = Redirect::to(&next).into_response();
     let headers = response.headers_mut();
     headers.append(
