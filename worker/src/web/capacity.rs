@@ -16,7 +16,8 @@ use super::layout::{Lang, Section, local, shell};
 use super::session::{CsrfForm, refused, store_failed};
 use super::{Viewer, Web};
 use crate::forecast::{self, Forecast, Span};
-use crate::store::{InstanceFilter, Storage};
+use crate::runtime::RuntimeError;
+use crate::store::Storage;
 
 /// Weeks forecast, the current one first.
 pub const WEEKS: usize = 12;
@@ -174,26 +175,15 @@ fn refresh_beside<S: Storage>(web: &Web<S>) {
 /// The forecast of every active family, each pathway's apart.
 async fn compute<S: Storage>(web: &Web<S>) -> Result<Snapshot, Option<Response>> {
     let rt = web.api.runtime.clone();
-    let mut rows = Vec::new();
-    let mut after = None;
-    loop {
-        let page = rt
-            .store()
-            .list_instances(&InstanceFilter {
-                active_only: true,
-                after,
-                limit: 1000,
-                ..InstanceFilter::default()
-            })
-            .await
-            .map_err(|e| Some(store_failed(Lang::Da, &e)))?;
-        let full = page.len() == 1000;
-        after = page.last().map(|r| r.id);
-        rows.extend(page);
-        if !full {
-            break;
-        }
-    }
+    let rows = crate::bulk::select(&rt, &crate::bulk::Selection::default())
+        .await
+        .map_err(|e| match e {
+            RuntimeError::Store(e) => Some(store_failed(Lang::Da, &e)),
+            other => {
+                tracing::error!(error = %other, "web view: the active families could not be read");
+                None
+            }
+        })?;
     let span = Span::new(rt.clock().now(), WEEKS, &super::layout::zone()).map_err(|e| {
         tracing::error!(error = %e, "web view: no forecast");
         None
