@@ -14,6 +14,10 @@ pub struct RetryPolicy {
     pub backoff_secs: u64,
     /// The longest wait between attempts, in seconds.
     pub backoff_max_secs: u64,
+    /// How long a worker's claim on the notices it is sending lasts, in seconds. A worker that
+    /// dies mid-send leaves claims that run out after this long; then another worker sends
+    /// those notices again, under the same key. Longer than a round of sending takes.
+    pub lease_secs: u64,
 }
 
 impl Default for RetryPolicy {
@@ -24,6 +28,7 @@ impl Default for RetryPolicy {
             max_attempts: 8,
             backoff_secs: 30,
             backoff_max_secs: 3600,
+            lease_secs: 900,
         }
     }
 }

@@ -13,11 +13,11 @@ use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::delivery::Notifier;
 use carepath_worker::runtime::Runtime;
-use carepath_worker::store::{NoticeStatus, OutboxFilter, SqliteStore, Storage};
+use carepath_worker::store::{Backend, NoticeStatus, OutboxFilter, Storage};
 use carepath_worker::worker::Wake;
 
 use super::fixtures::{chain, write_pathway};
-use super::support::{golden, root};
+use super::support::{fresh_store, golden, root};
 
 /// The tokens each test's server knows, by what they are for.
 const HOSPITAL: &str = "cp_hospital-token"; // events:write + read, standard track only
@@ -29,7 +29,7 @@ const ADMIN: &str = "cp_admin-token"; // admin, every pathway
 struct Server {
     url: String,
     http: reqwest::Client,
-    rt: Arc<Runtime<SqliteStore>>,
+    rt: Arc<Runtime<Backend>>,
     clock: Arc<VirtualClock>,
     wake: Wake,
     _dir: tempfile::TempDir,
@@ -79,9 +79,7 @@ async fn start() -> Server {
     good_start["id"] = json!("good-start");
     let good_start = write_pathway(dir.path(), &good_start, &["entered", "counted"]);
     let t0: Timestamp = "2027-01-11T07:00:00Z".parse().expect("time");
-    let store = SqliteStore::open(&dir.path().join("carepath.db"))
-        .await
-        .expect("open");
+    let store = fresh_store(dir.path()).await;
     let (catalog, _) = Catalog::sync(&store, &[root().join("pathways"), good_start], t0)
         .await
         .expect("load");
@@ -1084,19 +1082,19 @@ async fn every_write_is_in_the_append_only_audit_log() {
         "no payload or sensitive value: {text}"
     );
 
-    // Append-only, whoever holds the file.
-    let db = s._dir.path().join("carepath.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
-        .await
-        .expect("connect");
+    // Append-only, whoever holds the database.
+    let db = super::support::db_arg(s._dir.path());
     for sql in [
         "UPDATE audit SET actor = 'someone else'",
         "DELETE FROM audit",
     ] {
-        let e = sqlx::query(sql).execute(&pool).await.expect_err("refused");
+        let e = match s.rt.store() {
+            Backend::Sqlite(store) => sqlx::query(sql).execute(store.pool()).await.map(|_| ()),
+            Backend::Postgres(store) => sqlx::query(sql).execute(store.pool()).await.map(|_| ()),
+        }
+        .expect_err("refused");
         assert!(e.to_string().contains("append-only"), "{e}");
     }
-    pool.close().await;
     // The command line reads the same log.
     let out = super::support::carepath()
         .args(["audit", "--ref", "FAM-AUD", "--db"])

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use carepath_worker::delivery::Notifier;
 use carepath_worker::runtime::{EnrolRequest, Runtime};
-use carepath_worker::store::SqliteStore;
+use carepath_worker::store::Backend;
 
 use super::delivery::{
     SmtpServer, contact, email_notifier, enrol, event, local, received, runtime,
@@ -25,7 +25,7 @@ use super::runtime::runtime as runtime_on;
 /// Fires what is due at `at` and delivers it to the SMTP server; returns the mail received
 /// so far.
 async fn deliver_at(
-    rt: &Runtime<SqliteStore>,
+    rt: &Runtime<Backend>,
     clock: &carepath_worker::clock::VirtualClock,
     notifier: &Notifier,
     at: jiff::Timestamp,

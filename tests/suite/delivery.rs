@@ -24,10 +24,10 @@ use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::delivery::Notifier;
 use carepath_worker::runtime::{EnrolRequest, EventRequest, Runtime};
 use carepath_worker::store::{
-    Contact, NoticeStatus, OutboxFilter, OutboxRow, Requeue, SqliteStore, Storage,
+    Backend, Contact, NoticeStatus, OutboxFilter, OutboxRow, Requeue, Storage,
 };
 
-use super::support::root;
+use super::support::{fresh_store, root};
 
 /// Local time in Copenhagen.
 pub(super) fn local(s: &str) -> Timestamp {
@@ -52,11 +52,9 @@ pub(super) fn contact(
     }
 }
 
-pub(super) async fn runtime(dir: &Path) -> (Runtime<SqliteStore>, Arc<VirtualClock>) {
+pub(super) async fn runtime(dir: &Path) -> (Runtime<Backend>, Arc<VirtualClock>) {
     let start = local("2027-01-11T08:00");
-    let store = SqliteStore::open(&dir.join("carepath.db"))
-        .await
-        .expect("open");
+    let store = fresh_store(dir).await;
     let (catalog, _) = Catalog::sync(&store, &[root().join("pathways")], start)
         .await
         .expect("load");
@@ -68,7 +66,7 @@ pub(super) async fn runtime(dir: &Path) -> (Runtime<SqliteStore>, Arc<VirtualClo
 }
 
 /// Enrols a family whose midwife is `midwife` and whose phone is `phone`, language `lang`.
-pub(super) async fn enrol(rt: &Runtime<SqliteStore>, reference: &str, midwife: &str, lang: &str) {
+pub(super) async fn enrol(rt: &Runtime<Backend>, reference: &str, midwife: &str, lang: &str) {
     let contacts: BTreeMap<String, Contact> = [
         (
             "gp",
@@ -118,13 +116,13 @@ fn phone(reference: &str) -> &'static str {
     }
 }
 
-pub(super) async fn event(rt: &Runtime<SqliteStore>, reference: &str, name: &str, payload: Value) {
+pub(super) async fn event(rt: &Runtime<Backend>, reference: &str, name: &str, payload: Value) {
     event_keyed(rt, reference, name, name, payload).await;
 }
 
 /// Reports an event under the key `REF:KEY`, and asserts it was not refused.
 pub(super) async fn event_keyed(
-    rt: &Runtime<SqliteStore>,
+    rt: &Runtime<Backend>,
     reference: &str,
     key: &str,
     name: &str,
@@ -150,7 +148,7 @@ pub(super) async fn event_keyed(
 
 /// The notices made from `template`, with the text they are (or will be) sent with: a queued
 /// notice is rendered at delivery, so its text is previewed as a listing shows it.
-pub(super) async fn rows(rt: &Runtime<SqliteStore>, template: &str) -> Vec<OutboxRow> {
+pub(super) async fn rows(rt: &Runtime<Backend>, template: &str) -> Vec<OutboxRow> {
     let mut rows: Vec<OutboxRow> = rt
         .store()
         .outbox(&OutboxFilter::default())
@@ -398,7 +396,7 @@ pub(super) async fn accepting_gateway() -> MockServer {
     server
 }
 
-pub(super) async fn book_scan(rt: &Runtime<SqliteStore>, clock: &VirtualClock, reference: &str) {
+pub(super) async fn book_scan(rt: &Runtime<Backend>, clock: &VirtualClock, reference: &str) {
     clock.advance_to(local("2027-01-12T09:00"));
     event(rt, reference, "first_exam_done", json!({"care_level": 2})).await;
     event(rt, reference, "referral_accepted", json!({})).await;
@@ -479,6 +477,7 @@ async fn failures_are_retried_then_dead_lettered_and_retried_by_hand() {
             max_attempts: 3,
             backoff_secs: 60,
             backoff_max_secs: 600,
+            ..RetryPolicy::default()
         },
         ..NotifierConfig::default()
     };
@@ -676,7 +675,7 @@ pub(super) fn gwapi_signature(claims: &Value, secret: &[u8]) -> String {
 /// The HTTP API on a free loopback port, without tokens, taking the gateways' calls signed
 /// with `secret`: its base URL, the handle that stops it, and the server.
 pub(super) async fn gateway_api(
-    rt: &Arc<Runtime<SqliteStore>>,
+    rt: &Arc<Runtime<Backend>>,
     secret: &str,
 ) -> (
     String,

@@ -12,7 +12,7 @@ use carepath_engine::step::{Cause, Status};
 use carepath_worker::bulk::{self, Action, Selection};
 use carepath_worker::clock::Clock;
 use carepath_worker::runtime::{EnrolRequest, EventRequest, EventResult, LIFE_EVENT, Runtime};
-use carepath_worker::store::{Contact, NoticeStatus, OutboxFilter, SqliteStore, Storage};
+use carepath_worker::store::{Backend, Contact, NoticeStatus, OutboxFilter, Storage};
 
 use super::delivery::{contact, enrol, local, runtime};
 
@@ -22,7 +22,7 @@ fn email(name: &str, address: &str) -> Contact {
 
 /// Enrols `reference` on God start (a volunteer matched) and on Rødovre (triaged light), next
 /// to the standard track.
-async fn on_three_pathways(rt: &Runtime<SqliteStore>, reference: &str) {
+async fn on_three_pathways(rt: &Runtime<Backend>, reference: &str) {
     enrol(rt, reference, "jordemoder@example.dk", "da").await;
     let family = contact("Amal", None, Some("+4520999111"), "da");
     let good_start: BTreeMap<String, Contact> = [
@@ -89,7 +89,7 @@ async fn on_three_pathways(rt: &Runtime<SqliteStore>, reference: &str) {
 }
 
 async fn report(
-    rt: &Runtime<SqliteStore>,
+    rt: &Runtime<Backend>,
     reference: &str,
     event: &str,
     payload: Value,
@@ -122,7 +122,7 @@ async fn report(
 
 /// Steps the clock a day at a time to `until`, firing what comes due.
 async fn run_until(
-    rt: &Runtime<SqliteStore>,
+    rt: &Runtime<Backend>,
     clock: &carepath_worker::clock::VirtualClock,
     until: Timestamp,
 ) {
@@ -395,7 +395,7 @@ async fn a_pregnancy_loss_reported_once_stops_every_family_and_volunteer_message
 }
 
 /// Enrols `reference` on `pathway` with `fields`, every role played by someone with email.
-async fn enrol_on(rt: &Runtime<SqliteStore>, reference: &str, pathway: &str, fields: Value) {
+async fn enrol_on(rt: &Runtime<Backend>, reference: &str, pathway: &str, fields: Value) {
     let version = rt.catalog().latest(pathway).expect("loaded");
     let contacts: BTreeMap<String, Contact> = version
         .checked

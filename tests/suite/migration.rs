@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use carepath_worker::clock::Clock;
 use carepath_worker::migration::{self, MigrateError};
 use carepath_worker::runtime::{EnrolRequest, Runtime};
-use carepath_worker::store::{OutboxFilter, SqliteStore, Storage};
+use carepath_worker::store::{Backend, OutboxFilter, Storage};
 
 use super::delivery::{contact, local};
 use super::fixtures::write_pathway;
@@ -64,7 +64,7 @@ fn version_2() -> Value {
     )
 }
 
-async fn escalations(rt: &Runtime<SqliteStore>) -> Vec<String> {
+async fn escalations(rt: &Runtime<Backend>) -> Vec<String> {
     rt.store()
         .outbox(&OutboxFilter::default())
         .await
@@ -79,7 +79,7 @@ async fn open(
     dir: &Path,
     at: &str,
 ) -> (
-    Runtime<SqliteStore>,
+    Runtime<Backend>,
     std::sync::Arc<carepath_worker::clock::VirtualClock>,
 ) {
     runtime_on(dir, &dir.join("pathways"), local(at)).await
@@ -300,7 +300,7 @@ async fn running_families_move_to_a_split_state_and_a_wider_window() {
             "--dry-run",
             "--db",
         ])
-        .arg(dir.path().join("carepath.db"))
+        .arg(super::support::db_arg(dir.path()))
         .output()
         .expect("migrate");
     assert!(

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::runtime::{EnrolRequest, Runtime};
-use carepath_worker::store::{Contact, OutboxFilter, SqliteStore, Storage};
+use carepath_worker::store::{Backend, Contact, OutboxFilter, SqliteStore, Storage};
 
 use super::fixtures::{chain, write_pathway};
 use super::support::{carepath, root, stdout};
@@ -98,7 +98,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
 }
 
 async fn history_rows(db: &Path) -> usize {
-    let store = SqliteStore::open(db).await.expect("open");
+    let store = Backend::open(db).await.expect("open");
     let mut n = 0;
     for i in store.all_instances().await.expect("instances") {
         n += store.history(i.id).await.expect("history").len();
@@ -107,10 +107,16 @@ async fn history_rows(db: &Path) -> usize {
     n
 }
 
+/// The empty database of the test in `dir`, as `--db` takes it (see [`support::db_arg`]).
+async fn test_database(dir: &Path) -> PathBuf {
+    super::support::fresh_store(dir).await.close().await;
+    PathBuf::from(super::support::db_arg(dir))
+}
+
 /// Enrols `families` on the chain of `steps` at T0, each with a coordinator by email.
 async fn enrol_chain(db: &Path, pathways: &Path, families: usize) {
     let t0: Timestamp = T0.parse().expect("t0");
-    let store = SqliteStore::open(db).await.expect("open");
+    let store = Backend::open(db).await.expect("open");
     let (catalog, _) = Catalog::sync(&store, &[pathways.to_path_buf()], t0)
         .await
         .expect("load");
@@ -132,8 +138,9 @@ async fn enrol_chain(db: &Path, pathways: &Path, families: usize) {
     rt.store().close().await;
 }
 
-/// Two `carepath run` processes on one SQLite file, started together on a backlog: each
-/// notice is claimed by one of them and sent once (before claims, 89 % went out twice).
+/// Two `carepath run` processes on one database (a SQLite file, or PostgreSQL), started
+/// together on a backlog: each notice is claimed by one of them and sent once (before claims,
+/// 89 % went out twice).
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_on_one_database_send_each_notice_once() {
     const FAMILIES: usize = 1500;
@@ -141,7 +148,7 @@ async fn two_workers_on_one_database_send_each_notice_once() {
     let dir = tempfile::tempdir().expect("tmp");
     let pathways = dir.path().join("pathways");
     write_pathway(&pathways, &chain(STEPS), &["entered", "counted"]);
-    let db = dir.path().join("two.db");
+    let db = test_database(dir.path()).await;
     enrol_chain(&db, &pathways, FAMILIES).await;
 
     let clock = "fixed:2027-04-01T00:00:00Z";
@@ -185,7 +192,7 @@ async fn two_workers_on_one_database_send_each_notice_once() {
         keys.len(),
         twice.iter().take(5).collect::<Vec<_>>()
     );
-    let store = SqliteStore::open(&db).await.expect("open");
+    let store = Backend::open(&db).await.expect("open");
     let rows = store
         .outbox(&OutboxFilter::default())
         .await
@@ -207,7 +214,7 @@ async fn a_worker_killed_at_random_points_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let pathways = dir.path().join("pathways");
     write_pathway(&pathways, &chain(STEPS), &["entered", "counted"]);
-    let db = dir.path().join("crash.db");
+    let db = test_database(dir.path()).await;
     enrol_chain(&db, &pathways, FAMILIES).await;
     let t0: Timestamp = T0.parse().expect("t0");
     let total = FAMILIES * (STEPS + 1);
@@ -244,7 +251,7 @@ async fn a_worker_killed_at_random_points_loses_and_repeats_nothing() {
     let status = wait_exit(&mut child, Duration::from_secs(120)).expect("the last run finishes");
     assert!(status.success(), "{status:?}");
 
-    let store = SqliteStore::open(&db).await.expect("open");
+    let store = Backend::open(&db).await.expect("open");
     let instances = store.all_instances().await.expect("instances");
     assert_eq!(instances.len(), FAMILIES);
     let expected_path: Vec<String> = (0..=STEPS).map(|i| format!("s{i}")).collect();
@@ -997,4 +1004,206 @@ fn the_readme_api_walkthrough_works_as_written() {
         sent.contains("pregnancy_referral") || text.contains(r#""status":"queued""#),
         "the referral is sent or waiting to be: {sent}"
     );
+}
+
+/// Three `carepath run` workers on PostgreSQL drain 20,000 families' timers and notices to a
+/// real SMTP server on loopback (aiosmtpd) and an SMS gateway double, while one of them at
+/// random is killed (SIGKILL) and started again, at least ten times. In the end every family
+/// made each transition once and every notice was delivered; a notice reached its sink twice
+/// only when a killed worker had claimed it, so the duplicates are at most what the killed
+/// workers held: ten kills × a round's claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_on_postgres_killed_at_random_deliver_every_notice() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const FAMILIES: usize = 20_000;
+    const STEPS: usize = 1;
+    /// The notices one delivery round claims (`delivery::BATCH`).
+    const CLAIMED_PER_ROUND: usize = 200;
+    let Some(server) = super::support::postgres_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let pathways = dir.path().join("pathways");
+    let mut pathway = chain(STEPS);
+    pathway["roles"]["coordinator"]["channels"] = json!(["email", "sms"]);
+    let folder = write_pathway(&pathways, &pathway, &["entered", "counted"]);
+    for t in ["entered", "counted"] {
+        std::fs::write(
+            folder.join(format!("templates/{t}.da.sms.hbs")),
+            "Familien {{instance.ref}} er nu i {{state.name}}.\n",
+        )
+        .expect("sms template");
+    }
+    let url = carepath_worker::store::postgres::create_database(
+        &server,
+        &format!("carepath_chaos_{}", std::process::id()),
+    )
+    .await
+    .expect("database");
+    let db = PathBuf::from(&url);
+
+    // Enrolled two days ago on a virtual clock: every family's timer is due when the workers
+    // start on the system clock. Half the coordinators take email, half SMS.
+    let t0 = Timestamp::now() - jiff::SignedDuration::from_hours(48);
+    let store = Backend::open(&db).await.expect("open");
+    let (catalog, _) = Catalog::sync(&store, std::slice::from_ref(&pathways), t0)
+        .await
+        .expect("load");
+    let rt = Runtime::new(
+        store,
+        catalog,
+        Arc::new(VirtualClock::new(t0)) as Arc<dyn Clock>,
+    );
+    use futures::StreamExt;
+    futures::stream::iter(0..FAMILIES)
+        .for_each_concurrent(12, |i| {
+            let rt = &rt;
+            async move {
+                let coordinator = if i % 2 == 0 {
+                    contact_by("email", &format!("k{i}@example.dk"))
+                } else {
+                    contact_by("sms", &format!("+4520{i:06}"))
+                };
+                rt.enrol(&EnrolRequest {
+                    reference: format!("FAM-{i:05}"),
+                    pathway: "chain".into(),
+                    fields: Default::default(),
+                    contacts: BTreeMap::from([("coordinator".to_string(), coordinator)]),
+                })
+                .await
+                .expect("enrol");
+            }
+        })
+        .await;
+    let Backend::Postgres(pg) = rt.store().clone() else {
+        panic!("a PostgreSQL store");
+    };
+    let pool = pg.pool().clone();
+
+    let (_smtp, mail) = super::delivery::SmtpServer::in_dir(dir.path());
+    let gateway = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gateway)
+        .await;
+    let config = dir.path().join("carepath.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[email]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\n\
+             from = \"Forløbskoordinering <noreply@carepath.example.dk>\"\npool = 4\n\n\
+             [sms]\ngateway = \"webhook\"\nurl = \"{}/sms\"\nsender = \"Kommunen\"\n\n\
+             [delivery]\nlease_secs = 3\n",
+            _smtp.port,
+            gateway.uri()
+        ),
+    )
+    .expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let start = || start_worker(&db, &pathways, "system", &["--config", &config]);
+    let mut workers: Vec<(Child, mpsc::Receiver<String>)> = (0..3).map(|_| start()).collect();
+
+    let left = || async {
+        let (timers, queued): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM timers), (SELECT count(*) FROM outbox WHERE status = 'queued')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        timers + queued
+    };
+    let mut rng = fastrand::Rng::with_seed(20271201);
+    let (mut kills, mut mid_work) = (0, 0);
+    while kills < 10 {
+        std::thread::sleep(Duration::from_millis(rng.u64(300..900)));
+        let busy = left().await > 0;
+        let i = rng.usize(0..workers.len());
+        let (child, _) = &mut workers[i];
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        kills += 1;
+        mid_work += usize::from(busy);
+        workers[i] = start();
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while left().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the workers did not drain the work"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (child, log) in &mut workers {
+        // SAFETY: a plain signal to a child this test started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_exit(child, Duration::from_secs(60)).expect("the worker stops");
+        let said: Vec<String> = log.try_iter().collect();
+        assert!(status.success(), "{status:?}: {}", said.join("\n"));
+    }
+    eprintln!("{kills} SIGKILLs, {mid_work} of them with work left");
+    assert!(
+        mid_work >= 5,
+        "only {mid_work} of {kills} kills came while there was work"
+    );
+
+    // Every transition once: each family's history is its enrolment and its one step.
+    let (rows, distinct, off_path): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (instance_id, seq)), \
+         (SELECT count(*) FROM instances WHERE state <> 's1' OR seq <> 1) FROM history",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("history");
+    let transitions = (FAMILIES * (STEPS + 1)) as i64;
+    assert_eq!((rows, distinct, off_path), (transitions, transitions, 0));
+
+    // Every notice sent, and at its sink.
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status::text, count(*) FROM outbox GROUP BY status")
+            .fetch_all(&pool)
+            .await
+            .expect("outbox");
+    assert_eq!(
+        statuses,
+        [("sent".to_string(), transitions)],
+        "{statuses:?}"
+    );
+    let mut at_sinks: BTreeMap<String, usize> = BTreeMap::new();
+    for m in super::delivery::received(&mail) {
+        let id = m["message_id"].as_str().expect("a Message-ID").to_string();
+        *at_sinks.entry(id).or_default() += 1;
+    }
+    let emails = at_sinks.len();
+    for r in gateway.received_requests().await.expect("recorded") {
+        let body: Value = serde_json::from_slice(&r.body).expect("json");
+        let key = body["key"].as_str().expect("a key").to_string();
+        *at_sinks.entry(key).or_default() += 1;
+    }
+    assert_eq!(
+        emails,
+        FAMILIES * (STEPS + 1) / 2,
+        "each email notice arrived"
+    );
+    assert_eq!(at_sinks.len(), transitions as usize, "each notice arrived");
+    let duplicates: usize = at_sinks.values().map(|n| n - 1).sum();
+    eprintln!("{duplicates} notices arrived twice, after {kills} kills");
+    assert!(
+        duplicates <= kills * CLAIMED_PER_ROUND,
+        "{duplicates} duplicates: more than {kills} killed workers' claims"
+    );
+    rt.store().close().await;
+}
+
+/// A contact reached by `channel` only.
+fn contact_by(channel: &str, address: &str) -> Contact {
+    let email = channel == "email";
+    Contact {
+        name: "Koordinator".into(),
+        email: email.then(|| address.to_string()),
+        phone: (!email).then(|| address.to_string()),
+        language: "da".into(),
+        channel: None,
+    }
 }

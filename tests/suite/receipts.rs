@@ -11,7 +11,7 @@ use wiremock::MockServer;
 
 use carepath_notifier::gateway::{Gateway, SmsConfig};
 use carepath_worker::runtime::Runtime;
-use carepath_worker::store::{NoticeStatus, OutboxRow, ReceiptState, SqliteStore};
+use carepath_worker::store::{Backend, NoticeStatus, OutboxRow, ReceiptState};
 
 use super::delivery::{
     accepting_gateway, book_scan, enrol, gateway, gateway_api, gwapi_signature, local, requests,
@@ -28,7 +28,7 @@ async fn sent_reminders(
     dir: &std::path::Path,
     sms: SmsConfig,
     secret: &str,
-) -> (Arc<Runtime<SqliteStore>>, Vec<OutboxRow>, String) {
+) -> (Arc<Runtime<Backend>>, Vec<OutboxRow>, String) {
     let (rt, clock) = runtime(dir).await;
     for family in ["FAM-DLR", "FAM-MOVE"] {
         enrol(&rt, family, "jordemoder@example.dk", "da").await;
@@ -49,7 +49,7 @@ async fn sent_reminders(
     (rt, sent, base)
 }
 
-async fn row(rt: &Runtime<SqliteStore>, id: i64) -> OutboxRow {
+async fn row(rt: &Runtime<Backend>, id: i64) -> OutboxRow {
     rows(rt, "appointment_reminder")
         .await
         .into_iter()
@@ -182,7 +182,7 @@ async fn gatewayapi_receipts_record_delivery_and_dead_letter_an_undeliverable_sm
     assert!(!reason.contains("30123456"), "no number: {reason}");
 
     // What an operator sees: the provenance and the receipt.
-    let db = dir.path().join("carepath.db");
+    let db = super::support::db_arg(dir.path());
     let shown = carepath()
         .args(["outbox", "show", &second.id.to_string(), "--db"])
         .arg(&db)

@@ -12,11 +12,11 @@ use carepath_worker::catalog::{Catalog, CatalogError};
 use carepath_worker::clock::{Clock, VirtualClock};
 use carepath_worker::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime};
 use carepath_worker::store::{
-    Contact, NoticeStatus, OutboxFilter, Outcome, SqliteStore, Storage, StoreError,
+    Backend, Contact, NoticeStatus, OutboxFilter, Outcome, SqliteStore, Storage, StoreError,
 };
 
 use super::fixtures::{chain, write_pathway};
-use super::support::root;
+use super::support::{fresh_store, root};
 
 fn t(s: &str) -> Timestamp {
     s.parse().expect("timestamp")
@@ -37,10 +37,8 @@ pub(super) async fn runtime(
     dir: &Path,
     pathways: &Path,
     start: Timestamp,
-) -> (Runtime<SqliteStore>, Arc<VirtualClock>) {
-    let store = SqliteStore::open(&dir.join("carepath.db"))
-        .await
-        .expect("open");
+) -> (Runtime<Backend>, Arc<VirtualClock>) {
+    let store = fresh_store(dir).await;
     let (catalog, _) = Catalog::sync(&store, &[pathways.to_path_buf()], start)
         .await
         .expect("load pathways");
@@ -450,7 +448,7 @@ async fn enrolment_refuses_bad_input_and_stores_nothing() {
 }
 
 /// FAM-1 on a two-state chain, with no contact for any role.
-async fn enrolled_with_nobody() -> (Runtime<SqliteStore>, tempfile::TempDir) {
+async fn enrolled_with_nobody() -> (Runtime<Backend>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     write_pathway(dir.path(), &chain(2), &["entered", "counted"]);
     let (rt, _) = runtime(dir.path(), dir.path(), t("2027-03-01T08:00:00Z")).await;
@@ -593,9 +591,7 @@ async fn versions_are_immutable_and_instances_stay_on_theirs() {
         .await
         .expect("v2");
     assert!(loaded[0].added);
-    let store = SqliteStore::open(&dir.path().join("carepath.db"))
-        .await
-        .expect("open");
+    let store = rt.store().clone();
     let rt2 = Runtime::new(store, catalog, clock.clone() as Arc<dyn Clock>);
     rt2.enrol(&enrol_chain("FAM-2")).await.expect("enrol v2");
     let one = &rt2.store().instances_by_ref("FAM-1").await.expect("read")[0];

@@ -132,3 +132,72 @@ pub fn succeeded(o: &Output, what: &str) {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Whether the end-to-end tests run on PostgreSQL: `CAREPATH_TEST_BACKEND=postgres`, with the
+/// server at `CAREPATH_TEST_POSTGRES` (`.ci/test` starts a throwaway one and runs the runtime,
+/// delivery and API tests a second time so). SQLite otherwise.
+pub fn on_postgres() -> bool {
+    std::env::var("CAREPATH_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
+/// The database of the test in `dir`, as `--db` takes it: the SQLite file `carepath.db` in
+/// `dir`, or on PostgreSQL the test server's database named for `dir`.
+pub fn db_arg(dir: &Path) -> String {
+    if !on_postgres() {
+        return dir.join("carepath.db").to_string_lossy().into_owned();
+    }
+    let server = std::env::var("CAREPATH_TEST_POSTGRES")
+        .expect("CAREPATH_TEST_BACKEND=postgres needs the server's URL in CAREPATH_TEST_POSTGRES");
+    let (authority, _) = server.rsplit_once('/').expect("a URL with a database name");
+    format!("{authority}/{}", pg_name(dir))
+}
+
+/// A database name for `dir`: the same each time for the same folder.
+fn pg_name(dir: &Path) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("carepath_e2e_{hex}")
+}
+
+/// The store of the test in `dir` (see [`db_arg`]), its schema in place: made empty the first
+/// time this process asks for it, the same database after.
+pub async fn fresh_store(dir: &Path) -> carepath_worker::store::Backend {
+    static MADE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    if on_postgres() {
+        let first = {
+            let mut made = MADE.lock().expect("lock");
+            let first = !made.iter().any(|d| d == dir);
+            if first {
+                made.push(dir.to_path_buf());
+            }
+            first
+        };
+        if first {
+            let server = std::env::var("CAREPATH_TEST_POSTGRES").expect("server");
+            carepath_worker::store::postgres::create_database(&server, &pg_name(dir))
+                .await
+                .expect("create a test database");
+        }
+    }
+    carepath_worker::store::Backend::open(Path::new(&db_arg(dir)))
+        .await
+        .expect("open the test database")
+}
+
+/// The PostgreSQL server of the tests (`CAREPATH_TEST_POSTGRES`), or none: then the tests that
+/// need one are not run here, unless `CAREPATH_REQUIRE_POSTGRES` is set (as `.ci/test` sets it),
+/// when they fail.
+pub fn postgres_server() -> Option<String> {
+    match std::env::var("CAREPATH_TEST_POSTGRES") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CAREPATH_REQUIRE_POSTGRES").is_none(),
+                "CAREPATH_REQUIRE_POSTGRES is set but CAREPATH_TEST_POSTGRES is not"
+            );
+            eprintln!("CAREPATH_TEST_POSTGRES is not set: this PostgreSQL test is not run here");
+            None
+        }
+    }
+}

@@ -9,7 +9,7 @@ use carepath_engine::step::Cause;
 use carepath_worker::clock::Clock;
 use carepath_worker::delivery::Notifier;
 use carepath_worker::runtime::{EnrolError, EnrolRequest, EventRequest, Runtime};
-use carepath_worker::store::{Contact, NoticeStatus, SqliteStore, Storage};
+use carepath_worker::store::{Backend, Contact, NoticeStatus, Storage};
 
 use super::delivery::{
     accepting_gateway, enrol, event_keyed, gateway, local, requests, rows, runtime, sms_notifier,
@@ -73,14 +73,14 @@ async fn tracked_runtime(
     horizon: &str,
     timers: Value,
 ) -> (
-    Runtime<SqliteStore>,
+    Runtime<Backend>,
     std::sync::Arc<carepath_worker::clock::VirtualClock>,
 ) {
     write_pathway(dir, &tracked(id, horizon, timers, json!({})), &["entered"]);
     runtime_on(dir, dir, local("2027-01-11T09:00")).await
 }
 
-async fn enrol_tracked(rt: &Runtime<SqliteStore>, id: &str, reference: &str) {
+async fn enrol_tracked(rt: &Runtime<Backend>, id: &str, reference: &str) {
     rt.enrol(&EnrolRequest {
         reference: reference.into(),
         pathway: id.into(),
@@ -103,10 +103,7 @@ fn timer_fired_at(history: &[carepath_engine::step::History], name: &str) -> Vec
         .collect()
 }
 
-async fn history_of(
-    rt: &Runtime<SqliteStore>,
-    reference: &str,
-) -> Vec<carepath_engine::step::History> {
+async fn history_of(rt: &Runtime<Backend>, reference: &str) -> Vec<carepath_engine::step::History> {
     let inst = &rt.store().instances_by_ref(reference).await.expect("read")[0];
     rt.store().history(inst.id).await.expect("history")
 }
@@ -181,7 +178,7 @@ fn validate_refuses_quartz_cron_and_schedules_that_never_fire_in_the_coordinator
 }
 
 async fn standard_family(
-    rt: &Runtime<SqliteStore>,
+    rt: &Runtime<Backend>,
     clock: &carepath_worker::clock::VirtualClock,
     reference: &str,
 ) {
@@ -198,11 +195,11 @@ async fn standard_family(
     apply(rt, reference, "accepted", "referral_accepted", json!({})).await;
 }
 
-async fn apply(rt: &Runtime<SqliteStore>, reference: &str, key: &str, name: &str, payload: Value) {
+async fn apply(rt: &Runtime<Backend>, reference: &str, key: &str, name: &str, payload: Value) {
     event_keyed(rt, reference, key, name, payload).await;
 }
 
-async fn book(rt: &Runtime<SqliteStore>, reference: &str, key: &str, name: &str, at: &str) {
+async fn book(rt: &Runtime<Backend>, reference: &str, key: &str, name: &str, at: &str) {
     apply(
         rt,
         reference,
@@ -302,7 +299,7 @@ async fn a_cancelled_appointments_held_reminder_is_withdrawn_and_a_moved_one_goe
         "status",
         "FAM-CANCEL",
         "--db",
-        &dir.path().join("carepath.db").to_string_lossy(),
+        &super::support::db_arg(dir.path()),
     ]);
     let text = stdout(&out);
     assert!(
@@ -641,7 +638,7 @@ async fn an_idempotency_key_reused_for_another_family_is_a_conflict_not_a_replay
     rt.store().close().await;
 
     // The command line says so and exits 1.
-    let db = dir.path().join("carepath.db");
+    let db = super::support::db_arg(dir.path());
     let out = run(&[
         "event",
         "FAM-B",
@@ -649,7 +646,7 @@ async fn an_idempotency_key_reused_for_another_family_is_a_conflict_not_a_replay
         "--key",
         "gp-1",
         "--db",
-        &db.to_string_lossy(),
+        &db,
         "--pathways",
         &dir.path().to_string_lossy(),
     ]);

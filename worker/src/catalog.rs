@@ -128,7 +128,7 @@ impl Catalog {
         let stored = store.pathways().await?;
         let mut changed = Vec::new();
         for (source, p) in sources.iter().zip(&report.pathways) {
-            let hash = crate::store::sqlite::content_hash(source);
+            let hash = crate::store::content_hash(source);
             if stored.iter().any(|s| {
                 s.pathway == p.pathway.id && s.version == p.pathway.version && s.hash != hash
             }) {

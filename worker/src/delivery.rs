@@ -33,11 +33,6 @@ const CONCURRENCY: usize = 16;
 /// Rows claimed per round.
 const BATCH: u32 = 200;
 
-/// How long a claim on a notice lasts: longer than a round of sending takes (a round of 200
-/// at 16 at a time, each up to its channel's timeout), so only a worker that died lets it
-/// run out. Then another worker sends the notice again, under the same key.
-pub const LEASE: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
-
 /// The configured channels with their retry policy and quiet hours.
 #[derive(Clone, Debug)]
 pub struct Notifier {
@@ -67,6 +62,9 @@ pub struct Delivered {
     pub skipped: usize,
     /// Not sent: stale before it could go (its appointment began, its window closed).
     pub expired: usize,
+    /// Stopped early with notices left, so that no claim is taken with a moment that has grown
+    /// old: call again with the time as it is now.
+    pub more: bool,
 }
 
 impl Notifier {
@@ -146,11 +144,22 @@ impl Notifier {
     ) -> Result<Delivered, StoreError> {
         let mut total = Delivered::default();
         let origin = store.installation().await?;
+        // A claim lasts the lease from `now`. Rounds taken long after `now` would take claims
+        // that run out early, and another worker would send their notices too: past a third of
+        // the lease in real time, the caller is asked to come again with a new `now`.
+        let lease_secs = self.retry.lease_secs.max(1);
+        let lease = jiff::SignedDuration::from_secs(i64::try_from(lease_secs).unwrap_or(i64::MAX));
+        let until = now.checked_add(lease).map_err(|e| StoreError::Data {
+            what: "a notice's lease".into(),
+            reason: e.to_string(),
+        })?;
+        let started = std::time::Instant::now();
+        let fresh_for = std::time::Duration::from_secs(lease_secs) / 3;
         loop {
-            let until = now.checked_add(LEASE).map_err(|e| StoreError::Data {
-                what: "a notice's lease".into(),
-                reason: e.to_string(),
-            })?;
+            if started.elapsed() > fresh_for {
+                total.more = true;
+                return Ok(total);
+            }
             let rows = store.claim_notices(&self.worker, now, until, BATCH).await?;
             if rows.is_empty() {
                 return Ok(total);

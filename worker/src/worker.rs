@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::delivery::Notifier;
 use crate::lateness::Lateness;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::store::Storage;
+use crate::store::{PgStore, Storage};
 
 /// The longest the loop sleeps without being woken: a safety net against a lost wake-up,
 /// not a polling interval.
@@ -154,6 +154,39 @@ impl Wake {
     }
 }
 
+impl Wake {
+    /// Wakes this worker whenever a commit on the PostgreSQL database arms timers or queues
+    /// notices, from this process or any other (`LISTEN`, see [`crate::store::postgres`]). A
+    /// lost connection is made again; what was said while it was down is not heard, so the
+    /// worker looks for work at once after each reconnection.
+    pub fn listen_postgres(&self, store: &PgStore) {
+        let (wake, store) = (self.clone(), store.clone());
+        tokio::spawn(async move {
+            while !wake.stopping() {
+                match store.listen().await {
+                    Ok(mut listener) => loop {
+                        match listener.try_recv().await {
+                            Ok(Some(_)) => wake.notify(),
+                            // The connection was lost; the next call makes it again.
+                            Ok(None) => wake.notify(),
+                            Err(_) if wake.stopping() => return,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the wake-up listener lost the database; reconnecting");
+                                break;
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no wake-up listener on the database; retrying")
+                    }
+                }
+                wake.notify();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
 /// How often [`watch_database`] looks at the database file.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
@@ -202,6 +235,10 @@ fn socket_path(db: &Path) -> PathBuf {
 
 /// Wakes the worker that runs on the database at `db`, if one does.
 pub fn wake_other(db: &Path) {
+    // On PostgreSQL the commit itself wakes the workers (`NOTIFY`).
+    if crate::store::backend::is_postgres(db) {
+        return;
+    }
     if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
         let _ = socket.send_to(b"w", socket_path(db));
     }
@@ -251,11 +288,21 @@ pub async fn run<S: Storage>(
                 break;
             }
         }
+        let mut more = false;
         if let Some(n) = notifier {
-            let d = n.deliver(rt.store(), horizon).await?;
+            // The time as it is after the firing, which may have taken a while: claims on
+            // notices last from it.
+            let now = rt.clock().now();
+            let d = n
+                .deliver(rt.store(), opts.until.map_or(now, |u| now.min(u)))
+                .await?;
             summary.delivered += d.sent;
             summary.dead += d.dead;
             summary.expired += d.expired;
+            more = d.more;
+        }
+        if more {
+            continue;
         }
         if opts.until.is_some_and(|u| now >= u) {
             return Ok(summary);

@@ -17,7 +17,7 @@ use carepath_engine::{PathwaySource, SourceFile};
 use carepath_worker::store::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, EventRecord, InstanceFilter,
     InstanceUpdate, KeptResponse, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter,
-    Outcome, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue, SqliteStore, Storage,
+    Outcome, PgStore, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue, SqliteStore, Storage,
     StoreError, Stored, Target, Tx, Withdraw, Withdrawn,
 };
 
@@ -1609,7 +1609,7 @@ async fn record<S: Storage>(store: &S, delivery: Delivery, at: Timestamp) {
 }
 
 /// Runs every property against one backend. `$open` is an async expression giving a fresh,
-/// empty store and whatever keeps it alive.
+/// empty store (or none when the backend is not there to test) and whatever keeps it alive.
 macro_rules! backend {
     ($name:ident, $open:expr) => {
         mod $name {
@@ -1620,7 +1620,9 @@ macro_rules! backend {
                     #[tokio::test]
                     async fn $p() {
                         let (store, _keep) = $open.await;
-                        super::$p(&store).await;
+                        if let Some(store) = store {
+                            super::$p(&store).await;
+                        }
                     }
                 };
             }
@@ -1652,12 +1654,38 @@ macro_rules! backend {
     };
 }
 
-async fn sqlite_file() -> (SqliteStore, tempfile::TempDir) {
+async fn sqlite_file() -> (Option<SqliteStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("carepath.db"))
         .await
         .expect("open");
-    (store, dir)
+    (Some(store), dir)
 }
 
 backend!(sqlite, sqlite_file());
+
+/// A new, empty database on the PostgreSQL server at `CAREPATH_TEST_POSTGRES` (`.ci/test`
+/// starts a throwaway one), or none when that is unset and `CAREPATH_REQUIRE_POSTGRES` is not.
+async fn postgres_database() -> (Option<PgStore>, ()) {
+    let Ok(admin) = std::env::var("CAREPATH_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("CAREPATH_REQUIRE_POSTGRES").is_none(),
+            "CAREPATH_REQUIRE_POSTGRES is set but CAREPATH_TEST_POSTGRES is not"
+        );
+        eprintln!("CAREPATH_TEST_POSTGRES is not set: the PostgreSQL backend is not tested here");
+        return (None, ());
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "carepath_storage_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let url = carepath_worker::store::postgres::create_database(&admin, &name)
+        .await
+        .expect("create a database on CAREPATH_TEST_POSTGRES");
+    let store = PgStore::open(&url).await.expect("open");
+    (Some(store), ())
+}
+
+backend!(postgres, postgres_database());

@@ -24,7 +24,7 @@ use crate::runtime::{EnrolRequest, EventRequest, EventResult, Runtime, RuntimeEr
 use crate::simulate::{self, Family, ScriptedEvent};
 use crate::store::seal::Seal;
 use crate::store::{
-    AuditEntry, AuditFilter, Contact, NoticeStatus, OutboxFilter, Outcome, Requeue, SqliteStore,
+    AuditEntry, AuditFilter, Backend, Contact, NoticeStatus, OutboxFilter, Outcome, Requeue,
     Storage,
 };
 use crate::worker::{self, Options, Wake};
@@ -219,11 +219,11 @@ fn new_key() -> String {
 /// Opens the database and its catalog, loading the pathway folder when it exists. Only the
 /// commands meant to start a database (`run`, `enroll`) `create` a missing one: any other
 /// would report into an empty new file and lose the report.
-async fn open(db: &DbArgs, now: Timestamp, create: bool) -> anyhow::Result<(SqliteStore, Catalog)> {
+async fn open(db: &DbArgs, now: Timestamp, create: bool) -> anyhow::Result<(Backend, Catalog)> {
     let store = if create {
-        sealed(SqliteStore::open(&db.db).await?).await?
+        sealed(Backend::open(&db.db).await?).await?
     } else {
-        sealed(SqliteStore::open_existing(&db.db).await?).await?
+        sealed(Backend::open_existing(&db.db).await?).await?
     };
     let catalog = if db.pathways.exists() {
         let (catalog, loaded) =
@@ -240,7 +240,7 @@ async fn open(db: &DbArgs, now: Timestamp, create: bool) -> anyhow::Result<(Sqli
 
 /// `store` with the data key of the environment ([`crate::store::seal::KEY_ENV`]), if one is set: families'
 /// fields and event payloads are sealed in the file.
-async fn sealed(store: SqliteStore) -> anyhow::Result<SqliteStore> {
+async fn sealed(store: Backend) -> anyhow::Result<Backend> {
     Ok(store.seal_with(Seal::from_env()?).await?)
 }
 
@@ -255,7 +255,7 @@ fn cli_actor() -> String {
 /// Appends what a command did to the audit log: `outcome` is `Ok`, or the refusal's code or
 /// reason (never a value from the input).
 async fn audit(
-    store: &SqliteStore,
+    store: &Backend,
     at: Timestamp,
     action: &str,
     reference: Option<&str>,
@@ -434,7 +434,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
     let (store, catalog) = open(&db, clock.now(), true).await?;
     tracing::info!(
-        db = %db.db.display(),
+        db = %store.name(),
         pathways = ?catalog.pathway_ids(),
         "worker starting"
     );
@@ -453,8 +453,16 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let wake = Wake::new();
     wake.stop_on_signals()?;
-    wake.listen(&db.db);
-    let lost = worker::watch_database(&db.db, &wake);
+    let lost = match rt.store() {
+        Backend::Sqlite(_) => {
+            wake.listen(&db.db);
+            worker::watch_database(&db.db, &wake)
+        }
+        Backend::Postgres(pg) => {
+            wake.listen_postgres(pg);
+            Arc::default()
+        }
+    };
     let server = match listen {
         Some(addr) => {
             let gateway_secret = match config
@@ -695,7 +703,7 @@ async fn report_event(db: &DbArgs, req: EventRequest) -> anyhow::Result<ExitCode
 async fn forecast(db: &DbArgs, weeks: usize, format: Format) -> anyhow::Result<ExitCode> {
     let clock = clock::parse(&db.clock).map_err(anyhow::Error::msg)?;
     let now = clock.now();
-    let store = sealed(SqliteStore::open_existing(&db.db).await?).await?;
+    let store = sealed(Backend::open_existing(&db.db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rows: Vec<_> = store
         .all_instances()
@@ -749,12 +757,12 @@ fn local_in(t: Timestamp, tz: &TimeZone) -> String {
 }
 
 async fn status(db: &Path, reference: &str, format: Format) -> anyhow::Result<ExitCode> {
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let instances = store.instances_by_ref(reference).await?;
     if instances.is_empty() {
         store.close().await;
-        eprintln!("carepath: no family {reference} in {}", db.display());
+        eprintln!("carepath: no family {reference} in {}", store.name());
         return Ok(ExitCode::from(1));
     }
     let now = Timestamp::now();
@@ -924,7 +932,7 @@ async fn outbox(db: &Path, status: Option<&str>, format: Format) -> anyhow::Resu
         .map(NoticeStatus::from_name)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let mut rows = store
         .outbox(&OutboxFilter {
@@ -993,7 +1001,7 @@ async fn outbox_action(
     action: OutboxAction,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let code = match action {
         OutboxAction::Retry { id } => {
             let requeue = store.requeue(id, Timestamp::now()).await?;
@@ -1101,7 +1109,7 @@ async fn optout(
     undo: bool,
 ) -> anyhow::Result<ExitCode> {
     let (key, channel) = Notifier::opt_out_target(address, channel).map_err(anyhow::Error::msg)?;
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let changed = store
         .set_opt_out(&key, channel, !undo, "cli", Timestamp::now())
         .await?;
@@ -1158,7 +1166,7 @@ async fn migrate_command(
     only: &bulk::Selection,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
     let result =
@@ -1217,7 +1225,7 @@ async fn bulk_command(
     selection: &bulk::Selection,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
     let outcome = bulk::apply(&rt, action, selection, &cli_actor(), dry_run).await?;
@@ -1244,7 +1252,7 @@ async fn bulk_command(
 
 /// Erases a family at its request.
 async fn directory(db: &Path, action: DirectoryAction) -> anyhow::Result<ExitCode> {
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let code = match action {
         DirectoryAction::Load { file } => {
             let catalog = Catalog::from_store(&store).await?;
@@ -1313,7 +1321,7 @@ async fn assign(
     contact: &Contact,
     pathway: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
     let result = rt
@@ -1357,7 +1365,7 @@ async fn assign(
 }
 
 async fn erase(db: &Path, reference: &str, reason: &str) -> anyhow::Result<ExitCode> {
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let catalog = Catalog::from_store(&store).await?;
     let rt = Runtime::new(store, catalog, Arc::new(SystemClock) as Arc<dyn Clock>);
     let erased = rt
@@ -1416,7 +1424,7 @@ async fn audit_log(
             })
         })
         .transpose()?;
-    let store = sealed(SqliteStore::open_existing(db).await?).await?;
+    let store = sealed(Backend::open_existing(db).await?).await?;
     let lines = store
         .audit_log(&AuditFilter {
             reference,
@@ -1521,7 +1529,7 @@ async fn demo(
     let span = end.duration_since(start).as_secs_f64();
     let factor = span / seconds.max(1.0);
     let clock = Arc::new(ScaledClock::new(start, factor));
-    let store = sealed(SqliteStore::open(&db).await?).await?;
+    let store = sealed(Backend::open(&db).await?).await?;
     let (catalog, loaded) =
         Catalog::sync(&store, std::slice::from_ref(&pathways.to_path_buf()), start).await?;
     println!(

@@ -138,7 +138,7 @@ pub enum Command {
     Status {
         /// The family's reference.
         reference: String,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
         /// Output.
@@ -167,7 +167,7 @@ pub enum Command {
         /// Only this status: queued, sent, skipped, expired, dead.
         #[arg(long, global = true)]
         status: Option<String>,
-        /// The database file (before or after `show`/`retry`).
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… (before or after `show`/`retry`).
         #[arg(
             long,
             env = "CAREPATH_DB",
@@ -190,7 +190,7 @@ pub enum Command {
         /// Opt back in.
         #[arg(long)]
         undo: bool,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
@@ -212,7 +212,7 @@ pub enum Command {
         /// Only say what would happen to each family.
         #[arg(long)]
         dry_run: bool,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
@@ -234,7 +234,7 @@ pub enum Command {
         /// Only count and list the families it would act on.
         #[arg(long)]
         dry_run: bool,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
@@ -244,7 +244,7 @@ pub enum Command {
         /// Load a file or list what is loaded.
         #[command(subcommand)]
         action: DirectoryAction,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(
             long,
             env = "CAREPATH_DB",
@@ -275,7 +275,7 @@ pub enum Command {
         /// Only on this pathway.
         #[arg(long)]
         pathway: Option<String>,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
@@ -287,7 +287,7 @@ pub enum Command {
         /// Why, for the record (the request's case number, say).
         #[arg(long)]
         reason: String,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
@@ -302,7 +302,7 @@ pub enum Command {
         /// Text, or JSON lines.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// The database file.
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
@@ -486,7 +486,7 @@ pub enum OutboxAction {
 /// Where the database is, and the pathways to load into it.
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
-    /// The SQLite database file (created if missing).
+    /// The database: a SQLite file (created if missing) or a PostgreSQL URL, postgres://user:password@host/database.
     #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
     pub db: PathBuf,
     /// Pathway folders to check and load; when the folder does not exist, the versions

@@ -21,8 +21,14 @@ use carepath_engine::calendar::CalendarEntry;
 use carepath_engine::pathway::Channel;
 use carepath_engine::step::{ArmedTimer, History, Instance};
 
+pub use backend::{Backend, BackendTx};
+pub use postgres::PgStore;
+pub use rows::content_hash;
 pub use sqlite::SqliteStore;
 
+pub mod backend;
+pub mod postgres;
+mod rows;
 pub mod seal;
 pub mod sqlite;
 

@@ -112,6 +112,29 @@ impl Seal {
         Some(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
+    /// Checks this key against `known`, the check a database keeps of the key that sealed it
+    /// (at `path`). Returns the check to store when the database was not sealed before and is
+    /// from now on. Refuses another key, and no key for a sealed database: either would fail on
+    /// the first family read.
+    pub fn reconcile(
+        &self,
+        known: Option<&str>,
+        path: &str,
+    ) -> Result<Option<String>, super::StoreError> {
+        match (self.check(), known) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(SealError::NoKey { what: "database" }.into()),
+            (Some(check), Some(known)) if check != known => Err(super::StoreError::NotReady {
+                path: path.into(),
+                reason: format!(
+                    "it was sealed with another data key than {KEY_ENV}: give the key it was sealed with"
+                ),
+            }),
+            (Some(_), Some(_)) => Ok(None),
+            (Some(check), None) => Ok(Some(check)),
+        }
+    }
+
     /// `value` sealed as `what`, or as it is without a key. Fails, so that nothing is written,
     /// rather than store a value it could not seal.
     pub fn seal(&self, what: &'static str, value: &Value) -> Result<Value, SealError> {

@@ -11,7 +11,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use sha2::{Digest, Sha256};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -21,15 +20,18 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
 use carepath_engine::PathwaySource;
 use carepath_engine::pathway::Channel;
 use carepath_engine::step::History;
-use serde_json::Value;
 
-use super::seal::{Seal, SealError};
+use super::rows::{
+    DeliveryRow, INSTANCE_COLUMNS, OUTBOX_SELECT, audit_row, channel, contact_row, content_hash,
+    event_row, held, history_row, instance_row, ms, not_held, outbox_row, pathway_row, sealed_body,
+    status_str, timer_row, to_json, ts,
+};
+use super::seal::Seal;
 use super::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DirectoryEntry, DueTimer,
     Erased, EventRecord, InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText,
-    OWN_TEMPLATES, OutboxFilter, OutboxLogEntry, OutboxRow, Outcome, ReceiptOutcome, ReceiptReport,
-    ReceiptState, Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx,
-    Withdrawn,
+    OutboxFilter, OutboxLogEntry, OutboxRow, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue,
+    Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -260,225 +262,10 @@ fn push_in(q: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]) {
     q.push(")");
 }
 
-fn ms(t: Timestamp) -> i64 {
-    t.as_millisecond()
-}
-
-fn ts(ms: i64, what: &str) -> Result<Timestamp> {
-    Timestamp::from_millisecond(ms).map_err(|e| StoreError::Data {
-        what: what.into(),
-        reason: e.to_string(),
-    })
-}
-
-fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Data {
-        what: what.into(),
-        reason: e.to_string(),
-    })
-}
-
-/// An instance as stored: its fields sealed when there is a data key.
-fn sealed_body(seal: &Seal, instance: &carepath_engine::step::Instance) -> Result<String> {
-    let mut body = serde_json::to_value(instance).unwrap_or_default();
-    if let Some(fields) = body.get_mut("fields") {
-        *fields = seal.seal("fields", fields)?;
-    }
-    Ok(body.to_string())
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Serialising our own plain data types cannot fail.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn channel(s: Option<String>) -> Option<Channel> {
-    match s.as_deref() {
-        Some("email") => Some(Channel::Email),
-        Some("sms") => Some(Channel::Sms),
-        _ => None,
-    }
-}
-
-/// The content hash of a pathway's files: their paths and texts, in order.
-pub fn content_hash(source: &PathwaySource) -> String {
-    let mut h = Sha256::new();
-    let mut files: Vec<_> = std::iter::once(&source.pathway)
-        .chain(&source.templates)
-        .map(|f| {
-            // The folder a pathway was loaded from is not part of its content.
-            let name = Path::new(&f.path)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (name, &f.text)
-        })
-        .collect();
-    files.sort();
-    for (name, text) in files {
-        h.update(name.as_bytes());
-        h.update([0]);
-        h.update(text.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-const INSTANCE_COLUMNS: &str = "id, ref, pathway, pathway_version_id, body, roles, parent_id, created_at, updated_at, \
-     (SELECT since FROM holds h WHERE h.instance_id = instances.id) AS held_since";
-
-fn instance_row(r: &SqliteRow, seal: &Seal) -> Result<InstanceRow> {
-    let id: i64 = r.try_get("id")?;
-    let what = format!("instance {id}");
-    let mut body: Value = json(&r.try_get::<String, _>("body")?, &what)?;
-    if let Some(fields) = body.get_mut("fields") {
-        *fields = seal.open("fields", fields.take())?;
-    }
-    Ok(InstanceRow {
-        id,
-        reference: r.try_get("ref")?,
-        pathway: r.try_get("pathway")?,
-        pathway_version_id: r.try_get("pathway_version_id")?,
-        instance: serde_json::from_value(body).map_err(|e| StoreError::Data {
-            what: what.clone(),
-            reason: e.to_string(),
-        })?,
-        roles: json(&r.try_get::<String, _>("roles")?, &what)?,
-        parent_id: r.try_get("parent_id")?,
-        created_at: ts(r.try_get("created_at")?, &what)?,
-        updated_at: ts(r.try_get("updated_at")?, &what)?,
-        held_since: r
-            .try_get::<Option<i64>, _>("held_since")?
-            .map(|t| ts(t, &what))
-            .transpose()?,
-    })
-}
-
-fn timer_row(r: &SqliteRow) -> Result<DueTimer> {
-    Ok(DueTimer {
-        instance_id: r.try_get("instance_id")?,
-        key: r.try_get("key")?,
-        due: ts(r.try_get("due")?, "timer")?,
-    })
-}
-
-fn contact_row(r: &SqliteRow) -> Result<(i64, Contact)> {
-    Ok((
-        r.try_get("id")?,
-        Contact {
-            name: r.try_get("name")?,
-            email: r.try_get("email")?,
-            phone: r.try_get("phone")?,
-            language: r.try_get("language")?,
-            channel: channel(r.try_get("channel")?),
-        },
-    ))
-}
-
-fn event_row(r: &SqliteRow, seal: &Seal) -> Result<EventRecord> {
-    let key: String = r.try_get("idempotency_key")?;
-    let what = format!("event {key}");
-    let outcome: String = r.try_get("outcome")?;
-    Ok(EventRecord {
-        reference: r.try_get("ref")?,
-        pathway: r.try_get("pathway")?,
-        instance_id: r.try_get("instance_id")?,
-        name: r.try_get("name")?,
-        payload: seal.open("payload", json(&r.try_get::<String, _>("payload")?, &what)?)?,
-        received_at: ts(r.try_get("received_at")?, &what)?,
-        outcome: if outcome == "applied" {
-            Outcome::Applied
-        } else {
-            Outcome::Rejected
-        },
-        code: r.try_get("code")?,
-        reason: r.try_get("reason")?,
-        seq: r.try_get::<Option<i64>, _>("seq")?.map(|s| s as u64),
-        fingerprint: r.try_get("fingerprint")?,
-        key,
-    })
-}
-
-fn history_row(r: &SqliteRow) -> Result<History> {
-    let seq: i64 = r.try_get("seq")?;
-    let what = format!("history entry {seq}");
-    Ok(History {
-        seq: seq as u64,
-        at: ts(r.try_get("at")?, &what)?,
-        from: r.try_get("from_state")?,
-        to: r.try_get("to_state")?,
-        cause: json(&r.try_get::<String, _>("cause")?, &what)?,
-        notes: json(&r.try_get::<String, _>("notes")?, &what)?,
-    })
-}
-
-fn outbox_row(r: &SqliteRow, seal: &Seal) -> Result<OutboxRow> {
-    let id: i64 = r.try_get("id")?;
-    let what = format!("outbox row {id}");
-    let status: String = r.try_get("status")?;
-    Ok(OutboxRow {
-        id,
-        key: r.try_get("key")?,
-        instance_id: r.try_get("instance_id")?,
-        pathway_version_id: r.try_get("pathway_version_id")?,
-        reference: r.try_get("ref")?,
-        template: r.try_get("template")?,
-        role: r.try_get("role")?,
-        family: r.try_get::<i64, _>("family")? != 0,
-        channel: channel(r.try_get("channel")?),
-        address: r.try_get("address")?,
-        text: NoticeText {
-            language: r.try_get("language")?,
-            subject: r.try_get("subject")?,
-            body: r.try_get("body")?,
-            html: r.try_get("html")?,
-        },
-        status: NoticeStatus::parse(&status).ok_or_else(|| StoreError::Data {
-            what: what.clone(),
-            reason: format!("unknown status {status:?}"),
-        })?,
-        not_before: ts(r.try_get("not_before")?, &what)?,
-        expires_at: r
-            .try_get::<Option<i64>, _>("expires_at")?
-            .map(|t| ts(t, &what))
-            .transpose()?,
-        attempts: r.try_get::<i64, _>("attempts")? as u32,
-        last_error: r.try_get("last_error")?,
-        created_at: ts(r.try_get("created_at")?, &what)?,
-        recipient: r.try_get("recipient")?,
-        calendar: r
-            .try_get::<Option<String>, _>("calendar")?
-            .map(|c| json(&c, &what))
-            .transpose()?,
-        receipt: r
-            .try_get::<Option<String>, _>("receipt")?
-            .map(|s| {
-                ReceiptState::parse(&s).ok_or_else(|| StoreError::Data {
-                    what: what.clone(),
-                    reason: format!("unknown receipt {s:?}"),
-                })
-            })
-            .transpose()?,
-        receipt_at: r
-            .try_get::<Option<i64>, _>("receipt_at")?
-            .map(|t| ts(t, &what))
-            .transpose()?,
-        data: r
-            .try_get::<Option<String>, _>("data")?
-            .map(|d| Ok::<_, StoreError>(seal.open("data", json(&d, &what)?)?))
-            .transpose()?,
-        recipient_language: r.try_get("recipient_language")?,
-    })
-}
-
 /// Bytes the health probe writes: about what an enrolment or a batch of steps needs, so a disk
 /// with room for the probe has room for real work. Random, since SQLite leaves a page that
 /// would not change unwritten.
 const HEALTH_PAD: i64 = 64 * 1024;
-
-/// An outbox row with its family's reference and its recipient's name, up to `WHERE`.
-const OUTBOX_SELECT: &str = "SELECT o.*, i.ref, c.name AS recipient, c.language AS recipient_language FROM outbox o \
-     JOIN instances i ON i.id = o.instance_id LEFT JOIN contacts c ON c.id = o.contact_id";
 
 /// One line of a notice's provenance.
 async fn log_line(
@@ -496,33 +283,6 @@ async fn log_line(
         .execute(&mut *tx.tx)
         .await?;
     Ok(())
-}
-
-/// carepath's own templates ([`OWN_TEMPLATES`]) as an SQL list: `'a', 'b'`.
-fn own_templates() -> String {
-    OWN_TEMPLATES
-        .iter()
-        .map(|t| format!("'{t}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The condition that an outbox row `o` may go: its instance is not on hold, or it is one of
-/// carepath's own notices to the owner ([`OWN_TEMPLATES`]), which ask someone to act on it.
-fn not_held() -> String {
-    format!(
-        "(o.template IN ({}) OR NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = o.instance_id))",
-        own_templates()
-    )
-}
-
-/// The condition that a hold keeps an outbox row `o` back, read from the holds, which are few,
-/// to their notices: not a look at every queued row.
-fn held() -> String {
-    format!(
-        "(o.instance_id IN (SELECT instance_id FROM holds) AND o.template NOT IN ({}))",
-        own_templates()
-    )
 }
 
 /// `?, ?, ?` for an `IN (…)` list.
@@ -622,26 +382,12 @@ impl SqliteStore {
             sqlx::query_scalar("SELECT key_check FROM installation LIMIT 1")
                 .fetch_one(&self.pool)
                 .await?;
-        match (seal.check(), known) {
-            (None, None) => {}
-            (None, Some(_)) => return Err(SealError::NoKey { what: "database" }.into()),
-            (Some(check), Some(known)) if check != known => {
-                return Err(StoreError::NotReady {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "it was sealed with another data key than {}: give the key it was sealed with",
-                        super::seal::KEY_ENV
-                    ),
-                });
-            }
-            (Some(_), Some(_)) => {}
-            (Some(check), None) => {
-                sqlx::query("UPDATE installation SET key_check = ?")
-                    .bind(check)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| classify(e, &self.path))?;
-            }
+        if let Some(check) = seal.reconcile(known.as_deref(), &self.path)? {
+            sqlx::query("UPDATE installation SET key_check = ?")
+                .bind(check)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| classify(e, &self.path))?;
         }
         self.seal = seal;
         Ok(self)
@@ -709,20 +455,7 @@ impl Storage for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get("id")?;
-                let what = format!("pathway version {id}");
-                Ok(StoredPathway {
-                    id,
-                    pathway: r.try_get("pathway")?,
-                    version: r.try_get::<i64, _>("version")? as u32,
-                    hash: r.try_get("hash")?,
-                    source: json(&r.try_get::<String, _>("source")?, &what)?,
-                    loaded_at: ts(r.try_get("loaded_at")?, &what)?,
-                })
-            })
-            .collect()
+        rows.iter().map(pathway_row).collect()
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
@@ -1084,37 +817,17 @@ impl Storage for SqliteStore {
         }
         let mut tx = self.begin().await?;
         for chunk in shaped(deliveries) {
-            // (id, status, not_before, attempted, detail)
-            let rows: Vec<(i64, &str, Option<i64>, i64, &str)> = chunk
-                .iter()
-                .map(|d| match d {
-                    Delivery::Sent { id, detail } => (*id, "sent", None, 1, detail.as_str()),
-                    Delivery::Retry {
-                        id,
-                        not_before,
-                        error,
-                    } => (*id, "queued", Some(ms(*not_before)), 1, error.as_str()),
-                    Delivery::Dead { id, error } => (*id, "dead", None, 1, error.as_str()),
-                    Delivery::Held { id, until, reason } => {
-                        (*id, "queued", Some(ms(*until)), 0, reason.as_str())
-                    }
-                    Delivery::Skipped { id, reason } => (*id, "skipped", None, 0, reason.as_str()),
-                    Delivery::Expired { id, reason } => (*id, "expired", None, 0, reason.as_str()),
-                })
-                .collect();
+            let rows: Vec<DeliveryRow> = chunk.iter().map(DeliveryRow::of).collect();
             let mut q = QueryBuilder::<Sqlite>::new(
                 "WITH v(id, status, not_before, attempted, detail) AS (",
             );
-            q.push_values(
-                &rows,
-                |mut b, (id, status, not_before, attempted, detail)| {
-                    b.push_bind(id)
-                        .push_bind(*status)
-                        .push_bind(*not_before)
-                        .push_bind(*attempted)
-                        .push_bind(*detail);
-                },
-            );
+            q.push_values(&rows, |mut b, r| {
+                b.push_bind(r.id)
+                    .push_bind(r.status)
+                    .push_bind(r.not_before)
+                    .push_bind(r.attempted)
+                    .push_bind(r.detail);
+            });
             q.push(") UPDATE outbox SET status = v.status, not_before = coalesce(v.not_before, outbox.not_before), \
                     attempts = outbox.attempts + v.attempted, \
                     last_error = CASE WHEN v.status = 'sent' THEN outbox.last_error ELSE v.detail END, \
@@ -1132,30 +845,13 @@ impl Storage for SqliteStore {
             let mut log = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox_log (outbox_id, at, status, detail) ",
             );
-            log.push_values(
-                chunk.iter().zip(&rows),
-                |mut b, (d, (id, status, _, _, detail))| {
-                    let shown = match d {
-                        Delivery::Retry { .. } => "attempt failed",
-                        Delivery::Held { .. } => "held",
-                        _ => status,
-                    };
-                    // What a worker did after its claim ran out and another worker recorded
-                    // the notice is history, not its state.
-                    let (shown, detail) = if applied.contains(id) {
-                        (shown.to_string(), detail.to_string())
-                    } else {
-                        (
-                            "late report".to_string(),
-                            format!("{shown}, by a worker whose claim had run out: {detail}"),
-                        )
-                    };
-                    b.push_bind(id)
-                        .push_bind(ms(now))
-                        .push_bind(shown)
-                        .push_bind(detail);
-                },
-            );
+            log.push_values(&rows, |mut b, r| {
+                let (shown, detail) = r.log_line(&applied);
+                b.push_bind(r.id)
+                    .push_bind(ms(now))
+                    .push_bind(shown)
+                    .push_bind(detail);
+            });
             log.build().execute(&mut *tx.tx).await?;
         }
         tx.commit().await
@@ -1341,17 +1037,7 @@ impl Storage for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    at: ts(r.try_get("at")?, "audit line")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    reference: r.try_get("ref")?,
-                    instance_id: r.try_get("instance_id")?,
-                    detail: r.try_get("detail")?,
-                    outcome: r.try_get("outcome")?,
-                })
-            })
+            .map(audit_row)
             .collect()
     }
 
@@ -1942,12 +1628,5 @@ impl Tx for SqliteTx {
     async fn commit(self) -> Result<()> {
         let path = self.path;
         self.tx.commit().await.map_err(|e| classify(e, &path))
-    }
-}
-
-fn status_str(i: &carepath_engine::Instance) -> &'static str {
-    match i.status {
-        carepath_engine::step::Status::Active => "active",
-        carepath_engine::step::Status::Finished => "finished",
     }
 }
