@@ -11,6 +11,7 @@ mod fixtures;
 mod forecast;
 mod graphs;
 mod migration;
+mod moving;
 mod notices;
 mod pathways;
 mod process;

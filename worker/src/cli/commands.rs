@@ -24,8 +24,8 @@ use crate::runtime::{EnrolRequest, EventRequest, EventResult, Runtime, RuntimeEr
 use crate::simulate::{self, Family, ScriptedEvent};
 use crate::store::seal::Seal;
 use crate::store::{
-    AuditEntry, AuditFilter, Backend, Contact, NoticeStatus, OutboxFilter, Outcome, Requeue,
-    Storage,
+    AuditEntry, AuditFilter, Backend, Contact, NoticeStatus, OutboxFilter, Outcome, PgStore,
+    Requeue, SqliteStore, Storage,
 };
 use crate::worker::{self, Options, Wake};
 use carepath_notifier::NotifierConfig;
@@ -33,7 +33,8 @@ use carepath_notifier::channel::{mask_email, mask_phone};
 use carepath_notifier::file::{Console as FileConsole, FileConfig};
 
 use super::{
-    BulkVerb, Command, DbArgs, DirectoryAction, Format, GrantArgs, OutboxAction, SelectArgs,
+    BulkVerb, Command, DbAction, DbArgs, DirectoryAction, Format, GrantArgs, OutboxAction,
+    SelectArgs,
 };
 
 /// Runs a database command.
@@ -110,6 +111,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db,
         } => erase(&db, &reference, &reason).await,
         Command::Directory { action, db } => directory(&db, action).await,
+        Command::Db {
+            action: DbAction::Copy { from, to },
+        } => copy_database(&from, &to).await,
         Command::Assign {
             reference,
             role,
@@ -1251,6 +1255,49 @@ async fn bulk_command(
 }
 
 /// Erases a family at its request.
+/// `carepath db copy`: a SQLite file into an empty PostgreSQL database.
+async fn copy_database(from: &str, to: &str) -> anyhow::Result<ExitCode> {
+    let file = Path::new(from.strip_prefix("sqlite:").unwrap_or(from));
+    if crate::store::backend::is_postgres(file) {
+        bail!(
+            "--from is the SQLite file to copy (sqlite:PATH): copying from PostgreSQL is the server's own business (pg_dump)"
+        );
+    }
+    if !crate::store::backend::is_postgres(Path::new(to)) {
+        bail!(
+            "--to is the PostgreSQL database to copy into: postgres://user:password@host/database"
+        );
+    }
+    let source = SqliteStore::open_existing(file).await?;
+    let target = PgStore::open(to).await?;
+    let counts = crate::store::copy::copy(&source, &target).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<18} {:>10} {:>10}", "table", "in file", "copied")?;
+    for c in &counts {
+        writeln!(out, "{:<18} {:>10} {:>10}", c.table, c.source, c.target)?;
+    }
+    writeln!(
+        out,
+        "copied {} into {}: every table's rows counted on both sides; start the workers with --db on it",
+        file.display(),
+        target.url()
+    )?;
+    target
+        .append_audit(&AuditEntry {
+            at: Timestamp::now(),
+            actor: cli_actor(),
+            action: "db copy".into(),
+            reference: None,
+            instance_id: None,
+            detail: Some(format!("from {}", file.display())),
+            outcome: "ok".into(),
+        })
+        .await?;
+    source.close().await;
+    target.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn directory(db: &Path, action: DirectoryAction) -> anyhow::Result<ExitCode> {
     let store = sealed(Backend::open_existing(db).await?).await?;
     let code = match action {

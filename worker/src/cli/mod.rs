@@ -238,6 +238,12 @@ pub enum Command {
         #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
         db: PathBuf,
     },
+    /// The database itself: moving from one machine's SQLite file to PostgreSQL.
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        action: DbAction,
+    },
     /// The directory: the organisations' contacts that play a role for every family (the Red
     /// Cross coordinator for Rødovre), taken when a referral leaves a role without a contact.
     Directory {
@@ -453,6 +459,24 @@ pub enum KeyAction {
     /// Print a new random data key: give it to every carepath process as CAREPATH_DATA_KEY,
     /// and keep it as safely as the database's backups (without it they cannot be read).
     New,
+}
+
+/// What to do with the database.
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Copy everything in a SQLite file (pathway versions, families, timers, history, events,
+    /// notices with their provenance, opt-outs, the audit log) into an empty PostgreSQL
+    /// database, in one transaction, and check each table's rows on both sides. Stop the
+    /// workers on the file first; then start them on the new database.
+    Copy {
+        /// The SQLite file: sqlite:PATH, or the path.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: postgres://user:password@host/database. Its schema is made
+        /// if it has none; it must hold no families yet.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// What to do with the directory.

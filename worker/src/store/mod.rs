@@ -27,6 +27,7 @@ pub use rows::content_hash;
 pub use sqlite::SqliteStore;
 
 pub mod backend;
+pub mod copy;
 pub mod postgres;
 mod rows;
 pub mod seal;
