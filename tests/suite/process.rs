@@ -1207,3 +1207,111 @@ fn contact_by(channel: &str, address: &str) -> Contact {
         channel: None,
     }
 }
+
+/// A worker on PostgreSQL whose server goes away (its connections cut, new ones refused) fails
+/// its health check and its writes with 503 while that lasts, and recovers by itself when the
+/// server is back: no restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_on_postgres_rides_out_a_lost_server() {
+    let Some(server) = super::support::postgres_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("carepath.toml");
+    std::fs::write(&config, "").expect("config");
+    let token = stdout(
+        &carepath()
+            .args([
+                "token",
+                "new",
+                "--name",
+                "epj",
+                "--scope",
+                "instances:write",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("token new"),
+    )
+    .trim()
+    .to_string();
+    let name = format!("carepath_lost_{}", std::process::id());
+    let url = carepath_worker::store::postgres::create_database(&server, &name)
+        .await
+        .expect("database");
+    let admin = sqlx::PgPool::connect(&server).await.expect("admin");
+    let mut run = carepath();
+    run.args(["run", "--db", &url, "--pathways"])
+        .arg(root().join("pathways"))
+        .args([
+            "--clock",
+            "fixed:2027-01-11T08:00:00Z",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&config);
+    let (mut worker, log) = start(run);
+    let addr = api_address(&log);
+    let http = reqwest::Client::new();
+    let enrol = |n: usize| {
+        http.post(format!("http://{addr}/v1/instances"))
+            .bearer_auth(&token)
+            .json(
+                &json!({"ref": format!("FAM-{n}"), "pathway": "standard-track",
+                "fields": {"due_date": "2027-08-20"},
+                "contacts": {"gp": {"name": "Lægehuset", "email": "laege@example.dk"}}}),
+            )
+            .send()
+    };
+    let health = || http.get(format!("http://{addr}/healthz")).send();
+    assert_eq!(enrol(1).await.expect("post").status(), 201);
+    assert_eq!(health().await.expect("get").status(), 200);
+
+    // The server refuses the database and cuts every connection to it.
+    for sql in [
+        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .expect("cut");
+    }
+    let down = health().await;
+    let said: Vec<String> = log.try_iter().collect();
+    assert_eq!(
+        down.expect("the server still answers").status(),
+        503,
+        "{}",
+        said.join("\n")
+    );
+    let refused = enrol(2).await.expect("post");
+    assert_eq!(refused.status(), 503, "{:?}", refused.text().await);
+
+    // Back: the same process takes writes again.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
+    )))
+    .execute(&admin)
+    .await
+    .expect("allow");
+    assert_eq!(health().await.expect("get").status(), 200);
+    assert_eq!(enrol(3).await.expect("post").status(), 201);
+    let families: i64 = {
+        let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+        let n = sqlx::query_scalar("SELECT count(*) FROM instances")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        pool.close().await;
+        n
+    };
+    assert_eq!(families, 2, "FAM-1 and FAM-3; FAM-2 was refused whole");
+    admin.close().await;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut worker, Duration::from_secs(30)).expect("stops");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

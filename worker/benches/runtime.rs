@@ -15,19 +15,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use jiff::{Timestamp, ToSpan, ZonedDateTime};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use carepath_worker::catalog::Catalog;
 use carepath_worker::clock::{Clock, SystemClock, VirtualClock};
 use carepath_worker::lateness::Lateness;
-use carepath_worker::runtime::{EnrolRequest, Runtime};
+use carepath_worker::runtime::Runtime;
 use carepath_worker::store::{Outcome, SqliteStore};
 use carepath_worker::worker::{self, Options, Wake};
 
 #[path = "shared/cohort.rs"]
 mod cohort;
-use cohort::{cohort_events, cohort_family, contact};
+use cohort::{cohort_events, cohort_family};
+#[path = "shared/tick.rs"]
+mod tick;
+use tick::{tick_family, write_tick};
 
 /// Timers claimed per transaction: the worker's default, used by carepath and the baseline.
 const BATCH: u32 = 1000;
@@ -60,56 +63,10 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// A two-step pathway: a family waits an hour, then the coordinator is told (a transition, a
-/// rendered notice, a history row and the next timer), then a day later it ends.
-fn write_tick(dir: &Path) -> Result<PathBuf> {
-    let folder = dir.join("tick");
-    std::fs::create_dir_all(folder.join("templates"))?;
-    let pathway = json!({
-        "id": "tick",
-        "version": 1,
-        "title": "Tick",
-        "horizon": "P60D",
-        "roles": {"coordinator": {"sector": "region"}},
-        "initial": "waiting",
-        "states": {
-            "waiting": {"owner": "coordinator", "timers": [{"after": "PT1H", "to": "reminded"}]},
-            "reminded": {
-                "owner": "coordinator",
-                "enter": [{"notify": {"to": "coordinator", "template": "reminded"}}],
-                "timers": [{"after": "P1D", "to": "done"}]
-            },
-            "done": {"terminal": true}
-        }
-    });
-    std::fs::write(
-        folder.join("pathway.json"),
-        serde_json::to_string_pretty(&pathway)?,
-    )?;
-    std::fs::write(
-        folder.join("templates/reminded.da.email.hbs"),
-        "Subject: Familie {{instance.ref}}\n\nKære {{recipient.name}}\n\nFamilien {{instance.ref}} venter på jer.\n",
-    )?;
-    Ok(dir.to_path_buf())
-}
-
 async fn open(db: &Path, pathways: &Path, clock: Arc<dyn Clock>) -> Result<Runtime<SqliteStore>> {
     let store = SqliteStore::open(db).await?;
     let (catalog, _) = Catalog::sync(&store, &[pathways.to_path_buf()], clock.now()).await?;
     Ok(Runtime::new(store, catalog, clock))
-}
-
-fn tick_family(reference: String) -> EnrolRequest {
-    EnrolRequest {
-        reference,
-        pathway: "tick".into(),
-        fields: Map::new(),
-        contacts: [(
-            "coordinator".to_string(),
-            contact("Koordinator", Some("koordinator@example.dk"), None),
-        )]
-        .into(),
-    }
 }
 
 /// Memory of this process, from /proc: (current, peak) resident set in MiB.

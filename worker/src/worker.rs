@@ -244,7 +244,15 @@ pub fn wake_other(db: &Path) {
     }
 }
 
+/// The longest a worker waits before trying again after the database failed.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Runs the loop until told to stop (or, with the options, until idle or a moment passes).
+///
+/// A database that fails for a while (a lost connection, a server restarting, a full disk) does
+/// not stop the worker: it says so, waits (one second, doubling up to 30) and goes on where it
+/// was, since every batch either committed whole or not at all. Only a database that is not
+/// carepath's, or damaged, stops it.
 pub async fn run<S: Storage>(
     rt: &Runtime<S>,
     wake: &Wake,
@@ -252,6 +260,29 @@ pub async fn run<S: Storage>(
     opts: &Options,
 ) -> Result<Summary, RuntimeError> {
     let mut summary = Summary::default();
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match run_until_failure(rt, wake, notifier, opts, &mut summary).await {
+            Err(RuntimeError::Store(e)) if e.is_transient() && !wake.stopping() => {
+                tracing::error!(error = %e, retry_in = ?pause, "the database failed; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = wake.stopped() => {}
+                }
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            done => return done.map(|()| summary),
+        }
+    }
+}
+
+async fn run_until_failure<S: Storage>(
+    rt: &Runtime<S>,
+    wake: &Wake,
+    notifier: Option<&Notifier>,
+    opts: &Options,
+    summary: &mut Summary,
+) -> Result<(), RuntimeError> {
     let mut next_purge = rt.clock().now();
     loop {
         let now = rt.clock().now();
@@ -282,7 +313,7 @@ pub async fn run<S: Storage>(
             }
             if wake.stopping() {
                 summary.stopped_by_signal = true;
-                return Ok(summary);
+                return Ok(());
             }
             if fired.claimed < opts.batch as usize {
                 break;
@@ -305,7 +336,7 @@ pub async fn run<S: Storage>(
             continue;
         }
         if opts.until.is_some_and(|u| now >= u) {
-            return Ok(summary);
+            return Ok(());
         }
         let mut next = if opts.timers {
             rt.store().next_due().await?
@@ -319,7 +350,7 @@ pub async fn run<S: Storage>(
             }
         }
         if opts.until_idle && next.is_none_or(|n| n > now) {
-            return Ok(summary);
+            return Ok(());
         }
         let target = match (next, opts.until) {
             (Some(n), Some(u)) => Some(n.min(u)),
@@ -335,7 +366,7 @@ pub async fn run<S: Storage>(
         }
         if wake.stopping() {
             summary.stopped_by_signal = true;
-            return Ok(summary);
+            return Ok(());
         }
     }
 }

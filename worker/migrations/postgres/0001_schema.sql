@@ -127,15 +127,18 @@ CREATE TABLE outbox_log (
 );
 CREATE INDEX outbox_log_row ON outbox_log (outbox_id);
 
+-- A notice's provenance starts with the line that says how it was made: written as its row
+-- goes in, once per statement for all the rows it inserts (a batch is a thousand notices).
 CREATE FUNCTION outbox_log_created() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO outbox_log (outbox_id, at, status, detail)
-    VALUES (NEW.id, NEW.created_at, NEW.status, NEW.last_error);
+    SELECT id, created_at, status, last_error FROM created ORDER BY id;
     RETURN NULL;
 END;
 $$;
 CREATE TRIGGER outbox_log_created AFTER INSERT ON outbox
-    FOR EACH ROW EXECUTE FUNCTION outbox_log_created();
+    REFERENCING NEW TABLE AS created
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_log_created();
 
 CREATE TABLE opt_outs (
     address     TEXT    COLLATE "C" NOT NULL,

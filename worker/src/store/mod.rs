@@ -33,6 +33,17 @@ mod rows;
 pub mod seal;
 pub mod sqlite;
 
+impl StoreError {
+    /// Whether trying again later may succeed: the database was unreachable, busy or full,
+    /// not damaged or someone else's.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(_) | StoreError::Open { .. } | StoreError::Locked { .. }
+        )
+    }
+}
+
 /// Why storage failed. Each variant is something an operator can act on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
