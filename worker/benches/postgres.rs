@@ -2,15 +2,19 @@
 //!
 //! ```text
 //! CAREPATH_BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432/postgres \
-//!     cargo bench -p carepath-worker --bench postgres -- burst
+//!     cargo bench -p carepath-worker --bench postgres -- burst      # 100,000 due at once
+//! CAREPATH_BENCH_POSTGRES=… cargo bench -p carepath-worker --bench postgres -- lateness
 //! ```
+//!
+//! The lateness: 1,000,000 pending timers, 30 coming due a second for 30 seconds, three
+//! workers on the system clock; how late each firing commits after its due time.
 //!
 //! The burst: 100,000 families whose timers are all due, drained by 1, 2 and 4 workers, each
 //! with its own connections, claiming disjoint batches (`FOR UPDATE SKIP LOCKED`); then, on the
 //! same server and a copy of the same database, graphile-worker 0.18 (npm, in
 //! `worker/benches/graphile`) draining the same workload shape at several concurrencies. The
 //! server is any PostgreSQL the user may create databases on: `bash .ci/postgres start DIR`
-//! starts a throwaway one. `--n N` scales the burst down for a quick look; `--carepath-only`
+//! starts a throwaway one. `--n N` scales the burst or the pending timers down for a quick look; `--carepath-only`
 //! leaves graphile-worker out.
 
 use std::path::Path;
@@ -23,10 +27,12 @@ use jiff::{Timestamp, ToSpan};
 use serde_json::Value;
 
 use carepath_worker::catalog::Catalog;
-use carepath_worker::clock::{Clock, VirtualClock};
+use carepath_worker::clock::{Clock, SystemClock, VirtualClock};
+use carepath_worker::lateness::Lateness;
 use carepath_worker::runtime::Runtime;
 use carepath_worker::store::PgStore;
 use carepath_worker::store::postgres::create_database;
+use carepath_worker::worker::{self, Options, Wake};
 
 #[path = "shared/tick.rs"]
 mod tick;
@@ -42,8 +48,7 @@ fn main() -> Result<()> {
         .position(|a| a == "--n")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.parse::<usize>())
-        .transpose()?
-        .unwrap_or(100_000);
+        .transpose()?;
     let Ok(server) = std::env::var("CAREPATH_BENCH_POSTGRES") else {
         bail!(
             "set CAREPATH_BENCH_POSTGRES to a PostgreSQL server's URL (bash .ci/postgres start DIR prints one)"
@@ -53,7 +58,116 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let graphile = !args.iter().any(|a| a == "--carepath-only");
-    rt.block_on(burst(&server, n, graphile))
+    match args.first().map(String::as_str) {
+        Some("lateness") => rt.block_on(lateness(&server, n.unwrap_or(1_000_000), 3)),
+        Some("burst") | None => rt.block_on(burst(&server, n.unwrap_or(100_000), graphile)),
+        Some(other) => bail!("unknown benchmark {other:?}: burst or lateness"),
+    }
+}
+
+/// Firings a second in the lateness run, and for how long.
+const RATE: i64 = 30;
+const WINDOW_SECS: i64 = 30;
+
+async fn lateness(server: &str, pending: usize, workers: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pathways = write_tick(&dir.path().join("pathways"))?;
+    let url = create_database(server, "carepath_bench_lateness").await?;
+    let rt = runtime(&url, &pathways, Arc::new(SystemClock)).await?;
+    let template = rt.enrol(&tick_family("L-0".into())).await?.instance_id;
+    // The enrolled family cloned in SQL into `pending` families: the first RATE × WINDOW_SECS
+    // come due RATE a second, a few seconds from now; the rest a month later. Each keeps the
+    // template's horizon timer too.
+    let started = Instant::now();
+    let first = Timestamp::now().as_millisecond() + 5_000 + (pending as i64 / 15_000) * 1_000;
+    let soon = RATE * WINDOW_SECS;
+    let later = first + 30 * 86_400_000;
+    let due_of = "CASE WHEN d.i <= $2 THEN $3 + ((d.i - 1) * 1000) / $6 ELSE $4 + d.i END";
+    let pool = rt.store().pool().clone();
+    let mut tx = pool.begin().await?;
+    let clones = pending as i64 - 1;
+    for sql in [
+        format!(
+            "INSERT INTO instances (ref, pathway, pathway_version_id, state, owner, status, seq, body, roles, parent_id, created_at, updated_at) \
+             SELECT 'L-' || d.i, pathway, pathway_version_id, state, owner, status, seq, \
+                    jsonb_set(body::jsonb, '{{timers,0,due}}', to_jsonb(to_char(to_timestamp(({due_of}) / 1000.0) AT TIME ZONE 'UTC', \
+                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')))::text, \
+                    roles, NULL, created_at, updated_at \
+             FROM generate_series(1, $1) AS d(i), instances WHERE instances.id = $5 ORDER BY d.i"
+        ),
+        format!(
+            "INSERT INTO timers (instance_id, key, due, purpose) \
+             SELECT d.id, t.key, CASE WHEN t.key = 'horizon' THEN t.due ELSE {due_of} END, t.purpose \
+             FROM (SELECT id, id - $5 AS i FROM instances WHERE id > $5 AND id <= $5 + $1) AS d, timers t \
+             WHERE t.instance_id = $5"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(clones)
+            .bind(soon)
+            .bind(first)
+            .bind(later)
+            .bind(template)
+            .bind(RATE)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    sqlx::query("ANALYZE").execute(&pool).await?;
+    let setup = started.elapsed();
+    ensure!(
+        Timestamp::now().as_millisecond() < first,
+        "setup took {setup:?}: past the first due time"
+    );
+    rt.store().close().await;
+
+    let until = Timestamp::from_millisecond(first + WINDOW_SECS * 1000 + 500)?;
+    let mut runtimes = Vec::new();
+    for _ in 0..workers {
+        runtimes.push(runtime(&url, &pathways, Arc::new(SystemClock)).await?);
+    }
+    let options = Options {
+        batch: BATCH,
+        until_idle: false,
+        until: Some(until),
+        timers: true,
+    };
+    // The workers' loops side by side on this runtime: each its own connections, wake-up and
+    // sleep until the next due timer.
+    let runs = runtimes
+        .iter()
+        .map(|rt| async { worker::run(rt, &Wake::new(), None, &options).await });
+    let summaries = futures::future::try_join_all(runs).await?;
+    for rt in &runtimes {
+        rt.store().close().await;
+    }
+    let mut all = Lateness::new();
+    let mut each = Vec::new();
+    for summary in &summaries {
+        each.push(summary.fired);
+        all.merge(&summary.lateness);
+    }
+    let fired = count(
+        &url,
+        "SELECT count(*) FROM history WHERE to_state = 'reminded'",
+    )
+    .await?;
+    ensure!(
+        fired == soon && all.count() == fired as u64,
+        "{fired} fired, {} measured, wanted {soon}",
+        all.count()
+    );
+    let q = |q| all.quantile(q).map_or("-".into(), Lateness::show);
+    println!("| pending timers | workers | firings (by each) | p50 | p99 | max | setup |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {pending} | {workers} | {fired} at {RATE}/s ({each:?}) | {} | {} | {} | {:.1} s |",
+        q(0.5),
+        q(0.99),
+        Lateness::show(all.max()),
+        setup.as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn runtime(url: &str, pathways: &Path, clock: Arc<dyn Clock>) -> Result<Runtime<PgStore>> {
