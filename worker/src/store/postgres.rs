@@ -2,9 +2,10 @@
 //!
 //! Work is claimed before it is done, so workers never do it twice:
 //!
-//! - a batch of due timers locks the instances it moves (`FOR UPDATE OF i SKIP LOCKED`): a
-//!   second worker passes over them to the next due instances instead of waiting or
-//!   conflicting, and an event for a family waits for the batch that moves it (`FOR UPDATE`);
+//! - a batch of due timers locks them and the instances it moves
+//!   (`FOR UPDATE OF t, i SKIP LOCKED`): a second worker passes over them to the next due
+//!   instances instead of waiting or conflicting, and an event for a family waits for the
+//!   batch that moves it (`FOR UPDATE`);
 //! - notices are claimed with a lease, as on SQLite, choosing rows no other worker is claiming
 //!   (`FOR UPDATE SKIP LOCKED`).
 //!
