@@ -260,10 +260,17 @@ pub async fn run<S: Storage>(
     opts: &Options,
 ) -> Result<Summary, RuntimeError> {
     let mut summary = Summary::default();
-    let mut pause = Duration::from_secs(1);
+    let first_pause = Duration::from_secs(1);
+    let mut pause = first_pause;
+    let mut last_failure: Option<std::time::Instant> = None;
     loop {
         match run_until_failure(rt, wake, notifier, opts, &mut summary).await {
             Err(RuntimeError::Store(e)) if e.is_transient() && !wake.stopping() => {
+                // A failure long after the last one starts the waits from the beginning.
+                if last_failure.is_some_and(|t| t.elapsed() > 2 * RETRY_MAX) {
+                    pause = first_pause;
+                }
+                last_failure = Some(std::time::Instant::now());
                 tracing::error!(error = %e, retry_in = ?pause, "the database failed; trying again");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
