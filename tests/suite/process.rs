@@ -388,21 +388,7 @@ async fn a_worker_whose_database_is_removed_stops_and_says_why() {
 async fn a_full_disk_fails_writes_and_health_until_there_is_room_again() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = dir.path().join("carepath.toml");
-    let out = carepath()
-        .args([
-            "token",
-            "new",
-            "--name",
-            "epj",
-            "--scope",
-            "instances:write",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("token new");
-    assert!(out.status.success());
-    let token = stdout(&out).trim().to_string();
+    let token = enrolling_token(&config);
     let disk = dir.path().join("disk");
     std::fs::create_dir_all(&disk).expect("mkdir");
     let exe = carepath().get_program().to_owned();
@@ -429,16 +415,7 @@ async fn a_full_disk_fails_writes_and_health_until_there_is_room_again() {
     let (mut worker, log) = start(command);
     let addr = api_address(&log);
     let http = reqwest::Client::new();
-    let enrol = |n: usize| {
-        http.post(format!("http://{addr}/v1/instances"))
-            .bearer_auth(&token)
-            .json(
-                &json!({"ref": format!("FAM-{n}"), "pathway": "standard-track",
-                "fields": {"due_date": "2027-08-20"},
-                "contacts": {"gp": {"name": "Lægehuset", "email": "laege@example.dk"}}}),
-            )
-            .send()
-    };
+    let enrol = |n: usize| enrol_over_api(&http, &addr, &token, n);
     let health = || http.get(format!("http://{addr}/healthz")).send();
     assert_eq!(enrol(1).await.expect("post").status(), 201);
     assert_eq!(health().await.expect("get").status(), 200);
@@ -810,6 +787,43 @@ async fn run_serves_the_http_api_and_stops_it_on_sigterm() {
     assert_eq!(r, 0);
     let status = wait_exit(&mut worker, Duration::from_secs(30)).expect("stops");
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// A new `instances:write` token in `config`, as `carepath token new` prints it.
+fn enrolling_token(config: &Path) -> String {
+    let out = carepath()
+        .args([
+            "token",
+            "new",
+            "--name",
+            "epj",
+            "--scope",
+            "instances:write",
+        ])
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("token new");
+    assert!(out.status.success());
+    stdout(&out).trim().to_string()
+}
+
+/// Enrols FAM-`n` on the standard track through the API at `addr`.
+async fn enrol_over_api(
+    http: &reqwest::Client,
+    addr: &str,
+    token: &str,
+    n: usize,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("http://{addr}/v1/instances"))
+        .bearer_auth(token)
+        .json(
+            &json!({"ref": format!("FAM-{n}"), "pathway": "standard-track",
+            "fields": {"due_date": "2027-08-20"},
+            "contacts": {"gp": {"name": "Lægehuset", "email": "laege@example.dk"}}}),
+        )
+        .send()
+        .await
 }
 
 /// Reads the address from a worker's "HTTP API listening addr=…" line.
@@ -1219,23 +1233,7 @@ async fn a_worker_on_postgres_rides_out_a_lost_server() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = dir.path().join("carepath.toml");
     std::fs::write(&config, "").expect("config");
-    let token = stdout(
-        &carepath()
-            .args([
-                "token",
-                "new",
-                "--name",
-                "epj",
-                "--scope",
-                "instances:write",
-            ])
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("token new"),
-    )
-    .trim()
-    .to_string();
+    let token = enrolling_token(&config);
     let name = format!("carepath_lost_{}", std::process::id());
     let url = carepath_worker::store::postgres::create_database(&server, &name)
         .await
@@ -1255,16 +1253,7 @@ async fn a_worker_on_postgres_rides_out_a_lost_server() {
     let (mut worker, log) = start(run);
     let addr = api_address(&log);
     let http = reqwest::Client::new();
-    let enrol = |n: usize| {
-        http.post(format!("http://{addr}/v1/instances"))
-            .bearer_auth(&token)
-            .json(
-                &json!({"ref": format!("FAM-{n}"), "pathway": "standard-track",
-                "fields": {"due_date": "2027-08-20"},
-                "contacts": {"gp": {"name": "Lægehuset", "email": "laege@example.dk"}}}),
-            )
-            .send()
-    };
+    let enrol = |n: usize| enrol_over_api(&http, &addr, &token, n);
     let health = || http.get(format!("http://{addr}/healthz")).send();
     assert_eq!(enrol(1).await.expect("post").status(), 201);
     assert_eq!(health().await.expect("get").status(), 200);
