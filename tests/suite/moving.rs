@@ -13,7 +13,7 @@ use carepath_worker::runtime::{EnrolRequest, Runtime};
 use carepath_worker::store::{Contact, OutboxFilter, PgStore, SqliteStore, Storage};
 
 use super::fixtures::{chain, write_pathway};
-use super::support::{carepath, postgres_server, stdout};
+use super::support::{carepath, postgres_server, stdout, succeeded};
 
 /// Everything a store holds that an operator or a worker reads, as text to compare.
 async fn everything<S: Storage>(store: &S) -> String {
@@ -179,4 +179,91 @@ async fn a_sqlite_file_copied_into_postgres_goes_on_there_where_it_stopped() {
         "new notices are numbered after the copied ones"
     );
     pg.close().await;
+}
+
+/// A database URL may carry a password: `--help` shows neither `CAREPATH_DB` nor
+/// `DATABASE_URL`, and says where the default comes from.
+#[test]
+fn help_shows_no_database_url() {
+    for command in [
+        &["outbox", "--help"][..],
+        &["run", "--help"],
+        &["status", "--help"],
+    ] {
+        let o = carepath()
+            .args(command)
+            .env(
+                "CAREPATH_DB",
+                "postgres://carepath:s3cret-one@db.example/carepath",
+            )
+            .env(
+                "DATABASE_URL",
+                "postgres://carepath:s3cret-two@db.example/carepath",
+            )
+            .output()
+            .expect("run carepath");
+        let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.status.code(), Some(0), "{command:?}: {all}");
+        assert!(
+            !all.contains("s3cret"),
+            "{command:?} shows a password: {all}"
+        );
+        assert!(all.contains("DATABASE_URL"), "{command:?}: {all}");
+    }
+}
+
+/// Without `--db` or `CAREPATH_DB`, a PostgreSQL `DATABASE_URL` (as hosting platforms set it)
+/// is the database; `CAREPATH_DB` comes before it, and a `DATABASE_URL` that is not PostgreSQL's
+/// leaves the default file.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_url_names_the_postgresql_database_when_nothing_else_does() {
+    let Some(server) = postgres_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let (authority, _) = server.rsplit_once('/').expect("a URL with a database name");
+    let name = format!("carepath_database_url_{}", std::process::id());
+    carepath_worker::store::postgres::create_database(&server, &name)
+        .await
+        .expect("create the database");
+    let url = format!("{authority}/{name}");
+    PgStore::open(&url)
+        .await
+        .expect("carepath's tables")
+        .close()
+        .await;
+
+    let outbox = |vars: &[(&str, &str)]| {
+        let mut cmd = carepath();
+        cmd.current_dir(dir.path())
+            .args(["outbox", "--format", "json"]);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run carepath")
+    };
+    let o = outbox(&[("DATABASE_URL", &url)]);
+    succeeded(&o, "outbox on DATABASE_URL");
+    assert!(
+        !dir.path().join("carepath.db").exists(),
+        "a file was made beside a PostgreSQL DATABASE_URL"
+    );
+
+    // CAREPATH_DB first: this file does not exist, and the command says so.
+    let o = outbox(&[("DATABASE_URL", &url), ("CAREPATH_DB", "elsewhere.db")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("elsewhere.db"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Not a PostgreSQL URL: the default file, which is not there either.
+    let o = outbox(&[("DATABASE_URL", "sqlite:other.db")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("carepath.db") && !said.contains("other.db"),
+        "{said}"
+    );
 }

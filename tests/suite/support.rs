@@ -88,7 +88,10 @@ pub fn carepath() -> Command {
         exe.display()
     );
     let mut cmd = Command::new(exe);
-    cmd.current_dir(root());
+    // The machine's own database settings are not the test's.
+    cmd.current_dir(root())
+        .env_remove("CAREPATH_DB")
+        .env_remove("DATABASE_URL");
     cmd
 }
 

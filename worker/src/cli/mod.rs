@@ -138,8 +138,9 @@ pub enum Command {
     Status {
         /// The family's reference.
         reference: String,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
+        #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
         db: PathBuf,
         /// Output.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -167,11 +168,14 @@ pub enum Command {
         /// Only this status: queued, sent, skipped, expired, dead.
         #[arg(long, global = true)]
         status: Option<String>,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://… (before or after `show`/`retry`).
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… (before or after
+        /// `show`/`retry`) [default: carepath.db, or DATABASE_URL when it is a PostgreSQL URL].
         #[arg(
             long,
             env = "CAREPATH_DB",
-            default_value = "carepath.db",
+            hide_env_values = true,
+            default_value_os_t = default_db(),
+            hide_default_value = true,
             global = true
         )]
         db: PathBuf,
@@ -190,8 +194,9 @@ pub enum Command {
         /// Opt back in.
         #[arg(long)]
         undo: bool,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
+        #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
         db: PathBuf,
     },
     /// Move the running families of a pathway onto another of its versions: checked first,
@@ -212,8 +217,9 @@ pub enum Command {
         /// Only say what would happen to each family.
         #[arg(long)]
         dry_run: bool,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
+        #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
         db: PathBuf,
     },
     /// Hold, resume or cancel every family still on a pathway that matches the selection;
@@ -234,8 +240,9 @@ pub enum Command {
         /// Only count and list the families it would act on.
         #[arg(long)]
         dry_run: bool,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
+        #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
         db: PathBuf,
     },
     /// The database itself: moving from one machine's SQLite file to PostgreSQL.
@@ -250,11 +257,14 @@ pub enum Command {
         /// Load a file or list what is loaded.
         #[command(subcommand)]
         action: DirectoryAction,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
         #[arg(
             long,
             env = "CAREPATH_DB",
-            default_value = "carepath.db",
+            hide_env_values = true,
+            default_value_os_t = default_db(),
+            hide_default_value = true,
             global = true
         )]
         db: PathBuf,
@@ -281,8 +291,9 @@ pub enum Command {
         /// Only on this pathway.
         #[arg(long)]
         pathway: Option<String>,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
+        #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
         db: PathBuf,
     },
     /// Erase a family's personal data at its request, at once: every instance of the
@@ -293,8 +304,9 @@ pub enum Command {
         /// Why, for the record (the request's case number, say).
         #[arg(long)]
         reason: String,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
+        #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
         db: PathBuf,
     },
     /// The audit log: who did what, when, for which family, through the CLI or the API.
@@ -308,8 +320,9 @@ pub enum Command {
         /// Text, or JSON lines.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// The database: a SQLite file or a PostgreSQL URL, postgres://….
-        #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+        /// The database: a SQLite file or a PostgreSQL URL, postgres://… [default: carepath.db, or
+        /// DATABASE_URL when it is a PostgreSQL URL].
+        #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
         db: PathBuf,
     },
     /// Run one family through a pathway on virtual time, on the real runtime and a temporary
@@ -507,11 +520,23 @@ pub enum OutboxAction {
     },
 }
 
+/// The database when neither `--db` nor `CAREPATH_DB` names one: `DATABASE_URL` when it is a
+/// PostgreSQL URL (as platforms that provide a managed database set it), else `carepath.db`.
+/// Neither value is shown in `--help`: a URL may carry a password.
+fn default_db() -> PathBuf {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| crate::store::backend::is_postgres(std::path::Path::new(url)))
+        .map_or_else(|| PathBuf::from("carepath.db"), PathBuf::from)
+}
+
 /// Where the database is, and the pathways to load into it.
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
-    /// The database: a SQLite file (created if missing) or a PostgreSQL URL, postgres://user:password@host/database.
-    #[arg(long, env = "CAREPATH_DB", default_value = "carepath.db")]
+    /// The database: a SQLite file (created if missing) or a PostgreSQL URL,
+    /// postgres://user:password@host/database [default: carepath.db, or DATABASE_URL when it is
+    /// a PostgreSQL URL].
+    #[arg(long, env = "CAREPATH_DB", hide_env_values = true, default_value_os_t = default_db(), hide_default_value = true)]
     pub db: PathBuf,
     /// Pathway folders to check and load; when the folder does not exist, the versions
     /// already stored in the database are used.
