@@ -12,6 +12,10 @@
 //! (committed) before it is sent. The run reports events/s and the latency distribution, and
 //! fails unless every request was answered 200 and every event moved its family exactly once.
 
+/// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -12,6 +12,10 @@
 //! loop (`Notifier::deliver`: read the outbox, send, record every attempt). The sinks count
 //! what they accept, and the run fails unless every message arrived and every row is `sent`.
 
+/// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -17,6 +17,10 @@
 //! starts a throwaway one. `--n N` scales the burst or the pending timers down for a quick look; `--carepath-only`
 //! leaves graphile-worker out.
 
+/// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;

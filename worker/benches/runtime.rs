@@ -9,6 +9,10 @@
 //! `--n N` scales the burst, the pending timers or the cohort down for a quick look. Each run
 //! works in a fresh temporary folder and prints a Markdown table row.
 
+/// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,9 +118,15 @@ async fn burst(n: usize) -> Result<()> {
     let rt = open(&db, &pathways, clock.clone()).await?;
     let now = t0.checked_add(2.hours())?;
     clock.advance_to(now);
+    // For a profiler: attach when this is printed, detach at "fired".
+    eprintln!(
+        "burst: {n} families enrolled, firing (pid {})",
+        std::process::id()
+    );
     let started = Instant::now();
     let steps = rt.fire_due(now, BATCH).await?;
     let carepath = started.elapsed();
+    eprintln!("burst: fired");
     let pool = rt.store().pool();
     let moved = count(
         pool,

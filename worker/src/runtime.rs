@@ -1384,7 +1384,7 @@ impl<'c> Batch<'c> {
         if !effects.alerts.is_empty() {
             self.alerts(id, version, &roles, &reference, &effects, now);
         }
-        for n in &effects.notices {
+        for n in std::mem::take(&mut effects.notices) {
             let notice = render(version, &roles, n, &reference, now);
             self.changes.outbox.push((Target::Id(id), notice));
         }
@@ -1645,7 +1645,7 @@ impl<'c> Batch<'c> {
         for t in &effects.instance.timers {
             self.changes.timers_added.push((target, t.clone()));
         }
-        for n in &effects.notices {
+        for n in std::mem::take(&mut effects.notices) {
             let notice = render(version, &roles, n, reference, now);
             self.changes.outbox.push((target, notice));
         }
@@ -1718,18 +1718,18 @@ fn missing_version(row: &InstanceRow) -> StoreError {
 fn render(
     version: &Version,
     roles: &RoleMap,
-    n: &carepath_engine::step::Notice,
+    n: carepath_engine::step::Notice,
     reference: &str,
     now: Timestamp,
 ) -> NewNotice {
     let (mut notice, contact) = addressed(version, roles, &n.key, &n.template, &n.to, now);
     notice.expires_at = n.expires_at;
-    notice.topic = n.topic.clone();
+    notice.topic = n.topic;
     // A calendar entry travels by email only.
     if notice.channel == Some(Channel::Email) {
-        notice.calendar = n.calendar.clone();
+        notice.calendar = n.calendar;
     }
-    let mut data = n.data.clone();
+    let mut data = n.data;
     if let Some(obj) = data.as_object_mut() {
         obj.insert("instance".into(), json!({"ref": reference}));
     }

@@ -1490,7 +1490,7 @@ impl Tx for PgTx {
                 .map(|(_, n)| {
                     n.data
                         .as_ref()
-                        .map(|d| Ok(self.seal.seal("data", d)?.to_string()))
+                        .map(|d| Ok(self.seal.seal_text("data", d)?))
                         .transpose()
                 })
                 .collect::<Result<Vec<Option<String>>>>()?;
@@ -1549,7 +1549,7 @@ impl Tx for PgTx {
             let e = &changes.events;
             let payloads = e
                 .iter()
-                .map(|(_, e)| Ok(self.seal.seal("payload", &e.payload)?.to_string()))
+                .map(|(_, e)| Ok(self.seal.seal_text("payload", &e.payload)?))
                 .collect::<Result<Vec<String>>>()?;
             sqlx::query(
                 "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, \

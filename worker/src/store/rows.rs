@@ -3,7 +3,7 @@
 //! same in both dialects.
 
 use carepath_engine::pathway::Channel;
-use carepath_engine::step::History;
+use carepath_engine::step::{History, Instance};
 use jiff::Timestamp;
 use serde_json::Value;
 use sqlx::Row;
@@ -104,6 +104,10 @@ pub(super) fn sealed_body(
     seal: &Seal,
     instance: &carepath_engine::step::Instance,
 ) -> Result<String> {
+    if !seal.is_set() {
+        // Straight to text: no tree of values built and dropped for every step.
+        return Ok(to_json(instance));
+    }
     let mut body = serde_json::to_value(instance).unwrap_or_default();
     if let Some(fields) = body.get_mut("fields") {
         *fields = seal.seal("fields", fields)?;
@@ -130,19 +134,28 @@ pub(super) const INSTANCE_COLUMNS: &str = "id, ref, pathway, pathway_version_id,
 pub(super) fn instance_row(r: &impl Columns, seal: &Seal) -> Result<InstanceRow> {
     let id: i64 = r.read("id")?;
     let what = format!("instance {id}");
-    let mut body: Value = json(&r.read::<String>("body")?, &what)?;
-    if let Some(fields) = body.get_mut("fields") {
-        *fields = seal.open("fields", fields.take())?;
+    // Parsed straight into the engine's type; sealed fields arrive as a one-entry map that is
+    // opened afterwards.
+    let mut instance: Instance = json(&r.read::<String>("body")?, &what)?;
+    if instance.fields.len() == 1 {
+        let fields = Value::Object(std::mem::take(&mut instance.fields));
+        instance.fields = match seal.open("fields", fields)? {
+            Value::Object(map) => map,
+            // Never quoted: these are a family's fields.
+            _ => {
+                return Err(StoreError::Data {
+                    what,
+                    reason: "its sealed fields do not open to an object".into(),
+                });
+            }
+        };
     }
     Ok(InstanceRow {
         id,
         reference: r.read("ref")?,
         pathway: r.read("pathway")?,
         pathway_version_id: r.read("pathway_version_id")?,
-        instance: serde_json::from_value(body).map_err(|e| StoreError::Data {
-            what: what.clone(),
-            reason: e.to_string(),
-        })?,
+        instance,
         roles: json(&r.read::<String>("roles")?, &what)?,
         parent_id: r.read("parent_id")?,
         created_at: ts(r.read("created_at")?, &what)?,

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use jiff::Timestamp;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -19,7 +20,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use carepath_engine::PathwaySource;
 use carepath_engine::pathway::Channel;
-use carepath_engine::step::History;
+use carepath_engine::step::{History, Status};
 
 use super::rows::{
     DeliveryRow, INSTANCE_COLUMNS, OUTBOX_SELECT, audit_row, channel, contact_row, content_hash,
@@ -29,9 +30,10 @@ use super::rows::{
 use super::seal::Seal;
 use super::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DirectoryEntry, DueTimer,
-    Erased, EventRecord, InstanceFilter, InstanceRow, KeptResponse, NoticeStatus, NoticeText,
-    OutboxFilter, OutboxLogEntry, OutboxRow, ReceiptOutcome, ReceiptReport, ReceiptState, Requeue,
-    Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx, Withdrawn,
+    Erased, EventRecord, InstanceFilter, InstanceRow, InstanceUpdate, KeptResponse, NoticeStatus,
+    NoticeText, OutboxFilter, OutboxLogEntry, OutboxRow, ReceiptOutcome, ReceiptReport,
+    ReceiptState, Requeue, Result, Stats, Storage, StoreError, Stored, StoredPathway, Target, Tx,
+    Withdrawn,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -101,6 +103,14 @@ impl SqliteStore {
             // Deleted and overwritten content is zeroed, so an erased family's data does not
             // linger in free pages of the file.
             .pragma("secure_delete", "ON")
+            // 32 MiB of pages a connection (SQLite's default is 2 MiB): a batch of 1,000 steps
+            // touches the instances, timers, outbox and history trees and their indexes, which
+            // outgrow the default with a few thousand families and are then read again from
+            // the file for every batch.
+            .pragma("cache_size", "-32768")
+            // A batch reads 1,000 instances: SQLite's thread hands them over without waiting
+            // for each 50 to be taken (the default), one wake-up instead of twenty.
+            .row_buffer_size(1024)
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -305,7 +315,9 @@ async fn select_by_ids<T>(
         for id in run {
             q = q.bind(id);
         }
-        for r in q.fetch_all(&mut *conn).await? {
+        // Each row is decoded as it arrives, while SQLite's thread reads the next.
+        let mut rows = q.fetch(&mut *conn);
+        while let Some(r) = rows.try_next().await? {
             out.push(row(&r)?);
         }
     }
@@ -1412,47 +1424,65 @@ impl Tx for SqliteTx {
             Target::New(i) => instance_ids[i],
         };
 
-        for chunk in shaped(&changes.updates) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at, overdue_since) AS (",
-            );
-            let bodies = chunk
-                .iter()
-                .map(|u| sealed_body(&self.seal, &u.instance))
-                .collect::<Result<Vec<String>>>()?;
-            q.push_values(chunk.iter().zip(bodies), |mut b, (u, body)| {
-                let roles = u.roles.as_ref().map(|r| {
-                    to_json(
-                        &r.iter()
-                            .map(|(k, v)| (k, contact(*v)))
-                            .collect::<BTreeMap<&String, i64>>(),
-                    )
+        // An instance that stays active is written without its status: SQLite then leaves the
+        // index of active families by reference alone, instead of deleting and inserting the
+        // same entry for every step. No step makes a finished instance active again; a row
+        // that is not active fails the update as a conflict rather than be written so.
+        let (staying, finishing): (Vec<&InstanceUpdate>, Vec<&InstanceUpdate>) = changes
+            .updates
+            .iter()
+            .partition(|u| u.instance.status == Status::Active);
+        for (updates, status) in [(staying, false), (finishing, true)] {
+            for chunk in shaped(&updates) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at, overdue_since) AS (",
+                );
+                let bodies = chunk
+                    .iter()
+                    .map(|u| sealed_body(&self.seal, &u.instance))
+                    .collect::<Result<Vec<String>>>()?;
+                q.push_values(chunk.iter().zip(bodies), |mut b, (u, body)| {
+                    let roles = u.roles.as_ref().map(|r| {
+                        to_json(
+                            &r.iter()
+                                .map(|(k, v)| (k, contact(*v)))
+                                .collect::<BTreeMap<&String, i64>>(),
+                        )
+                    });
+                    b.push_bind(u.id)
+                        .push_bind(u.expected_seq as i64)
+                        .push_bind(&u.instance.state)
+                        .push_bind(&u.instance.owner)
+                        .push_bind(status_str(&u.instance))
+                        .push_bind(u.instance.seq as i64)
+                        .push_bind(body)
+                        .push_bind(roles)
+                        .push_bind(u.pathway_version_id)
+                        .push_bind(ms(now))
+                        .push_bind(u.instance.overdue_since().map(ms));
                 });
-                b.push_bind(u.id)
-                    .push_bind(u.expected_seq as i64)
-                    .push_bind(&u.instance.state)
-                    .push_bind(&u.instance.owner)
-                    .push_bind(status_str(&u.instance))
-                    .push_bind(u.instance.seq as i64)
-                    .push_bind(body)
-                    .push_bind(roles)
-                    .push_bind(u.pathway_version_id)
-                    .push_bind(ms(now))
-                    .push_bind(u.instance.overdue_since().map(ms));
-            });
-            // A NULL role map keeps the row's: most steps assign no contacts.
-            q.push(
-                ") UPDATE instances SET state = v.state, owner = v.owner, status = v.status, seq = v.seq, \
-                 body = v.body, roles = COALESCE(v.roles, instances.roles), \
-                 pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at, \
-                 overdue_since = v.overdue_since \
-                 FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
-            );
-            let done = q.build().execute(&mut *conn).await?.rows_affected();
-            if done != chunk.len() as u64 {
-                // Name one instance that moved: find it by its seq.
-                let moved = chunk.first().map(|u| u.id).unwrap_or_default();
-                return Err(StoreError::Conflict(moved));
+                // A NULL role map keeps the row's: most steps assign no contacts.
+                q.push(if status {
+                    ") UPDATE instances SET status = v.status, "
+                } else {
+                    ") UPDATE instances SET "
+                });
+                q.push(
+                    "state = v.state, owner = v.owner, seq = v.seq, \
+                     body = v.body, roles = COALESCE(v.roles, instances.roles), \
+                     pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at, \
+                     overdue_since = v.overdue_since \
+                     FROM v WHERE instances.id = v.id AND instances.seq = v.expected",
+                );
+                if !status {
+                    q.push(" AND instances.status = 'active'");
+                }
+                let done = q.build().execute(&mut *conn).await?.rows_affected();
+                if done != chunk.len() as u64 {
+                    // Name one instance that moved: find it by its seq.
+                    let moved = chunk.first().map(|u| u.id).unwrap_or_default();
+                    return Err(StoreError::Conflict(moved));
+                }
             }
         }
 
@@ -1565,7 +1595,7 @@ impl Tx for SqliteTx {
                 .map(|(_, n)| {
                     n.data
                         .as_ref()
-                        .map(|d| Ok(self.seal.seal("data", d)?.to_string()))
+                        .map(|d| Ok(self.seal.seal_text("data", d)?))
                         .transpose()
                 })
                 .collect::<Result<Vec<Option<String>>>>()?;
@@ -1604,7 +1634,7 @@ impl Tx for SqliteTx {
             );
             let payloads = chunk
                 .iter()
-                .map(|(_, e)| Ok(self.seal.seal("payload", &e.payload)?.to_string()))
+                .map(|(_, e)| Ok(self.seal.seal_text("payload", &e.payload)?))
                 .collect::<Result<Vec<String>>>()?;
             q.push_values(chunk.iter().zip(payloads), |mut b, ((t, e), payload)| {
                 b.push_bind(&e.key)
