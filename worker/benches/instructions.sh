@@ -23,9 +23,9 @@ valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/cg" \
 vg=$!
 # The bench says "firing" before the burst and "fired" after it.
 until grep -q "firing" "$out/stderr"; do sleep 0.2; kill -0 "$vg"; done
-callgrind_control -i on "$vg" >/dev/null
+callgrind_control -i on "$vg" >/dev/null 2>&1
 until grep -q "fired" "$out/stderr"; do sleep 0.05; kill -0 "$vg"; done
-callgrind_control -i off "$vg" >/dev/null
+callgrind_control -i off "$vg" >/dev/null 2>&1
 wait "$vg"
 total=$(callgrind_annotate "$out/cg" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "burst of $n: $((total / n)) instructions per transition ($total in all)"
