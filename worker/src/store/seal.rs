@@ -21,6 +21,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
+use super::rows::to_json;
+
 /// The environment variable holding the data key.
 pub const KEY_ENV: &str = "CAREPATH_DATA_KEY";
 
@@ -144,7 +146,7 @@ impl Seal {
         // Without entropy no nonce is safe to use: a reused one would reveal both values.
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|_| SealError::Entropy)?;
-        let plain = serde_json::to_string(value).unwrap_or_default();
+        let plain = to_json(value);
         let sealed =
             k.1.encrypt(
                 &XNonce::from(nonce),
@@ -171,9 +173,9 @@ impl Seal {
         if self.key.is_none() {
             // Straight into a byte buffer: `Value`'s `Display` goes through the formatting
             // machinery a piece at a time.
-            return Ok(serde_json::to_string(value).unwrap_or_default());
+            return Ok(to_json(value));
         }
-        Ok(self.seal(what, value)?.to_string())
+        Ok(to_json(&self.seal(what, value)?))
     }
 
     /// `value` opened, when it is sealed; as it is otherwise.

@@ -64,7 +64,7 @@ fn shaped<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 /// every placeholder and separator through the formatting machinery, which was a twentieth of
 /// a burst's instructions for text that is the same for every batch of a shape.
 fn multi_row(head: &str, columns: usize, rows: usize, tail: &str) -> String {
-    let group = format!("({})", vec!["?"; columns].join(","));
+    let group = format!("({})", placeholders(columns));
     let mut sql = String::with_capacity(head.len() + 7 + rows * (group.len() + 1) + tail.len());
     sql.push_str(head);
     sql.push_str("VALUES ");
