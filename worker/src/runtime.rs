@@ -30,9 +30,9 @@ use crate::catalog::{Catalog, Version};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{
-    Changes, Contact, ContactRef, DirectoryEntry, Erased, EventRecord, InstanceRow, InstanceUpdate,
-    NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome, Readdress, Storage,
-    StoreError, Target, Tx, Withdraw, Withdrawn,
+    Changes, Contact, ContactRef, DirectoryEntry, DueTimer, Erased, EventRecord, InstanceRow,
+    InstanceUpdate, NewInstance, NewNotice, NoticeStatus, NoticeText, OutboxFilter, Outcome,
+    Readdress, Storage, StoreError, Target, Tx, Withdraw, Withdrawn,
 };
 
 /// How many times a batch is retried when another writer moved one of its instances.
@@ -207,6 +207,16 @@ pub struct Fired {
     /// Notices these steps made that are dead letters from the start (nobody plays the role,
     /// the template failed): counted and logged, since no delivery will ever see them fail.
     pub dead: usize,
+}
+
+/// A batch of due timers read and stepped on a snapshot, waiting to be written.
+struct Prepared {
+    changes: Changes,
+    fired: Fired,
+    /// The families it touches, by reference: the next batch passes over them.
+    families: BTreeSet<String>,
+    /// The last timer read, when the read was full and more may follow it.
+    last: Option<DueTimer>,
 }
 
 /// The runtime over one store.
@@ -559,13 +569,157 @@ impl<S: Storage> Runtime<S> {
     /// Returns how many steps the timers made.
     pub async fn fire_due(&self, now: Timestamp, batch_size: u32) -> Result<usize, RuntimeError> {
         let mut total = 0;
+        self.fire_all(now, batch_size, |fired| {
+            total += fired.steps;
+            true
+        })
+        .await?;
+        Ok(total)
+    }
+
+    /// Fires every timer due at `now`, in batches of `batch_size`, each in one transaction,
+    /// and tells `each` of every batch as it is committed; stops early when `each` says no.
+    ///
+    /// A burst (the first batch is full) is pipelined where the store offers a
+    /// [`Storage::snapshot`]: the next batch is read and stepped on a snapshot while the one
+    /// before it is written, so computing and writing use a core each. A family the batch in
+    /// flight touches is passed over, and a prepared batch that a hold, an erasure or another
+    /// writer overtook is refused whole by its write ([`Changes::from_snapshot`]); what was
+    /// passed over or refused is fired by the ordinary batches that end every call.
+    pub async fn fire_all(
+        &self,
+        now: Timestamp,
+        batch_size: u32,
+        mut each: impl FnMut(&Fired) -> bool,
+    ) -> Result<(), RuntimeError> {
+        let full = batch_size as usize;
+        let first = self.fire_batch(now, batch_size).await?;
+        if !each(&first) || first.claimed < full {
+            return Ok(());
+        }
+        let mut next = self
+            .prepare(now, batch_size, None, &BTreeSet::new())
+            .await?;
+        while let Some(p) = next.take() {
+            let Prepared {
+                changes,
+                fired,
+                families,
+                last,
+            } = p;
+            let write = self.write_prepared(changes, fired);
+            let (written, following) = match last {
+                Some(after) => {
+                    tokio::join!(
+                        write,
+                        self.prepare(now, batch_size, Some(&after), &families)
+                    )
+                }
+                None => (write.await, Ok(None)),
+            };
+            match written {
+                Ok(fired) => {
+                    if fired.claimed > 0 && !each(&fired) {
+                        return Ok(());
+                    }
+                }
+                // Left for the ordinary batches below, which read afresh.
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            next = following?;
+        }
         loop {
             let fired = self.fire_batch(now, batch_size).await?;
-            total += fired.steps;
-            if fired.claimed < batch_size as usize {
-                return Ok(total);
+            if fired.claimed == 0 {
+                return Ok(());
+            }
+            if !each(&fired) || fired.claimed < full {
+                return Ok(());
             }
         }
+    }
+
+    /// Reads and steps, on a snapshot, up to `limit` timers due at `now` after `after`,
+    /// passing over those of `busy` families. `None` when the store has no snapshot or no
+    /// timer is due after `after`.
+    async fn prepare(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        after: Option<&DueTimer>,
+        busy: &BTreeSet<String>,
+    ) -> Result<Option<Prepared>, StoreError> {
+        let Some(mut tx) = self.store.snapshot().await? else {
+            return Ok(None);
+        };
+        let due = tx.due_timers(now, after, limit).await?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let last = (due.len() == limit as usize).then(|| due[due.len() - 1].clone());
+        let mut batch = Batch::new(&self.catalog, now);
+        batch.changes.from_snapshot = true;
+        let ids: BTreeSet<i64> = due.iter().map(|t| t.instance_id).collect();
+        batch
+            .load(&mut tx, &ids.iter().copied().collect::<Vec<_>>())
+            .await?;
+        // What the snapshot says of a family the batch in flight is writing is about to
+        // change: such a family waits for the ordinary batches.
+        batch
+            .working
+            .retain(|_, w| !busy.contains(&w.row.reference));
+        let ready: Vec<i64> = ids
+            .into_iter()
+            .filter(|id| batch.working.contains_key(id))
+            .collect();
+        for (n, id) in ready.iter().enumerate() {
+            batch.catch_up(&mut tx, *id, now).await?;
+            // Stepping does not wait on the database: let the write beside it go on to its
+            // next statement now and then, so that the database is not left idle.
+            if n % 8 == 7 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut families: BTreeSet<String> = batch
+            .working
+            .values()
+            .map(|w| w.row.reference.clone())
+            .collect();
+        families.extend(batch.created.iter().map(|(reference, _)| reference.clone()));
+        tx.commit().await?;
+        let due: Vec<Timestamp> = due
+            .iter()
+            .filter(|t| ready.binary_search(&t.instance_id).is_ok())
+            .map(|t| t.due)
+            .collect();
+        let fired = Fired {
+            claimed: due.len(),
+            steps: batch.steps,
+            due,
+            dead: 0,
+        };
+        Ok(Some(Prepared {
+            changes: batch.finish(),
+            fired,
+            families,
+            last,
+        }))
+    }
+
+    /// Writes a batch prepared on a snapshot, in a write transaction of its own.
+    async fn write_prepared(
+        &self,
+        changes: Changes,
+        mut fired: Fired,
+    ) -> Result<Fired, StoreError> {
+        if fired.claimed == 0 {
+            return Ok(fired);
+        }
+        let tx = self.store.begin().await?;
+        fired.dead = self.commit(tx, changes).await?.1;
+        Ok(fired)
     }
 
     /// Claims at most `batch_size` due timers and, in one transaction, brings their instances
@@ -603,7 +757,7 @@ impl<S: Storage> Runtime<S> {
 
     async fn try_fire_batch(&self, now: Timestamp, limit: u32) -> Result<Fired, RuntimeError> {
         let mut tx = self.store.begin().await?;
-        let due = tx.due_timers(now, limit).await?;
+        let due = tx.due_timers(now, None, limit).await?;
         if due.is_empty() {
             return Ok(Fired::default());
         }
@@ -907,7 +1061,8 @@ impl<'c> Batch<'c> {
         {
             // Cancelled by an earlier step in this batch (the diff at the end removes it), or
             // a row the instance does not know: remove that one here.
-            if !w.row.instance.timers.iter().any(|t| t.key == key) {
+            // Not from a snapshot: the row may have been armed again since.
+            if !w.row.instance.timers.iter().any(|t| t.key == key) && !self.changes.from_snapshot {
                 self.changes.timers_removed.push((id, key.to_string()));
             }
             return Ok(());

@@ -299,31 +299,28 @@ async fn run_until_failure<S: Storage>(
             rt.purge(horizon, PURGE_BATCH).await?;
             next_purge = now + PURGE_EVERY;
         }
-        loop {
-            if !opts.timers {
-                break;
-            }
-            let fired = rt.fire_batch(horizon, opts.batch).await?;
-            let committed = rt.clock().now();
-            for due in &fired.due {
-                summary.lateness.record(*due, committed);
-                rt.metrics().lateness(*due, committed);
-            }
-            summary.fired += fired.steps;
-            summary.dead += fired.dead;
-            if fired.claimed > 0 {
-                tracing::debug!(
-                    claimed = fired.claimed,
-                    steps = fired.steps,
-                    "batch committed"
-                );
-            }
+        if opts.timers {
+            rt.fire_all(horizon, opts.batch, |fired| {
+                let committed = rt.clock().now();
+                for due in &fired.due {
+                    summary.lateness.record(*due, committed);
+                    rt.metrics().lateness(*due, committed);
+                }
+                summary.fired += fired.steps;
+                summary.dead += fired.dead;
+                if fired.claimed > 0 {
+                    tracing::debug!(
+                        claimed = fired.claimed,
+                        steps = fired.steps,
+                        "batch committed"
+                    );
+                }
+                !wake.stopping()
+            })
+            .await?;
             if wake.stopping() {
                 summary.stopped_by_signal = true;
                 return Ok(());
-            }
-            if fired.claimed < opts.batch as usize {
-                break;
             }
         }
         let mut more = false;

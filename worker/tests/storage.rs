@@ -366,7 +366,7 @@ async fn due_timers_come_in_due_order_up_to_now<S: Storage>(store: &S) {
     .await;
     assert_eq!(store.next_due().await.expect("next"), Some(minutes(5)));
     let mut tx = store.begin().await.expect("begin");
-    let due = tx.due_timers(minutes(20), 10).await.expect("due");
+    let due = tx.due_timers(minutes(20), None, 10).await.expect("due");
     let got: Vec<(i64, &str)> = due
         .iter()
         .map(|t| (t.instance_id, t.key.as_str()))
@@ -376,9 +376,37 @@ async fn due_timers_come_in_due_order_up_to_now<S: Storage>(store: &S) {
         [(b, "x"), (a, "a"), (a, "b")],
         "due, then instance, then key"
     );
-    let limited = tx.due_timers(minutes(20), 2).await.expect("due");
+    let limited = tx.due_timers(minutes(20), None, 2).await.expect("due");
     assert_eq!(limited.len(), 2);
-    assert!(tx.due_timers(minutes(4), 10).await.expect("due").is_empty());
+    // After a timer, in the same order: the same key on an earlier instance or due time
+    // does not count as after it.
+    let rest = tx
+        .due_timers(minutes(20), Some(&limited[1]), 10)
+        .await
+        .expect("due after");
+    assert_eq!(
+        rest.iter()
+            .map(|t| (t.instance_id, t.key.as_str()))
+            .collect::<Vec<_>>(),
+        [(a, "b")]
+    );
+    let first = tx
+        .due_timers(minutes(20), Some(&limited[0]), 1)
+        .await
+        .expect("due after");
+    assert_eq!(first, limited[1..]);
+    assert!(
+        tx.due_timers(minutes(20), Some(&rest[0]), 10)
+            .await
+            .expect("due after the last")
+            .is_empty()
+    );
+    assert!(
+        tx.due_timers(minutes(4), None, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
     // Removing a timer by key leaves the instance's others.
     tx.write(Changes {
         now: minutes(20),
@@ -446,6 +474,97 @@ async fn a_stale_update_conflicts_and_writes_nothing<S: Storage>(store: &S) {
     assert_eq!((row.instance.state.as_str(), row.instance.seq), ("next", 2));
     assert_eq!(row.updated_at, minutes(1));
     assert!(store.timers(id).await.expect("timers").is_empty());
+}
+
+/// A batch prepared on a snapshot is refused when an instance it moves was put on hold or
+/// erased since the snapshot (neither moves the seq), for a step that keeps the instance
+/// active and for one that finishes it; written in the write transaction, the same batch
+/// goes in.
+async fn a_batch_from_a_snapshot_is_refused_for_a_family_held_or_erased_since<S: Storage>(
+    store: &S,
+) {
+    let step = |id, status, from_snapshot| {
+        let mut next = instance("next", 2, vec![]);
+        next.status = status;
+        Changes {
+            now: minutes(1),
+            updates: vec![InstanceUpdate {
+                id,
+                expected_seq: 1,
+                instance: next,
+                roles: None,
+                pathway_version_id: None,
+            }],
+            timers_removed: vec![(id, "t".into())],
+            history: vec![(Target::Id(id), history(2, Some("waiting"), "next"))],
+            from_snapshot,
+            ..Changes::default()
+        }
+    };
+    let try_write = |changes: Changes| async move {
+        let mut tx = store.begin().await.expect("begin");
+        tx.write(changes).await?;
+        tx.commit().await
+    };
+    for (n, status) in [Status::Active, Status::Finished].into_iter().enumerate() {
+        let held = enrol(
+            store,
+            &format!("FAM-HELD-{n}"),
+            vec![timer("t", minutes(0))],
+        )
+        .await;
+        assert!(
+            store
+                .set_held(held, Some("kommune"), t0())
+                .await
+                .expect("hold")
+        );
+        let refused = try_write(step(held, status, true)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(i)) if i == held),
+            "{status:?}: {refused:?}"
+        );
+        assert_eq!(store.history(held).await.expect("history").len(), 1);
+        assert_eq!(store.timers(held).await.expect("timers").len(), 1);
+        try_write(step(held, status, false))
+            .await
+            .expect("in the write transaction");
+        assert_eq!(store.history(held).await.expect("history").len(), 2);
+
+        let erased = enrol(
+            store,
+            &format!("FAM-ERASED-{n}"),
+            vec![timer("t", minutes(0))],
+        )
+        .await;
+        store.erase(&[erased], "test", t0()).await.expect("erase");
+        let refused = try_write(step(erased, status, true)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(i)) if i == erased),
+            "{status:?}: {refused:?}"
+        );
+        let row = store.instance(erased).await.expect("read").expect("kept");
+        assert_eq!(
+            (row.instance.state.as_str(), row.instance.status),
+            ("waiting", Status::Finished),
+            "still as the erasure left it"
+        );
+
+        let free = enrol(
+            store,
+            &format!("FAM-FREE-{n}"),
+            vec![timer("t", minutes(0))],
+        )
+        .await;
+        try_write(step(free, status, true))
+            .await
+            .expect("nothing moved it");
+        let row = store.instance(free).await.expect("read").expect("kept");
+        assert_eq!(
+            (row.instance.state.as_str(), row.instance.status),
+            ("next", status)
+        );
+    }
 }
 
 async fn keys_are_written_once<S: Storage>(store: &S) {
@@ -816,7 +935,7 @@ async fn a_held_instance_waits_and_is_listed_by_filter<S: Storage>(store: &S) {
     assert_eq!(row.held_since, Some(t0()));
     // Its timers and notices wait; the other family's do not.
     let mut tx = store.begin().await.expect("begin");
-    let due = tx.due_timers(minutes(5), 10).await.expect("due");
+    let due = tx.due_timers(minutes(5), None, 10).await.expect("due");
     drop(tx);
     assert_eq!(
         due.iter().map(|t| t.instance_id).collect::<Vec<_>>(),
@@ -1632,6 +1751,7 @@ macro_rules! backend {
             property!(an_uncommitted_transaction_leaves_nothing);
             property!(due_timers_come_in_due_order_up_to_now);
             property!(a_stale_update_conflicts_and_writes_nothing);
+            property!(a_batch_from_a_snapshot_is_refused_for_a_family_held_or_erased_since);
             property!(keys_are_written_once);
             property!(a_finished_instance_frees_the_reference);
             property!(deliveries_are_recorded_with_their_provenance);

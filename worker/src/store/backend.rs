@@ -102,6 +102,13 @@ impl Storage for Backend {
         })
     }
 
+    async fn snapshot(&self) -> Result<Option<BackendTx>> {
+        Ok(match self {
+            Backend::Sqlite(s) => s.snapshot().await?.map(BackendTx::Sqlite),
+            Backend::Postgres(s) => s.snapshot().await?.map(BackendTx::Postgres),
+        })
+    }
+
     delegate! {
         fn put_pathway(&self, source: &PathwaySource, pathway: &str, version: u32, now: Timestamp) -> Result<Stored>;
         fn pathways(&self) -> Result<Vec<StoredPathway>>;
@@ -167,7 +174,7 @@ macro_rules! delegate_tx {
 
 impl Tx for BackendTx {
     delegate_tx! {
-        fn due_timers(&mut self, now: Timestamp, limit: u32) -> Result<Vec<DueTimer>>;
+        fn due_timers(&mut self, now: Timestamp, after: Option<&DueTimer>, limit: u32) -> Result<Vec<DueTimer>>;
         fn instances(&mut self, ids: &[i64]) -> Result<Vec<InstanceRow>>;
         fn directory(&mut self) -> Result<Vec<(i64, DirectoryEntry)>>;
         fn active_instances(&mut self, reference: &str) -> Result<Vec<InstanceRow>>;

@@ -768,6 +768,10 @@ pub struct Changes {
     pub holds: Vec<(i64, String)>,
     /// Dead letters addressed and queued again, now that somebody plays their role.
     pub readdressed: Vec<Readdress>,
+    /// The changes were computed from a [`Storage::snapshot`], not in the write transaction:
+    /// besides an instance whose seq moved, the write refuses as a [`StoreError::Conflict`] one
+    /// put on hold or erased since the snapshot, neither of which moves the seq.
+    pub from_snapshot: bool,
 }
 
 /// Queued notices of one instance to skip.
@@ -891,6 +895,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Begins a write transaction. On SQLite it takes the write lock at once, so what it reads
     /// cannot change under it.
     fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+
+    /// Begins a transaction that only reads, on a snapshot of the database, or `None` where
+    /// the backend has none to offer. The runtime prepares the next batch of a burst of due
+    /// timers in one while the batch before it is written, so that computing and writing run
+    /// side by side; what it prepared is written with [`Changes::from_snapshot`] set.
+    /// PostgreSQL offers none: its workers claim the rows they read, in the write transaction.
+    fn snapshot(&self) -> impl Future<Output = Result<Option<Self::Tx>>> + Send;
 
     /// Stores a pathway version, or confirms it is stored with the same content.
     fn put_pathway(
@@ -1120,11 +1131,13 @@ pub trait Storage: Send + Sync + 'static {
 
 /// A write transaction. Dropped without [`Tx::commit`], it rolls back.
 pub trait Tx: Send {
-    /// Up to `limit` timers due at or before `now`, earliest first; an instance on hold's
-    /// timers wait.
+    /// Up to `limit` timers due at or before `now`, earliest first (by due time, instance and
+    /// key), and after `after` in that order when it is given; an instance on hold's timers
+    /// wait.
     fn due_timers(
         &mut self,
         now: Timestamp,
+        after: Option<&DueTimer>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<DueTimer>>> + Send;
 

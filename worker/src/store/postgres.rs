@@ -341,6 +341,10 @@ impl Storage for PgStore {
         })
     }
 
+    async fn snapshot(&self) -> Result<Option<PgTx>> {
+        Ok(None)
+    }
+
     async fn put_pathway(
         &self,
         source: &PathwaySource,
@@ -1224,23 +1228,41 @@ pub struct PgTx {
 }
 
 impl Tx for PgTx {
-    async fn due_timers(&mut self, now: Timestamp, limit: u32) -> Result<Vec<DueTimer>> {
+    async fn due_timers(
+        &mut self,
+        now: Timestamp,
+        after: Option<&DueTimer>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
         // The timers are locked with their instances; those another worker has locked are
         // skipped, so several workers take disjoint batches. Locking the timer rows too means
         // a timer another worker fired (deleted) since this statement's snapshot is not
         // handed out again.
-        sqlx::query(
-            "SELECT t.instance_id, t.key, t.due FROM timers t JOIN instances i ON i.id = t.instance_id \
-             WHERE t.due <= $1 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
-             ORDER BY t.due, t.instance_id, t.key LIMIT $2 FOR UPDATE OF t, i SKIP LOCKED",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *self.tx)
-        .await?
-        .iter()
-        .map(timer_row)
-        .collect()
+        let q = match after {
+            None => sqlx::query(
+                "SELECT t.instance_id, t.key, t.due FROM timers t JOIN instances i ON i.id = t.instance_id \
+                 WHERE t.due <= $1 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
+                 ORDER BY t.due, t.instance_id, t.key LIMIT $2 FOR UPDATE OF t, i SKIP LOCKED",
+            )
+            .bind(ms(now))
+            .bind(i64::from(limit)),
+            Some(a) => sqlx::query(
+                "SELECT t.instance_id, t.key, t.due FROM timers t JOIN instances i ON i.id = t.instance_id \
+                 WHERE t.due <= $1 AND (t.due, t.instance_id, t.key) > ($3, $4, $5) \
+                 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
+                 ORDER BY t.due, t.instance_id, t.key LIMIT $2 FOR UPDATE OF t, i SKIP LOCKED",
+            )
+            .bind(ms(now))
+            .bind(i64::from(limit))
+            .bind(ms(a.due))
+            .bind(a.instance_id)
+            .bind(&a.key),
+        };
+        q.fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(timer_row)
+            .collect()
     }
 
     async fn instances(&mut self, ids: &[i64]) -> Result<Vec<InstanceRow>> {
@@ -1349,7 +1371,7 @@ impl Tx for PgTx {
                 })
                 .collect();
             // A NULL role map keeps the row's: most steps assign no contacts.
-            let done = sqlx::query(
+            let sql = format!(
                 "UPDATE instances SET state = v.state, owner = v.owner, status = v.status, seq = v.seq, \
                    body = v.body, roles = COALESCE(v.roles, instances.roles), \
                    pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = $11, \
@@ -1357,26 +1379,44 @@ impl Tx for PgTx {
                  FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
                              $7::text[], $8::text[], $9::bigint[], $10::bigint[]) \
                    AS v(id, expected, state, owner, status, seq, body, roles, version, overdue_since) \
-                 WHERE instances.id = v.id AND instances.seq = v.expected",
-            )
-            .bind(u.iter().map(|u| u.id).collect::<Vec<_>>())
-            .bind(u.iter().map(|u| u.expected_seq as i64).collect::<Vec<_>>())
-            .bind(u.iter().map(|u| u.instance.state.as_str()).collect::<Vec<_>>())
-            .bind(u.iter().map(|u| u.instance.owner.as_deref()).collect::<Vec<_>>())
-            .bind(u.iter().map(|u| status_str(&u.instance)).collect::<Vec<_>>())
-            .bind(u.iter().map(|u| u.instance.seq as i64).collect::<Vec<_>>())
-            .bind(&bodies)
-            .bind(&roles)
-            .bind(u.iter().map(|u| u.pathway_version_id).collect::<Vec<_>>())
-            .bind(
-                u.iter()
-                    .map(|u| u.instance.overdue_since().map(ms))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(ms(now))
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+                 WHERE instances.id = v.id AND instances.seq = v.expected{}",
+                if changes.from_snapshot {
+                    " AND instances.erased_at IS NULL AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = v.id)"
+                } else {
+                    ""
+                }
+            );
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(u.iter().map(|u| u.id).collect::<Vec<_>>())
+                .bind(u.iter().map(|u| u.expected_seq as i64).collect::<Vec<_>>())
+                .bind(
+                    u.iter()
+                        .map(|u| u.instance.state.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    u.iter()
+                        .map(|u| u.instance.owner.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    u.iter()
+                        .map(|u| status_str(&u.instance))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(u.iter().map(|u| u.instance.seq as i64).collect::<Vec<_>>())
+                .bind(&bodies)
+                .bind(&roles)
+                .bind(u.iter().map(|u| u.pathway_version_id).collect::<Vec<_>>())
+                .bind(
+                    u.iter()
+                        .map(|u| u.instance.overdue_since().map(ms))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(ms(now))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
             if done != u.len() as u64 {
                 let moved = u.first().map(|u| u.id).unwrap_or_default();
                 return Err(StoreError::Conflict(moved));

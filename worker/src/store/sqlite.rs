@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use jiff::Timestamp;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
 
@@ -57,6 +57,39 @@ fn shaped<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
         items = rest;
         Some(run)
     })
+}
+
+/// A multi-row statement, and for an update the rows it must change and an instance to name
+/// when it changes fewer (one moved meanwhile).
+type Statement = (
+    sqlx::query::Query<'static, Sqlite, SqliteArguments>,
+    Option<(u64, i64)>,
+);
+
+/// A [`Statement`] still to be built.
+type Build<'a> = Box<dyn FnOnce() -> Result<Statement> + Send + 'a>;
+
+/// Runs `builds` in order on `conn`, building each statement while the one before it runs on
+/// the connection's own thread: binding a thousand rows' values is a good part of a batch's
+/// time, and the database would otherwise wait for it.
+async fn run_built(conn: &mut SqliteConnection, builds: Vec<Build<'_>>) -> Result<()> {
+    let mut builds = builds.into_iter();
+    let mut current = builds.next().map(|b| b()).transpose()?;
+    while let Some((q, expect)) = current.take() {
+        let next = builds.next();
+        // Biased: the statement is handed to the connection first, then the next is built.
+        let (done, built) = tokio::join!(biased; q.execute(&mut *conn), async {
+            next.map(|b| b()).transpose()
+        });
+        let done = done?;
+        if let Some((rows, first)) = expect
+            && done.rows_affected() != rows
+        {
+            return Err(StoreError::Conflict(first));
+        }
+        current = built?;
+    }
+    Ok(())
 }
 
 /// `head`, then `VALUES` and `rows` groups of `columns` placeholders, then `tail`: a
@@ -439,6 +472,20 @@ impl Storage for SqliteStore {
             path: self.path.clone(),
             seal: self.seal.clone(),
         })
+    }
+
+    async fn snapshot(&self) -> Result<Option<SqliteTx>> {
+        // A deferred transaction: in WAL mode it reads one snapshot while the writer goes on.
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify(e, &self.path))?;
+        Ok(Some(SqliteTx {
+            tx,
+            path: self.path.clone(),
+            seal: self.seal.clone(),
+        }))
     }
 
     async fn put_pathway(
@@ -1336,19 +1383,38 @@ pub struct SqliteTx {
 }
 
 impl Tx for SqliteTx {
-    async fn due_timers(&mut self, now: Timestamp, limit: u32) -> Result<Vec<DueTimer>> {
-        sqlx::query(
-            "SELECT instance_id, key, due FROM timers t WHERE due <= ? \
-             AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
-             ORDER BY due, instance_id, key LIMIT ?",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *self.tx)
-        .await?
-        .iter()
-        .map(timer_row)
-        .collect()
+    async fn due_timers(
+        &mut self,
+        now: Timestamp,
+        after: Option<&DueTimer>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
+        let q = match after {
+            None => sqlx::query(
+                "SELECT instance_id, key, due FROM timers t WHERE due <= ? \
+                 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
+                 ORDER BY due, instance_id, key LIMIT ?",
+            )
+            .bind(ms(now)),
+            // `due >= ?` as well as the row comparison: the index is then read from there on.
+            Some(a) => sqlx::query(
+                "SELECT instance_id, key, due FROM timers t WHERE due <= ? AND due >= ? \
+                 AND (due, instance_id, key) > (?, ?, ?) \
+                 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = t.instance_id) \
+                 ORDER BY due, instance_id, key LIMIT ?",
+            )
+            .bind(ms(now))
+            .bind(ms(a.due))
+            .bind(ms(a.due))
+            .bind(a.instance_id)
+            .bind(&a.key),
+        };
+        q.bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(timer_row)
+            .collect()
     }
 
     async fn instances(&mut self, ids: &[i64]) -> Result<Vec<InstanceRow>> {
@@ -1435,7 +1501,18 @@ impl Tx for SqliteTx {
             .bind(at)
             .bind(n.instance.overdue_since().map(ms))
             .fetch_one(&mut *conn)
-            .await?;
+            .await
+            .map_err(|e| {
+                // From a snapshot, a family that has since started this pathway by another
+                // way is a change the snapshot missed: the batch is refused and read again.
+                let taken = e
+                    .as_database_error()
+                    .is_some_and(|d| d.is_unique_violation());
+                match parent {
+                    Some(p) if taken && changes.from_snapshot => StoreError::Conflict(p),
+                    _ => e.into(),
+                }
+            })?;
             instance_ids.push(id);
         }
         let target = |t: Target| match t {
@@ -1443,127 +1520,9 @@ impl Tx for SqliteTx {
             Target::New(i) => instance_ids[i],
         };
 
-        // An instance that stays active is written without its status: SQLite then leaves the
-        // index of active families by reference alone, instead of deleting and inserting the
-        // same entry for every step. No step makes a finished instance active again; a row
-        // that is not active fails the update as a conflict rather than be written so.
-        let (staying, finishing): (Vec<&InstanceUpdate>, Vec<&InstanceUpdate>) = changes
-            .updates
-            .iter()
-            .partition(|u| u.instance.status == Status::Active);
-        for (updates, status) in [(staying, false), (finishing, true)] {
-            for chunk in shaped(&updates) {
-                // A NULL role map keeps the row's: most steps assign no contacts.
-                let tail = format!(
-                    ") UPDATE instances SET {}state = v.state, owner = v.owner, seq = v.seq, \
-                     body = v.body, roles = COALESCE(v.roles, instances.roles), \
-                     pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at, \
-                     overdue_since = v.overdue_since \
-                     FROM v WHERE instances.id = v.id AND instances.seq = v.expected{}",
-                    if status { "status = v.status, " } else { "" },
-                    if status {
-                        ""
-                    } else {
-                        " AND instances.status = 'active'"
-                    },
-                );
-                let sql = multi_row(
-                    "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at, overdue_since) AS (",
-                    11,
-                    chunk.len(),
-                    &tail,
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for u in chunk.iter() {
-                    let roles = u.roles.as_ref().map(|r| {
-                        to_json(
-                            &r.iter()
-                                .map(|(k, v)| (k, contact(*v)))
-                                .collect::<BTreeMap<&String, i64>>(),
-                        )
-                    });
-                    q = q
-                        .bind(u.id)
-                        .bind(u.expected_seq as i64)
-                        .bind(&u.instance.state)
-                        .bind(&u.instance.owner)
-                        .bind(status_str(&u.instance))
-                        .bind(u.instance.seq as i64)
-                        .bind(sealed_body(&self.seal, &u.instance)?)
-                        .bind(roles)
-                        .bind(u.pathway_version_id)
-                        .bind(ms(now))
-                        .bind(u.instance.overdue_since().map(ms));
-                }
-                let done = q.execute(&mut *conn).await?.rows_affected();
-                if done != chunk.len() as u64 {
-                    // Name one instance that moved: find it by its seq.
-                    let moved = chunk.first().map(|u| u.id).unwrap_or_default();
-                    return Err(StoreError::Conflict(moved));
-                }
-            }
-        }
-
-        for chunk in shaped(&changes.timers_removed) {
-            let sql = multi_row(
-                "DELETE FROM timers WHERE (instance_id, key) IN (",
-                2,
-                chunk.len(),
-                ")",
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (id, key) in chunk {
-                q = q.bind(id).bind(key);
-            }
-            q.execute(&mut *conn).await?;
-        }
-        for chunk in shaped(&changes.timers_added) {
-            let sql = multi_row(
-                "INSERT INTO timers (instance_id, key, due, purpose) ",
-                4,
-                chunk.len(),
-                "",
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (t, timer) in chunk {
-                q = q
-                    .bind(target(*t))
-                    .bind(&timer.key)
-                    .bind(ms(timer.due))
-                    .bind(to_json(&timer.purpose));
-            }
-            q.execute(&mut *conn).await?;
-        }
-        for chunk in shaped(&changes.history) {
-            let sql = multi_row(
-                "INSERT INTO history (instance_id, seq, at, from_state, to_state, cause, notes) ",
-                7,
-                chunk.len(),
-                "",
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (t, h) in chunk {
-                q = q
-                    .bind(target(*t))
-                    .bind(h.seq as i64)
-                    .bind(ms(h.at))
-                    .bind(&h.from)
-                    .bind(&h.to)
-                    .bind(to_json(&h.cause))
-                    .bind(to_json(&h.notes));
-            }
-            q.execute(&mut *conn).await?;
-        }
-        for (id, by) in &changes.holds {
-            sqlx::query(
-                "INSERT INTO holds (instance_id, since, by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .bind(ms(now))
-            .bind(by)
-            .execute(&mut *conn)
-            .await?;
-        }
+        // The few rows of rare kinds go first: nothing below depends on them, and queued
+        // notices of earlier steps that a step made stale are skipped before this batch's
+        // notices go in.
         for r in &changes.readdressed {
             let done = sqlx::query(
                 "UPDATE outbox SET contact_id = ?, channel = ?, address = ?, status = 'queued', attempts = 0, \
@@ -1618,74 +1577,222 @@ impl Tx for SqliteTx {
             }
             skip.execute(&mut *conn).await?;
         }
-        for chunk in shaped(&changes.outbox) {
-            let sql = multi_row(
-                "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
-                 channel, address, language, subject, body, html, data, status, not_before, expires_at, topic, calendar, attempts, last_error, created_at, updated_at) ",
-                23,
-                chunk.len(),
-                "",
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (t, n) in chunk {
-                let id = target(*t);
-                let data = n
-                    .data
-                    .as_ref()
-                    .map(|d| self.seal.seal_text("data", d))
-                    .transpose()?;
-                q = q
-                    .bind(format!("{id}:{}", n.key))
-                    .bind(id)
-                    .bind(n.pathway_version_id)
-                    .bind(&n.template)
-                    .bind(&n.role)
-                    .bind(i64::from(n.family))
-                    .bind(n.contact.map(contact))
-                    .bind(n.channel.map(Channel::as_str))
-                    .bind(&n.address)
-                    .bind(&n.text.language)
-                    .bind(&n.text.subject)
-                    .bind(&n.text.body)
-                    .bind(&n.text.html)
-                    .bind(data)
-                    .bind(n.status.as_str())
-                    .bind(ms(n.not_before))
-                    .bind(n.expires_at.map(ms))
-                    .bind(&n.topic)
-                    .bind(n.calendar.as_ref().map(to_json))
-                    .bind(0i64)
-                    .bind(&n.error)
-                    .bind(ms(now))
-                    .bind(ms(now));
+
+        // The bulk of a batch: multi-row statements, each built while the one before it runs
+        // on the connection's thread (see `run_built`).
+        let mut builds: Vec<Build<'_>> = Vec::new();
+        // An instance that stays active is written without its status: SQLite then leaves the
+        // index of active families by reference alone, instead of deleting and inserting the
+        // same entry for every step. No step makes a finished instance active again; a row
+        // that is not active fails the update as a conflict rather than be written so.
+        let (staying, finishing): (Vec<&InstanceUpdate>, Vec<&InstanceUpdate>) = changes
+            .updates
+            .iter()
+            .partition(|u| u.instance.status == Status::Active);
+        let snapshot = changes.from_snapshot;
+        for (updates, status) in [(staying, false), (finishing, true)] {
+            let chunks: Vec<Vec<&InstanceUpdate>> =
+                shaped(&updates).map(<[&InstanceUpdate]>::to_vec).collect();
+            for chunk in chunks {
+                let seal = &self.seal;
+                builds.push(Box::new(move || {
+                    // A NULL role map keeps the row's: most steps assign no contacts.
+                    let tail = format!(
+                        ") UPDATE instances SET {}state = v.state, owner = v.owner, seq = v.seq, \
+                         body = v.body, roles = COALESCE(v.roles, instances.roles), \
+                         pathway_version_id = COALESCE(v.version, instances.pathway_version_id), updated_at = v.updated_at, \
+                         overdue_since = v.overdue_since \
+                         FROM v WHERE instances.id = v.id AND instances.seq = v.expected{}",
+                        if status { "status = v.status, " } else { "" },
+                        match (status, snapshot) {
+                            (false, false) => " AND instances.status = 'active'",
+                            (true, false) => "",
+                            (false, true) => {
+                                " AND instances.status = 'active' AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = v.id)"
+                            }
+                            (true, true) => {
+                                " AND instances.erased_at IS NULL AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = v.id)"
+                            }
+                        },
+                    );
+                    let sql = multi_row(
+                        "WITH v(id, expected, state, owner, status, seq, body, roles, version, updated_at, overdue_since) AS (",
+                        11,
+                        chunk.len(),
+                        &tail,
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for u in &chunk {
+                        let roles = u.roles.as_ref().map(|r| {
+                            to_json(
+                                &r.iter()
+                                    .map(|(k, v)| (k, contact(*v)))
+                                    .collect::<BTreeMap<&String, i64>>(),
+                            )
+                        });
+                        q = q
+                            .bind(u.id)
+                            .bind(u.expected_seq as i64)
+                            .bind(&u.instance.state)
+                            .bind(&u.instance.owner)
+                            .bind(status_str(&u.instance))
+                            .bind(u.instance.seq as i64)
+                            .bind(sealed_body(seal, &u.instance)?)
+                            .bind(roles)
+                            .bind(u.pathway_version_id)
+                            .bind(ms(now))
+                            .bind(u.instance.overdue_since().map(ms));
+                    }
+                    // Name one instance that moved: find it by its seq.
+                    let first = chunk.first().map(|u| u.id).unwrap_or_default();
+                    Ok((q, Some((chunk.len() as u64, first))))
+                }));
             }
-            // The log's first line is written by the trigger `outbox_log_created`.
-            q.execute(&mut *conn).await?;
+        }
+        for chunk in shaped(&changes.timers_removed) {
+            builds.push(Box::new(move || {
+                let sql = multi_row(
+                    "DELETE FROM timers WHERE (instance_id, key) IN (",
+                    2,
+                    chunk.len(),
+                    ")",
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (id, key) in chunk {
+                    q = q.bind(id).bind(key);
+                }
+                Ok((q, None))
+            }));
+        }
+        for chunk in shaped(&changes.timers_added) {
+            builds.push(Box::new(move || {
+                let sql = multi_row(
+                    "INSERT INTO timers (instance_id, key, due, purpose) ",
+                    4,
+                    chunk.len(),
+                    "",
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (t, timer) in chunk {
+                    q = q
+                        .bind(target(*t))
+                        .bind(&timer.key)
+                        .bind(ms(timer.due))
+                        .bind(to_json(&timer.purpose));
+                }
+                Ok((q, None))
+            }));
+        }
+        for chunk in shaped(&changes.history) {
+            builds.push(Box::new(move || {
+                let sql = multi_row(
+                    "INSERT INTO history (instance_id, seq, at, from_state, to_state, cause, notes) ",
+                    7,
+                    chunk.len(),
+                    "",
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (t, h) in chunk {
+                    q = q
+                        .bind(target(*t))
+                        .bind(h.seq as i64)
+                        .bind(ms(h.at))
+                        .bind(&h.from)
+                        .bind(&h.to)
+                        .bind(to_json(&h.cause))
+                        .bind(to_json(&h.notes));
+                }
+                Ok((q, None))
+            }));
+        }
+        for chunk in shaped(&changes.outbox) {
+            let seal = &self.seal;
+            builds.push(Box::new(move || {
+                let sql = multi_row(
+                    "INSERT INTO outbox (key, instance_id, pathway_version_id, template, role, family, contact_id, \
+                     channel, address, language, subject, body, html, data, status, not_before, expires_at, topic, calendar, attempts, last_error, created_at, updated_at) ",
+                    23,
+                    chunk.len(),
+                    "",
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (t, n) in chunk {
+                    let id = target(*t);
+                    let data = n
+                        .data
+                        .as_ref()
+                        .map(|d| seal.seal_text("data", d))
+                        .transpose()?;
+                    q = q
+                        .bind(format!("{id}:{}", n.key))
+                        .bind(id)
+                        .bind(n.pathway_version_id)
+                        .bind(&n.template)
+                        .bind(&n.role)
+                        .bind(i64::from(n.family))
+                        .bind(n.contact.map(contact))
+                        .bind(n.channel.map(Channel::as_str))
+                        .bind(&n.address)
+                        .bind(&n.text.language)
+                        .bind(&n.text.subject)
+                        .bind(&n.text.body)
+                        .bind(&n.text.html)
+                        .bind(data)
+                        .bind(n.status.as_str())
+                        .bind(ms(n.not_before))
+                        .bind(n.expires_at.map(ms))
+                        .bind(&n.topic)
+                        .bind(n.calendar.as_ref().map(to_json))
+                        .bind(0i64)
+                        .bind(&n.error)
+                        .bind(ms(now))
+                        .bind(ms(now));
+                }
+                // The log's first line is written by the trigger `outbox_log_created`.
+                Ok((q, None))
+            }));
         }
         for chunk in shaped(&changes.events) {
-            let sql = multi_row(
-                "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, outcome, code, reason, seq, fingerprint) ",
-                12,
-                chunk.len(),
-                "",
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (t, e) in chunk {
-                q = q
-                    .bind(&e.key)
-                    .bind(&e.reference)
-                    .bind(&e.pathway)
-                    .bind(t.map(target).or(e.instance_id))
-                    .bind(&e.name)
-                    .bind(self.seal.seal_text("payload", &e.payload)?)
-                    .bind(ms(e.received_at))
-                    .bind(e.outcome.as_str())
-                    .bind(&e.code)
-                    .bind(&e.reason)
-                    .bind(e.seq.map(|s| s as i64))
-                    .bind(&e.fingerprint);
-            }
-            q.execute(&mut *conn).await?;
+            let seal = &self.seal;
+            builds.push(Box::new(move || {
+                let sql = multi_row(
+                    "INSERT INTO events (idempotency_key, ref, pathway, instance_id, name, payload, received_at, outcome, code, reason, seq, fingerprint) ",
+                    12,
+                    chunk.len(),
+                    "",
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (t, e) in chunk {
+                    q = q
+                        .bind(&e.key)
+                        .bind(&e.reference)
+                        .bind(&e.pathway)
+                        .bind(t.map(target).or(e.instance_id))
+                        .bind(&e.name)
+                        .bind(seal.seal_text("payload", &e.payload)?)
+                        .bind(ms(e.received_at))
+                        .bind(e.outcome.as_str())
+                        .bind(&e.code)
+                        .bind(&e.reason)
+                        .bind(e.seq.map(|s| s as i64))
+                        .bind(&e.fingerprint);
+                }
+                Ok((q, None))
+            }));
+        }
+        run_built(conn, builds).await?;
+
+        // After the updates: from a snapshot, an instance on hold is refused, and these holds
+        // are the batch's own.
+        for (id, by) in &changes.holds {
+            sqlx::query(
+                "INSERT INTO holds (instance_id, since, by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(ms(now))
+            .bind(by)
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(instance_ids)
     }
