@@ -1784,6 +1784,51 @@ async fn sqlite_file() -> (Option<SqliteStore>, tempfile::TempDir) {
 
 backend!(sqlite, sqlite_file());
 
+/// The store's connections leave the write-ahead log to the checkpointer: once asked (or once
+/// the log outgrows 4 MiB) it folds the log into the file, and closing the store leaves the
+/// file whole with no log beside it. The database file alone is copied to show it.
+#[tokio::test]
+async fn the_log_is_folded_into_the_file_by_the_checkpointer_and_at_close() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("carepath.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let count = |path: std::path::PathBuf| async move {
+        let copy = SqliteStore::open_existing(&path)
+            .await
+            .expect("open the copy");
+        let n = copy.all_instances().await.expect("read").len();
+        copy.close().await;
+        n
+    };
+    let copy_file = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::copy(&path, &to).expect("copy the file alone");
+        to
+    };
+    for i in 0..50 {
+        enrol(
+            &store,
+            &format!("FAM-WAL-{i}"),
+            vec![timer("t", minutes(5))],
+        )
+        .await;
+    }
+    let wal = dir.path().join("carepath.db-wal");
+    assert!(
+        std::fs::metadata(&wal).expect("a log").len() > 0,
+        "the writes are in the log"
+    );
+    store.checkpoint().await;
+    assert_eq!(count(copy_file("checkpointed.db")).await, 50);
+
+    for i in 50..80 {
+        enrol(&store, &format!("FAM-WAL-{i}"), vec![]).await;
+    }
+    store.close().await;
+    assert!(!wal.exists(), "no log is left beside a closed database");
+    assert_eq!(count(copy_file("closed.db")).await, 80);
+}
+
 /// A new, empty database on the PostgreSQL server at `CAREPATH_TEST_POSTGRES` (`.ci/test`
 /// starts a throwaway one), or none when that is unset and `CAREPATH_REQUIRE_POSTGRES` is not.
 async fn postgres_database() -> (Option<PgStore>, ()) {

@@ -32,6 +32,7 @@ pub mod postgres;
 mod rows;
 pub mod seal;
 pub mod sqlite;
+mod wal;
 
 impl StoreError {
     /// Whether trying again later may succeed: the database was unreachable, busy or full,

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -28,6 +29,7 @@ use super::rows::{
     status_str, timer_row, to_json, ts,
 };
 use super::seal::Seal;
+use super::wal::Checkpointer;
 use super::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DirectoryEntry, DueTimer,
     Erased, EventRecord, InstanceFilter, InstanceRow, InstanceUpdate, KeptResponse, NoticeStatus,
@@ -118,6 +120,15 @@ pub struct SqliteStore {
     path: String,
     /// The data key that seals families' fields and event payloads, or none.
     seal: Seal,
+    /// The checkpointer of the log, where this store writes.
+    wal: Option<Arc<Checkpointer>>,
+}
+
+/// The write-ahead log beside the database file at `path`.
+fn wal_file(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
 }
 
 impl SqliteStore {
@@ -164,6 +175,11 @@ impl SqliteStore {
             // for each 50 to be taken (the default), one wake-up instead of twenty.
             .row_buffer_size(1024)
             .busy_timeout(BUSY_TIMEOUT);
+        // The log is checkpointed beside the writers, not by them (`store::wal`).
+        let checkpointer = Checkpointer::start(&options, wal_file(path))
+            .await
+            .map_err(|e| classify(e, &shown))?;
+        let options = options.pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // After "database or disk is full" (or an I/O error) SQLite may roll a transaction
@@ -197,6 +213,7 @@ impl SqliteStore {
             pool,
             path: shown,
             seal: Seal::none(),
+            wal: Some(Arc::new(checkpointer)),
         })
     }
 
@@ -260,6 +277,7 @@ impl SqliteStore {
             pool,
             path: shown,
             seal: Seal::none(),
+            wal: None,
         })
     }
 
@@ -275,7 +293,18 @@ impl SqliteStore {
 
     /// Closes every connection, checkpointing the WAL.
     pub async fn close(&self) {
+        if let Some(wal) = &self.wal {
+            wal.stop().await;
+        }
         self.pool.close().await;
+    }
+
+    /// Checkpoints the write-ahead log now and returns once that is done; the log is otherwise
+    /// checkpointed as it outgrows 4 MiB, beside the writers.
+    pub async fn checkpoint(&self) {
+        if let Some(wal) = &self.wal {
+            wal.checkpoint().await;
+        }
     }
 }
 
@@ -471,6 +500,7 @@ impl Storage for SqliteStore {
             tx,
             path: self.path.clone(),
             seal: self.seal.clone(),
+            wal: self.wal.clone(),
         })
     }
 
@@ -485,6 +515,8 @@ impl Storage for SqliteStore {
             tx,
             path: self.path.clone(),
             seal: self.seal.clone(),
+            // It writes nothing.
+            wal: None,
         }))
     }
 
@@ -1380,6 +1412,7 @@ pub struct SqliteTx {
     tx: sqlx::Transaction<'static, Sqlite>,
     path: String,
     seal: Seal,
+    wal: Option<Arc<Checkpointer>>,
 }
 
 impl Tx for SqliteTx {
@@ -1799,6 +1832,10 @@ impl Tx for SqliteTx {
 
     async fn commit(self) -> Result<()> {
         let path = self.path;
-        self.tx.commit().await.map_err(|e| classify(e, &path))
+        self.tx.commit().await.map_err(|e| classify(e, &path))?;
+        if let Some(wal) = &self.wal {
+            wal.committed();
+        }
+        Ok(())
     }
 }
