@@ -29,7 +29,7 @@ use super::rows::{
     status_str, timer_row, to_json, ts,
 };
 use super::seal::Seal;
-use super::wal::Checkpointer;
+use super::wal::{Checkpointer, WAL_LIMIT};
 use super::{
     AuditEntry, AuditFilter, Changes, Contact, ContactRef, Delivery, DirectoryEntry, DueTimer,
     Erased, EventRecord, InstanceFilter, InstanceRow, InstanceUpdate, KeptResponse, NoticeStatus,
@@ -179,7 +179,12 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(&options, wal_file(path))
             .await
             .map_err(|e| classify(e, &shown))?;
-        let options = options.pragma("wal_autocheckpoint", "0");
+        // Truncated back to the checkpointer's threshold each time SQLite starts the log over,
+        // the log's file is only larger than that while it holds more than that: its size is
+        // then what the checkpointer goes by.
+        let options = options
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_LIMIT.to_string());
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // After "database or disk is full" (or an I/O error) SQLite may roll a transaction

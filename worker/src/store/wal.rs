@@ -21,8 +21,11 @@ use tokio::task::JoinHandle;
 /// How often the log's size is looked at when no commit says so.
 pub const EVERY: Duration = Duration::from_millis(250);
 
-/// The log's size past which it is checkpointed: SQLite's own default of 1,000 pages.
-const THRESHOLD: u64 = 1000 * 4096;
+/// The log's size past which it is checkpointed: SQLite's own default of 1,000 pages. The
+/// store's connections also truncate the log's file to it when they start the log over
+/// (`journal_size_limit`); else a file that once grew would stay large, and every commit
+/// would be checkpointed.
+pub const WAL_LIMIT: u64 = 1000 * 4096;
 
 /// The checkpointing task of one store. Dropped with the store's last clone, or stopped by
 /// [`Checkpointer::stop`], it closes its connection and ends.
@@ -128,7 +131,7 @@ async fn run(
         }
         let forced = shared.forced.swap(false, Ordering::SeqCst);
         let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        if forced || size > THRESHOLD {
+        if forced || size > WAL_LIMIT {
             let done = match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(&mut conn)
                 .await
